@@ -1,0 +1,643 @@
+//! JSON codec: size limit first, then the schema version, then the message, then its validation.
+//!
+//! Without the `std` feature, decoding and encoding use `serde-json-core` (no allocator). With
+//! `std`, decoding uses `serde_json` through `serde_path_to_error`, so an error names the path of the
+//! offending field (`event.session_ended.busy_s`). Both accept exactly the same documents; a test and
+//! a fuzz target compare them.
+
+use core::fmt::{self, Write as _};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::message::{
+    Alert, Command, CommandBody, DeviceConfig, Event, EventBody, Presence, Sensing, Status,
+    Telemetry, MAX_ALLOW_LIST,
+};
+use crate::topic::Channel;
+use crate::{SCHEMA_VERSION, TS_MAX_MS, TS_MIN_MS};
+
+/// A bounded detail string carried by errors (no allocator needed).
+pub type Detail = heapless::String<120>;
+
+/// Longest string value, after unescaping, that the no_std decoder handles.
+const UNESCAPE_BUF: usize = 256;
+
+/// Why a payload was refused. Each variant names the problem; `Display` adds how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The payload is empty.
+    Empty,
+    /// The payload is larger than the channel allows; it was not parsed.
+    TooLarge {
+        /// Payload length in bytes.
+        len: usize,
+        /// The channel's limit in bytes.
+        max: usize,
+    },
+    /// The payload is not a JSON object (bad syntax, truncated, trailing bytes, not UTF-8).
+    Syntax {
+        /// What the JSON parser said.
+        detail: Detail,
+    },
+    /// The object has no `v` field.
+    MissingVersion,
+    /// The object's `v` is not a schema version this build reads.
+    UnsupportedVersion {
+        /// The version found.
+        found: u64,
+    },
+    /// A field is missing, has the wrong type, or holds an unknown name.
+    Field {
+        /// Dotted path of the field or of the object missing it (empty when unknown).
+        path: Detail,
+        /// What is wrong with it.
+        problem: Detail,
+    },
+    /// The message parsed but breaks a rule of the protocol.
+    Invalid(Invalid),
+}
+
+/// A broken protocol rule: which field, and what is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid {
+    /// Dotted path of the field.
+    pub field: &'static str,
+    /// The rule it breaks.
+    pub problem: &'static str,
+}
+
+impl DecodeError {
+    /// A short stable name for metrics and dead letters (`too_large`, `syntax`, ...).
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Syntax { .. } => "syntax",
+            DecodeError::MissingVersion => "missing_version",
+            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+            DecodeError::Field { .. } => "field",
+            DecodeError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("empty payload; send a JSON object such as {\"v\":1,...}"),
+            DecodeError::TooLarge { len, max } => write!(
+                f,
+                "payload of {len} bytes exceeds the {max}-byte limit of this channel; send smaller messages"
+            ),
+            DecodeError::Syntax { detail } => {
+                write!(f, "payload is not a JSON object: {detail}")
+            }
+            DecodeError::MissingVersion => f.write_str(
+                "missing field `v` (schema version); every message starts with \"v\":1",
+            ),
+            DecodeError::UnsupportedVersion { found } => write!(
+                f,
+                "schema version {found} is not supported; this build reads \"v\":{SCHEMA_VERSION}"
+            ),
+            DecodeError::Field { path, problem } if path.is_empty() => {
+                write!(f, "{problem}")
+            }
+            DecodeError::Field { path, problem } => write!(f, "field `{path}`: {problem}"),
+            DecodeError::Invalid(i) => write!(f, "field `{}` {}", i.field, i.problem),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for DecodeError {}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The message breaks a protocol rule; it was not encoded.
+    Invalid(Invalid),
+    /// The encoded message does not fit the buffer.
+    BufferFull,
+    /// The encoded message exceeds the channel's limit.
+    TooLarge {
+        /// Encoded length in bytes.
+        len: usize,
+        /// The channel's limit in bytes.
+        max: usize,
+    },
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::Invalid(i) => write!(f, "field `{}` {}", i.field, i.problem),
+            EncodeError::BufferFull => f.write_str("encoded message does not fit the buffer"),
+            EncodeError::TooLarge { len, max } => {
+                write!(
+                    f,
+                    "encoded message of {len} bytes exceeds the {max}-byte limit"
+                )
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for EncodeError {}
+
+/// A message type of one channel.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The channel it travels on.
+    const CHANNEL: Channel;
+    /// Checks the protocol rules that types alone cannot express.
+    fn validate(&self) -> Result<(), Invalid>;
+    /// The schema version the message carries (`v`).
+    fn version(&self) -> u16;
+}
+
+fn invalid(field: &'static str, problem: &'static str) -> Result<(), Invalid> {
+    Err(Invalid { field, problem })
+}
+
+const TS_PROBLEM: &str =
+    "is not between 2020-01-01 and 2100-01-01 in unix milliseconds; a device without a set clock omits it";
+
+fn check_ts(field: &'static str, ts: Option<u64>) -> Result<(), Invalid> {
+    match ts {
+        Some(t) if !(TS_MIN_MS..TS_MAX_MS).contains(&t) => invalid(field, TS_PROBLEM),
+        _ => Ok(()),
+    }
+}
+
+fn check_boot(boot: u32) -> Result<(), Invalid> {
+    if boot == 0 {
+        return invalid("boot", "must be at least 1: the boot counter starts at 1");
+    }
+    Ok(())
+}
+
+impl Message for Event {
+    fn version(&self) -> u16 {
+        self.v
+    }
+    const CHANNEL: Channel = Channel::Event;
+    fn validate(&self) -> Result<(), Invalid> {
+        check_boot(self.boot)?;
+        if self.seq == 0 {
+            return invalid(
+                "seq",
+                "must be at least 1: the first event of a boot has seq 1",
+            );
+        }
+        if self.sent_uptime_ms < self.uptime_ms {
+            return invalid(
+                "sent_uptime_ms",
+                "is less than uptime_ms: an event cannot be sent before it happened",
+            );
+        }
+        check_ts("ts", self.ts)?;
+        const SESSION: &str =
+            "must be the seq of an earlier session_started event of the same boot (less than seq)";
+        match &self.event {
+            EventBody::State { from, to } if from == to => invalid(
+                "event.state.to",
+                "equals `from`: a state change must change the state",
+            ),
+            EventBody::SessionProgress { session, .. } if *session >= self.seq => {
+                invalid("event.session_progress.session", SESSION)
+            }
+            EventBody::SessionEnded { session, .. } if *session >= self.seq => {
+                invalid("event.session_ended.session", SESSION)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Message for Status {
+    fn version(&self) -> u16 {
+        self.v
+    }
+    const CHANNEL: Channel = Channel::Status;
+    fn validate(&self) -> Result<(), Invalid> {
+        check_boot(self.boot)?;
+        check_ts("ts", self.ts)?;
+        if self.status == Presence::Online {
+            if self.fw.is_none() {
+                return invalid(
+                    "fw",
+                    "is required when status is online (the birth message)",
+                );
+            }
+            if self.caps.is_none() {
+                return invalid(
+                    "caps",
+                    "is required when status is online (the birth message)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_non_negative(field: &'static str, x: Option<f32>) -> Result<(), Invalid> {
+    match x {
+        Some(x) if !(x.is_finite() && x >= 0.0) => {
+            invalid(field, "must be a finite number, zero or more")
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Message for Telemetry {
+    fn version(&self) -> u16 {
+        self.v
+    }
+    const CHANNEL: Channel = Channel::Telemetry;
+    fn validate(&self) -> Result<(), Invalid> {
+        check_boot(self.boot)?;
+        check_ts("ts", self.ts)?;
+        check_non_negative("current_a", self.current_a)?;
+        check_non_negative("power_w", self.power_w)
+    }
+}
+
+const MAX_DWELL_MS: u32 = 600_000;
+
+impl Message for DeviceConfig {
+    fn version(&self) -> u16 {
+        self.v
+    }
+    const CHANNEL: Channel = Channel::Config;
+    fn validate(&self) -> Result<(), Invalid> {
+        match &self.sensing {
+            Sensing::Current {
+                idle_a,
+                busy_a,
+                hysteresis_a,
+                dwell_ms,
+                window_ms,
+                amps_per_volt,
+                mains_v,
+            } => {
+                let pos = |x: f32| x.is_finite() && x > 0.0;
+                if !pos(*idle_a) {
+                    return invalid(
+                        "sensing.current.idle_a",
+                        "must be a finite number above 0 (e.g. 0.2)",
+                    );
+                }
+                if !(busy_a.is_finite() && busy_a > idle_a) {
+                    return invalid(
+                        "sensing.current.busy_a",
+                        "must be above idle_a (e.g. idle_a 0.2, busy_a 1.5)",
+                    );
+                }
+                if !(hysteresis_a.is_finite()
+                    && *hysteresis_a >= 0.0
+                    && *hysteresis_a < busy_a - idle_a)
+                {
+                    return invalid(
+                        "sensing.current.hysteresis_a",
+                        "must be at least 0 and less than busy_a - idle_a",
+                    );
+                }
+                if *dwell_ms > MAX_DWELL_MS {
+                    return invalid(
+                        "sensing.current.dwell_ms",
+                        "must be at most 600000 (10 minutes)",
+                    );
+                }
+                if !(20..=10_000).contains(window_ms) {
+                    return invalid("sensing.current.window_ms", "must be between 20 and 10000");
+                }
+                if !pos(*amps_per_volt) {
+                    return invalid(
+                        "sensing.current.amps_per_volt",
+                        "must be above 0 (30 for an SCT-013-030)",
+                    );
+                }
+                if !(pos(*mains_v) && *mains_v <= 1000.0) {
+                    return invalid(
+                        "sensing.current.mains_v",
+                        "must be above 0 and at most 1000 (e.g. 230)",
+                    );
+                }
+            }
+            Sensing::RunSignal { dwell_ms, .. } => {
+                if *dwell_ms > MAX_DWELL_MS {
+                    return invalid(
+                        "sensing.run_signal.dwell_ms",
+                        "must be at most 600000 (10 minutes)",
+                    );
+                }
+            }
+        }
+        if !(1..=3600).contains(&self.progress_s) {
+            return invalid("progress_s", "must be between 1 and 3600 seconds");
+        }
+        for (i, a) in self.allow.iter().enumerate() {
+            if self.allow[..i].contains(a) {
+                return invalid("allow", "lists the same badge hash twice");
+            }
+        }
+        debug_assert!(self.allow.len() <= MAX_ALLOW_LIST);
+        Ok(())
+    }
+}
+
+impl Message for Command {
+    fn version(&self) -> u16 {
+        self.v
+    }
+    const CHANNEL: Channel = Channel::Cmd;
+    fn validate(&self) -> Result<(), Invalid> {
+        check_ts("ts", self.ts)?;
+        if let CommandBody::SetTime { ts } = self.cmd {
+            check_ts("cmd.set_time.ts", Some(ts))?;
+        }
+        Ok(())
+    }
+}
+
+impl Message for Alert {
+    fn version(&self) -> u16 {
+        self.v
+    }
+    const CHANNEL: Channel = Channel::Alert;
+    fn validate(&self) -> Result<(), Invalid> {
+        check_ts("ts", Some(self.ts))?;
+        if self.code.is_empty() {
+            return invalid("code", "must not be empty (e.g. \"maintenance_due\")");
+        }
+        Ok(())
+    }
+}
+
+/// Just the version field, read before the message so that a future version gets a clear error.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    v: Option<u64>,
+}
+
+fn detail(args: fmt::Arguments<'_>) -> Detail {
+    let mut d = Detail::new();
+    if d.write_fmt(args).is_err() {
+        // Truncated: mark it so a reader knows.
+        while d.len() > d.capacity() - 3 {
+            d.pop();
+        }
+        let _ = d.push_str("...");
+    }
+    d
+}
+
+/// Decodes and validates a message of type `M` from a payload received on `M::CHANNEL`.
+pub fn decode<M: Message>(payload: &[u8]) -> Result<M, DecodeError> {
+    decode_with(payload, parse::<M>, parse::<Probe>)
+}
+
+/// Decodes with the `serde-json-core` path end to end (size, version, message, validation), as a
+/// device does. Identical in outcome to [`decode`]; only error details differ.
+pub fn decode_core<M: Message>(payload: &[u8]) -> Result<M, DecodeError> {
+    decode_with(payload, parse_core::<M>, parse_core::<Probe>)
+}
+
+fn decode_with<M: Message>(
+    payload: &[u8],
+    parse_msg: impl Fn(&[u8]) -> Result<M, DecodeError>,
+    parse_probe: impl Fn(&[u8]) -> Result<Probe, DecodeError>,
+) -> Result<M, DecodeError> {
+    let max = M::CHANNEL.max_payload();
+    if payload.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if payload.len() > max {
+        return Err(DecodeError::TooLarge {
+            len: payload.len(),
+            max,
+        });
+    }
+    match parse_msg(payload) {
+        Ok(msg) if msg.version() == SCHEMA_VERSION => {
+            msg.validate().map_err(DecodeError::Invalid)?;
+            Ok(msg)
+        }
+        // The version decides first: a message of another version may fail to parse for reasons
+        // that would only confuse (a renamed field), so `v` is read on its own whenever the message
+        // did not parse as ours. This costs a second parse on the error path only.
+        other => {
+            match parse_probe(payload) {
+                Ok(Probe { v: None }) => return Err(DecodeError::MissingVersion),
+                Ok(Probe { v: Some(v) }) if v != u64::from(SCHEMA_VERSION) => {
+                    return Err(DecodeError::UnsupportedVersion { found: v })
+                }
+                _ => {}
+            }
+            match other {
+                Ok(msg) => Err(DecodeError::UnsupportedVersion {
+                    found: u64::from(msg.version()),
+                }),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        json_error(&path, &inner)
+    })?;
+    de.end().map_err(|e| json_error("", &e))?;
+    Ok(value)
+}
+
+#[cfg(feature = "std")]
+fn json_error(path: &str, e: &serde_json::Error) -> DecodeError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => DecodeError::Field {
+            path: detail(format_args!("{}", if path == "." { "" } else { path })),
+            problem: detail(format_args!("{e}")),
+        },
+        Category::Syntax | Category::Eof | Category::Io => DecodeError::Syntax {
+            detail: detail(format_args!("{e}")),
+        },
+    }
+}
+
+#[cfg(not(feature = "std"))]
+fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    parse_core(payload)
+}
+
+/// Decodes with `serde-json-core`, whatever the features: the device's decoder. Public so that a
+/// hosted test or fuzz target can compare it with the `std` decoder.
+///
+/// Its errors do not name the field: serde-json-core's `custom-error-messages` feature would, but in
+/// 0.7.0 it panics on any message longer than 64 bytes (serde's "unknown variant" messages are), and
+/// a device must not panic on input. The collector decodes with `serde_json`, which names the path.
+pub fn parse_core<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    use serde_json_core::de::Error as E;
+    if let Some((at, what)) = strict_json(payload) {
+        return Err(DecodeError::Syntax {
+            detail: detail(format_args!("{what} at byte {at}")),
+        });
+    }
+    let mut buf = [0u8; UNESCAPE_BUF];
+    match serde_json_core::from_slice_escaped::<T>(payload, &mut buf) {
+        Ok((value, _)) => Ok(value),
+        Err(E::InvalidType) => Err(DecodeError::Field {
+            path: Detail::new(),
+            problem: detail(format_args!("a field has the wrong type")),
+        }),
+        Err(E::CustomError) => Err(DecodeError::Field {
+            path: Detail::new(),
+            problem: detail(format_args!("a field has an invalid value")),
+        }),
+        Err(e) => Err(DecodeError::Syntax {
+            detail: detail(format_args!("{e}")),
+        }),
+    }
+}
+
+/// Finds what JSON forbids but serde-json-core 0.7 accepts: a number with a leading zero (`013`)
+/// and a raw control character inside a string. serde_json refuses both; checking here keeps the two
+/// decoders in agreement (the fuzz target `decode` compares them).
+fn strict_json(payload: &[u8]) -> Option<(usize, &'static str)> {
+    let mut in_string = false;
+    let mut escaped = false;
+    let (mut prev2, mut prev) = (b' ', b' ');
+    for (i, &c) in payload.iter().enumerate() {
+        if in_string {
+            if c < 0x20 {
+                return Some((i, "control character in a string"));
+            }
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if c == b'"' {
+            in_string = true;
+        } else if c == b'0'
+            && !prev.is_ascii_digit()
+            && prev != b'.'
+            && !matches!(prev, b'e' | b'E' | b'+')
+            && !(prev == b'-' && matches!(prev2, b'e' | b'E'))
+            && payload.get(i + 1).is_some_and(u8::is_ascii_digit)
+        {
+            return Some((i, "number with a leading zero"));
+        }
+        prev2 = prev;
+        prev = c;
+    }
+    None
+}
+
+/// Validates and encodes a message into `buf` (no allocator); returns the length written.
+pub fn encode<M: Message>(msg: &M, buf: &mut [u8]) -> Result<usize, EncodeError> {
+    msg.validate().map_err(EncodeError::Invalid)?;
+    let len = serde_json_core::to_slice(msg, buf).map_err(|_| EncodeError::BufferFull)?;
+    let max = M::CHANNEL.max_payload();
+    if len > max {
+        return Err(EncodeError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Validates and encodes a message into a new vector.
+#[cfg(feature = "std")]
+pub fn encode_to_vec<M: Message>(msg: &M) -> Result<std::vec::Vec<u8>, EncodeError> {
+    msg.validate().map_err(EncodeError::Invalid)?;
+    let out = serde_json::to_vec(msg).map_err(|_| EncodeError::BufferFull)?;
+    let max = M::CHANNEL.max_payload();
+    if out.len() > max {
+        return Err(EncodeError::TooLarge {
+            len: out.len(),
+            max,
+        });
+    }
+    Ok(out)
+}
+
+/// Any message, decoded according to the channel it arrived on.
+// A config carries its allow-list inline (no allocator), so variants differ in size; an `Inbound` is
+// matched right after decoding and not stored.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// From `status`.
+    Status(Status),
+    /// From `event`.
+    Event(Event),
+    /// From `telemetry`.
+    Telemetry(Telemetry),
+    /// From `config`.
+    Config(DeviceConfig),
+    /// From `cmd`.
+    Command(Command),
+    /// From `alert`.
+    Alert(Alert),
+}
+
+/// Decodes a payload according to the channel of its topic.
+pub fn decode_for(channel: Channel, payload: &[u8]) -> Result<Inbound, DecodeError> {
+    Ok(match channel {
+        Channel::Status => Inbound::Status(decode(payload)?),
+        Channel::Event => Inbound::Event(decode(payload)?),
+        Channel::Telemetry => Inbound::Telemetry(decode(payload)?),
+        Channel::Config => Inbound::Config(decode(payload)?),
+        Channel::Cmd => Inbound::Command(decode(payload)?),
+        Channel::Alert => Inbound::Alert(decode(payload)?),
+    })
+}
+
+/// [`decode_for`] through the `serde-json-core` decoder.
+pub fn decode_core_for(channel: Channel, payload: &[u8]) -> Result<Inbound, DecodeError> {
+    Ok(match channel {
+        Channel::Status => Inbound::Status(decode_core(payload)?),
+        Channel::Event => Inbound::Event(decode_core(payload)?),
+        Channel::Telemetry => Inbound::Telemetry(decode_core(payload)?),
+        Channel::Config => Inbound::Config(decode_core(payload)?),
+        Channel::Cmd => Inbound::Command(decode_core(payload)?),
+        Channel::Alert => Inbound::Alert(decode_core(payload)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strict_json;
+
+    fn leading_zero(p: &[u8]) -> Option<usize> {
+        strict_json(p).map(|(at, _)| at)
+    }
+
+    #[test]
+    fn control_characters_in_strings() {
+        assert_eq!(
+            strict_json(b"{\"a\":\"x\ty\"}"),
+            Some((7, "control character in a string"))
+        );
+        assert_eq!(strict_json(b"{\"a\":\"x\\ty\"}\n"), None);
+    }
+
+    #[test]
+    fn leading_zeros_outside_strings() {
+        assert_eq!(leading_zero(br#"{"a":013}"#), Some(5));
+        assert_eq!(leading_zero(br#"{"a":-01.5}"#), Some(6));
+        assert_eq!(leading_zero(br#"{"a":[1,02]}"#), Some(8));
+        for ok in [
+            &br#"{"a":0,"b":0.05,"c":10,"d":1e05,"e":2E-07,"f":3e+01,"g":-0.5}"#[..],
+            br#"{"s":"013","t":"\"013"}"#,
+        ] {
+            assert_eq!(leading_zero(ok), None, "{}", String::from_utf8_lossy(ok));
+        }
+    }
+}
