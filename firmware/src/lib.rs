@@ -1,10 +1,34 @@
 //! fabmeter firmware: the device core (meter, sessions, allow-list, journal) over embedded-hal.
 //!
-//! **Skeleton.** Nothing here works yet: the device core arrives with the firmware issue. The crate
-//! exists so that the workspace has its final shape and the dependency floors (firmware on protocol,
-//! no `std`) are enforced by the build from the start.
+//! Every module is sans-IO: it takes inputs and the current uptime `now` (milliseconds since start,
+//! passed as an argument, never read from a clock) and returns values or events. Storage goes through
+//! an `embedded-storage` [`NorFlash`](embedded_storage::nor_flash::NorFlash); the relay is an
+//! embedded-hal [`OutputPin`](embedded_hal::digital::OutputPin).
+//!
+//! - [`meter`]: samples or a run signal → off / idle / busy, energy.
+//! - [`session`]: sessions, exact busy/idle seconds, progress and end events.
+//! - [`access`]: allow-list decisions and deny reasons.
+//! - [`journal`]: the power-cut-safe event journal and persisted state; its module docs give the
+//!   flash layout, the recovery argument and the full-journal policy.
+//! - [`storage`]: flash layout, A/B config store, CRC, and [`storage::RamFlash`] for tests.
+//! - [`device`]: the core that composes them and assigns `(boot, seq)`.
+//!
+//! TODO (issue 4, still to come): `drivers` (MFRC522 over SPI, ADS1115 over I2C, with
+//! embedded-hal-mock tests) and `mqtt` (MQTT 3.1.1 over embedded-io: birth, LWT, QoS 1 events from
+//! [`device::Device::next_to_send`], reconnect with backoff).
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![allow(clippy::result_large_err)]
+
+#[cfg(test)]
+extern crate std;
 
 pub use fabmeter_protocol as protocol;
+
+pub mod access;
+pub mod device;
+pub mod journal;
+pub mod meter;
+pub mod session;
+pub mod storage;

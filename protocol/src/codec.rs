@@ -295,11 +295,12 @@ impl Message for DeviceConfig {
                 }
                 if !(hysteresis_a.is_finite()
                     && *hysteresis_a >= 0.0
-                    && *hysteresis_a < busy_a - idle_a)
+                    && *hysteresis_a < busy_a - idle_a
+                    && hysteresis_a < idle_a)
                 {
                     return invalid(
                         "sensing.current.hysteresis_a",
-                        "must be at least 0 and less than busy_a - idle_a",
+                        "must be at least 0 and less than both idle_a and busy_a - idle_a",
                     );
                 }
                 if *dwell_ms > MAX_DWELL_MS {
@@ -419,6 +420,12 @@ fn decode_with<M: Message>(
             max,
         });
     }
+    // Both decoders see only strict JSON: the same verdict whichever runs (see `strict_json`).
+    if let Some((at, what)) = strict_json(payload) {
+        return Err(DecodeError::Syntax {
+            detail: detail(format_args!("{what} at byte {at}")),
+        });
+    }
     match parse_msg(payload) {
         Ok(msg) if msg.version() == SCHEMA_VERSION => {
             msg.validate().map_err(DecodeError::Invalid)?;
@@ -479,16 +486,13 @@ fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
 /// Decodes with `serde-json-core`, whatever the features: the device's decoder. Public so that a
 /// hosted test or fuzz target can compare it with the `std` decoder.
 ///
+/// It is lenient about JSON syntax; [`decode_core`] runs a strict check first.
+///
 /// Its errors do not name the field: serde-json-core's `custom-error-messages` feature would, but in
 /// 0.7.0 it panics on any message longer than 64 bytes (serde's "unknown variant" messages are), and
 /// a device must not panic on input. The collector decodes with `serde_json`, which names the path.
 pub fn parse_core<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
     use serde_json_core::de::Error as E;
-    if let Some((at, what)) = strict_json(payload) {
-        return Err(DecodeError::Syntax {
-            detail: detail(format_args!("{what} at byte {at}")),
-        });
-    }
     let mut buf = [0u8; UNESCAPE_BUF];
     match serde_json_core::from_slice_escaped::<T>(payload, &mut buf) {
         Ok((value, _)) => Ok(value),
@@ -506,39 +510,207 @@ pub fn parse_core<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError>
     }
 }
 
-/// Finds what JSON forbids but serde-json-core 0.7 accepts: a number with a leading zero (`013`)
-/// and a raw control character inside a string. serde_json refuses both; checking here keeps the two
-/// decoders in agreement (the fuzz target `decode` compares them).
+/// Deepest nesting of objects and arrays a payload may have (messages nest at most 4 deep).
+const MAX_DEPTH: usize = 16;
+
+/// A strict RFC 8259 recognizer with a nesting limit, run before either decoder. serde-json-core is
+/// lenient where serde_json is not (found by the fuzz target `decode`): leading zeros in numbers,
+/// raw control characters in strings, garbage inside values it skips; and the two differ in how deep
+/// they nest. Checking here first gives both decoders the same verdict and bounds the recursion on a
+/// microcontroller. Returns the byte offset and the problem of the first error.
 fn strict_json(payload: &[u8]) -> Option<(usize, &'static str)> {
-    let mut in_string = false;
-    let mut escaped = false;
-    let (mut prev2, mut prev) = (b' ', b' ');
-    for (i, &c) in payload.iter().enumerate() {
-        if in_string {
-            if c < 0x20 {
-                return Some((i, "control character in a string"));
-            }
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-        } else if c == b'"' {
-            in_string = true;
-        } else if c == b'0'
-            && !prev.is_ascii_digit()
-            && prev != b'.'
-            && !matches!(prev, b'e' | b'E' | b'+')
-            && !(prev == b'-' && matches!(prev2, b'e' | b'E'))
-            && payload.get(i + 1).is_some_and(u8::is_ascii_digit)
-        {
-            return Some((i, "number with a leading zero"));
-        }
-        prev2 = prev;
-        prev = c;
+    if let Err(e) = core::str::from_utf8(payload) {
+        return Some((e.valid_up_to(), "invalid UTF-8"));
     }
-    None
+    let mut r = Recognizer { b: payload, i: 0 };
+    let result = r.ws().and_then(|()| r.value(0)).and_then(|()| r.ws());
+    match result {
+        Err(what) => Some((r.i, what)),
+        Ok(()) if r.i != payload.len() => Some((r.i, "trailing characters")),
+        Ok(()) => None,
+    }
+}
+
+struct Recognizer<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+type Lex = Result<(), &'static str>;
+
+impl Recognizer<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) -> Lex {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+        Ok(())
+    }
+
+    fn eat(&mut self, c: u8, what: &'static str) -> Lex {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(what)
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Lex {
+        match self.peek() {
+            Some(b'{') => self.object(depth + 1),
+            Some(b'[') => self.array(depth + 1),
+            Some(b'"') => self.string(),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(_) => Err("expected a value"),
+            None => Err("unexpected end of payload"),
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Lex {
+        if depth > MAX_DEPTH {
+            return Err("nested too deep");
+        }
+        self.i += 1;
+        self.ws()?;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws()?;
+            if self.peek() != Some(b'"') {
+                return Err("expected a string key");
+            }
+            self.string()?;
+            self.ws()?;
+            self.eat(b':', "expected `:`")?;
+            self.ws()?;
+            self.value(depth)?;
+            self.ws()?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err("expected `,` or `}`"),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Lex {
+        if depth > MAX_DEPTH {
+            return Err("nested too deep");
+        }
+        self.i += 1;
+        self.ws()?;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws()?;
+            self.value(depth)?;
+            self.ws()?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err("expected `,` or `]`"),
+            }
+        }
+    }
+
+    fn string(&mut self) -> Lex {
+        self.i += 1;
+        loop {
+            match self.peek() {
+                None => return Err("unterminated string"),
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    match self.peek() {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                        Some(b'u') => {
+                            self.i += 1;
+                            for _ in 0..4 {
+                                if !self.peek().is_some_and(|c| c.is_ascii_hexdigit()) {
+                                    return Err("invalid \\u escape");
+                                }
+                                self.i += 1;
+                            }
+                        }
+                        _ => return Err("invalid escape"),
+                    }
+                }
+                Some(c) if c < 0x20 => return Err("control character in a string"),
+                Some(_) => self.i += 1,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn number(&mut self) -> Lex {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                if self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                    return Err("number with a leading zero");
+                }
+            }
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err("invalid number"),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return Err("invalid number");
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err("invalid number");
+            }
+        }
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Lex {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err("expected a value")
+        }
+    }
 }
 
 /// Validates and encodes a message into `buf` (no allocator); returns the length written.
@@ -620,6 +792,39 @@ mod tests {
     }
 
     #[test]
+    fn strict_json_refuses_what_serde_json_refuses() {
+        for bad in [
+            &b"{\"a\":1\xff}"[..],
+            b"{\"a\":1,}",
+            b"{\"a\":[1,]}",
+            b"{\"a\":tru}",
+            b"{\"a\":1.}",
+            b"{\"a\":1e}",
+            b"{\"a\":\"\\x\"}",
+            b"{\"a\":\"\\u12g4\"}",
+            b"{\"a\":1} x",
+            b"{a:1}",
+            b"",
+            b"[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]",
+        ] {
+            assert!(
+                strict_json(bad).is_some(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(bad).is_err() || bad.starts_with(b"[["),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            strict_json(b" {\"a\": [1, -0.5e+3, true, null, \"\\u00e9\"]} \n"),
+            None
+        );
+    }
+
+    #[test]
     fn control_characters_in_strings() {
         assert_eq!(
             strict_json(b"{\"a\":\"x\ty\"}"),
@@ -630,9 +835,9 @@ mod tests {
 
     #[test]
     fn leading_zeros_outside_strings() {
-        assert_eq!(leading_zero(br#"{"a":013}"#), Some(5));
-        assert_eq!(leading_zero(br#"{"a":-01.5}"#), Some(6));
-        assert_eq!(leading_zero(br#"{"a":[1,02]}"#), Some(8));
+        assert_eq!(leading_zero(br#"{"a":013}"#), Some(6));
+        assert_eq!(leading_zero(br#"{"a":-01.5}"#), Some(7));
+        assert_eq!(leading_zero(br#"{"a":[1,02]}"#), Some(9));
         for ok in [
             &br#"{"a":0,"b":0.05,"c":10,"d":1e05,"e":2E-07,"f":3e+01,"g":-0.5}"#[..],
             br#"{"s":"013","t":"\"013"}"#,
