@@ -1,8 +1,15 @@
 //! fabmeter collector: ingest, ledger, time series, billing, maintenance and HTTP API.
-//!
-//! **Skeleton.** Nothing here works yet: the collector arrives with its own issue. The crate exists so
-//! the workspace has its final shape.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub use fabmeter_protocol as protocol;
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod ingest;
+pub mod ledger;
+pub mod metrics;
+pub mod series;
+pub mod session;
+pub mod timeseries;

@@ -1,0 +1,430 @@
+//! The HTTP API and the web page (axum).
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | the live machine board (HTML, refreshes itself, usable on a phone) |
+//! | `GET /api/machines` | live state of every machine |
+//! | `GET /api/sessions?machine&member&from&to&limit` | sessions, JSON; CSV with `Accept: text/csv` or `/api/sessions.csv` |
+//! | `GET /api/machines/{id}/counters` | lifetime counters of a machine |
+//! | `GET /api/dead-letters?limit` | the latest refused messages, with their reasons |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz` | the process answers |
+//! | `GET /readyz` | connected to the broker and the ledger answers |
+//!
+//! `from` and `to` take a date (`2026-11-01`), a UTC date-time (`2026-11-01T08:00:00Z`) or unix
+//! milliseconds.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::ledger::{Ledger, LedgerError, SessionQuery, SessionView};
+use crate::metrics::Metrics;
+use crate::timeseries::TimeSeriesHandle;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// A read connection to the ledger (WAL: reads do not block the writer).
+    pub ledger: Arc<Mutex<Box<dyn Ledger>>>,
+    /// The collector's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The time-series sink, for its statistics.
+    pub series: TimeSeriesHandle,
+    /// Site id and name, for the page.
+    pub site: (String, String),
+}
+
+/// The router of every route above.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/machines", get(machines))
+        .route("/api/sessions", get(sessions))
+        .route("/api/sessions.csv", get(sessions_csv))
+        .route("/api/machines/{id}/counters", get(counters))
+        .route("/api/dead-letters", get(dead_letters))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+/// An API error: a status and a message naming the problem and the fix.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        tracing::error!(error = %e, "ledger read failed");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ledger unavailable: {e}"),
+        )
+    }
+}
+
+async fn read<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&dyn Ledger) -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let ledger = state.ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        f(guard.as_ref())
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reader task failed: {e}"),
+        )
+    })?
+    .map_err(ApiError::from)
+}
+
+async fn machines(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let machines = read(&s, |l| l.machines()).await?;
+    Ok(Json(serde_json::json!({
+        "site": s.site.0,
+        "now_ms": crate::ingest::now_ms(),
+        "machines": machines,
+    }))
+    .into_response())
+}
+
+/// Query string of `/api/sessions`.
+#[derive(Debug, Deserialize, Default)]
+pub struct SessionParams {
+    machine: Option<String>,
+    member: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u32>,
+}
+
+fn session_query(p: SessionParams) -> Result<SessionQuery, ApiError> {
+    let time = |name: &str, v: Option<String>| -> Result<Option<u64>, ApiError> {
+        v.map(|v| {
+            parse_time(&v).ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "parameter `{name}`: {v:?} is not a time; use a date (2026-11-01), a UTC date-time (2026-11-01T08:00:00Z) or unix milliseconds"
+                    ),
+                )
+            })
+        })
+        .transpose()
+    };
+    Ok(SessionQuery {
+        from_ms: time("from", p.from)?,
+        to_ms: time("to", p.to)?,
+        machine: p.machine,
+        member: p.member,
+        limit: Some(p.limit.unwrap_or(10_000).min(100_000)),
+    })
+}
+
+async fn sessions(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(p): Query<SessionParams>,
+) -> Result<Response, ApiError> {
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"));
+    let q = session_query(p)?;
+    let rows = read(&s, move |l| l.sessions(&q)).await?;
+    Ok(if wants_csv {
+        csv_response(&rows)
+    } else {
+        Json(serde_json::json!({ "sessions": rows })).into_response()
+    })
+}
+
+async fn sessions_csv(
+    State(s): State<ApiState>,
+    Query(p): Query<SessionParams>,
+) -> Result<Response, ApiError> {
+    let q = session_query(p)?;
+    let rows = read(&s, move |l| l.sessions(&q)).await?;
+    Ok(csv_response(&rows))
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Sessions as CSV, one line per session, times in UTC (RFC 3339).
+pub fn sessions_to_csv(rows: &[SessionView]) -> String {
+    let mut out = String::from(
+        "machine,boot,session,member,badge,start,end,busy_s,idle_s,energy_wh,status,reason,first_seq,last_seq\n",
+    );
+    for r in rows {
+        let t = |ms: Option<u64>| ms.map(format_utc).unwrap_or_default();
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            csv_field(&r.machine),
+            r.boot,
+            r.session,
+            csv_field(r.member.as_deref().unwrap_or("")),
+            r.badge.as_deref().unwrap_or(""),
+            t(r.start_ms),
+            t(r.end_ms),
+            r.busy_s,
+            r.idle_s,
+            r.energy_wh,
+            r.status,
+            r.reason.as_deref().unwrap_or(""),
+            r.first_seq,
+            r.last_seq
+        ));
+    }
+    out
+}
+
+fn csv_response(rows: &[SessionView]) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"sessions.csv\"",
+            ),
+        ],
+        sessions_to_csv(rows),
+    )
+        .into_response()
+}
+
+async fn counters(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let machine = id.clone();
+    match read(&s, move |l| l.counters(&machine)).await? {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("unknown machine {id:?}; GET /api/machines lists the machines of this site"),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitParams {
+    limit: Option<u32>,
+}
+
+async fn dead_letters(
+    State(s): State<ApiState>,
+    Query(p): Query<LimitParams>,
+) -> Result<Response, ApiError> {
+    let limit = p.limit.unwrap_or(100).min(10_000);
+    let rows = read(&s, move |l| l.dead_letters(limit)).await?;
+    Ok(Json(serde_json::json!({ "dead_letters": rows })).into_response())
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let ts = s.series.stats();
+    let extra = [
+        (
+            "fabmeter_timeseries_backlog_bytes",
+            "time-series backlog on disk, bytes",
+            ts.backlog_bytes as f64,
+        ),
+        (
+            "fabmeter_timeseries_backlog_points",
+            "time-series points waiting in the backlog",
+            ts.backlog_points as f64,
+        ),
+        (
+            "fabmeter_timeseries_points_written",
+            "time-series points written to the store",
+            ts.points_written as f64,
+        ),
+        (
+            "fabmeter_timeseries_store_up",
+            "whether the time-series store accepts writes",
+            f64::from(u8::from(ts.store_up)),
+        ),
+    ];
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(&extra),
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<ApiState>) -> Response {
+    if !s.metrics.mqtt_up.load(Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not connected to the MQTT broker\n",
+        )
+            .into_response();
+    }
+    match read(&s, |l| l.totals()).await {
+        Ok(_) => "ready\n".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", e.1),
+        )
+            .into_response(),
+    }
+}
+
+async fn page(State(s): State<ApiState>) -> Html<String> {
+    let title = if s.site.1.is_empty() {
+        &s.site.0
+    } else {
+        &s.site.1
+    };
+    Html(PAGE.replace("{{SITE}}", &html_escape(title)))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const PAGE: &str = include_str!("page.html");
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian), after Howard Hinnant.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Parses unix ms, `YYYY-MM-DD`, or `YYYY-MM-DDTHH:MM[:SS]Z` (UTC).
+pub fn parse_time(s: &str) -> Option<u64> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Some(ms);
+    }
+    let num = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<i64>().ok());
+    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    if s.get(4..5) != Some("-")
+        || s.get(7..8) != Some("-")
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
+        return None;
+    }
+    let mut secs = days_from_civil(y, m, d) * 86_400;
+    if s.len() > 10 {
+        let rest = s.get(10..)?;
+        let rest = rest.strip_prefix('T').or_else(|| rest.strip_prefix(' '))?;
+        let rest = rest.strip_suffix('Z').unwrap_or(rest);
+        let mut parts = rest.split(':');
+        let h: i64 = parts.next()?.parse().ok()?;
+        let mi: i64 = parts.next()?.parse().ok()?;
+        let sec: i64 = parts.next().map_or(Some(0), |x| x.parse().ok())?;
+        if parts.next().is_some()
+            || !(0..24).contains(&h)
+            || !(0..60).contains(&mi)
+            || !(0..61).contains(&sec)
+        {
+            return None;
+        }
+        secs += h * 3600 + mi * 60 + sec;
+    }
+    u64::try_from(secs).ok().map(|s| s * 1000)
+}
+
+/// Formats unix ms as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn format_utc(ms: u64) -> String {
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_and_format() {
+        assert_eq!(parse_time("1764412800000"), Some(1_764_412_800_000));
+        assert_eq!(parse_time("2025-11-29"), Some(1_764_374_400_000));
+        assert_eq!(parse_time("2025-11-29T10:40:00Z"), Some(1_764_412_800_000));
+        assert_eq!(parse_time("2025-11-29T10:40Z"), Some(1_764_412_800_000));
+        assert_eq!(format_utc(1_764_412_800_000), "2025-11-29T10:40:00Z");
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(parse_time("2024-02-29"), Some(1_709_164_800_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-01",
+            "2025-11-29T25:00Z",
+            "2025/11/29",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let row = SessionView {
+            machine: "laser-1".into(),
+            boot: 1,
+            session: 2,
+            member: Some("alice, \"the\" maker".into()),
+            badge: Some("ba279e0c1e5c2464".into()),
+            start_ms: Some(1_764_412_800_000),
+            end_ms: None,
+            busy_s: 60,
+            idle_s: 5,
+            energy_wh: 3,
+            status: "open".into(),
+            reason: None,
+            first_seq: 2,
+            last_seq: 4,
+        };
+        let csv = sessions_to_csv(&[row]);
+        let line = csv.lines().nth(1).expect("a data line");
+        assert_eq!(
+            line,
+            "laser-1,1,2,\"alice, \"\"the\"\" maker\",ba279e0c1e5c2464,2025-11-29T10:40:00Z,,60,5,3,open,,2,4"
+        );
+    }
+}

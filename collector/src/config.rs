@@ -1,0 +1,475 @@
+//! The collector's one typed configuration: defaults, then a TOML file, then `FABMETER_*`
+//! environment variables and command-line flags (see `main.rs`), validated before start.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fabmeter_protocol::message::Sensing;
+use fabmeter_protocol::{BadgeHash, Id};
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem: which key, what is wrong, and a valid example.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("config key `{key}`: {problem}; for example: {example}")]
+pub struct ConfigError {
+    /// Dotted key, e.g. `machines[2].id`.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+    /// A valid example value.
+    pub example: String,
+}
+
+fn err(key: impl Into<String>, problem: impl Into<String>, example: &str) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        problem: problem.into(),
+        example: example.into(),
+    }
+}
+
+/// The whole collector configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The workshop this collector serves.
+    pub site: SiteConfig,
+    /// The MQTT broker.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// The ledger (system of record).
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// The time-series store; absent: the collector runs without one and says so at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeseries: Option<TimeSeriesSettings>,
+    /// The HTTP API and web page.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The machines of the site.
+    #[serde(default)]
+    pub machines: Vec<MachineConfig>,
+    /// The members of the site.
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+}
+
+/// `[site]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Site id as in topics, e.g. `atelier-lyon`.
+    pub id: String,
+    /// Human name.
+    #[serde(default)]
+    pub name: String,
+    /// Register machines that publish but are not listed (true), or dead-letter their messages (false).
+    #[serde(default)]
+    pub auto_register: bool,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS).
+    pub url: String,
+    /// Fixed client id, so the broker keeps the session (and queued QoS 1 messages) across restarts.
+    /// Empty: `fm-collector-{site}`.
+    pub client_id: String,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// Password, if the broker wants one.
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the broker's certificate (TLS); absent: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Keep-alive interval, seconds.
+    pub keep_alive_s: u64,
+    /// MQTT 5 shared-subscription group for several collectors of one site (`$share/{group}/...`);
+    /// absent: a plain subscription.
+    pub shared_group: Option<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: String::new(),
+            username: None,
+            password: None,
+            ca_file: None,
+            keep_alive_s: 30,
+            shared_group: None,
+        }
+    }
+}
+
+/// `[ledger]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// SQLite file (created with its directory if missing).
+    pub path: PathBuf,
+    /// Most messages committed in one transaction.
+    pub batch_max: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            path: PathBuf::from("fabmeter-data/ledger.sqlite"),
+            batch_max: 1000,
+        }
+    }
+}
+
+/// `[timeseries]`: an InfluxDB 2 API endpoint (InfluxDB 2.x/3.x, or VictoriaMetrics).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSeriesSettings {
+    /// Base URL, e.g. `http://127.0.0.1:8086` (a path in it is ignored by the client).
+    pub url: String,
+    /// Organisation.
+    #[serde(default = "default_org")]
+    pub org: String,
+    /// Bucket.
+    #[serde(default = "default_bucket")]
+    pub bucket: String,
+    /// API token.
+    #[serde(default)]
+    pub token: String,
+    /// Directory of the on-disk backlog kept while the store is down; default: beside the ledger.
+    #[serde(default)]
+    pub backlog_dir: Option<PathBuf>,
+    /// Largest backlog in MiB.
+    #[serde(default = "default_backlog_mib")]
+    pub backlog_max_mib: u64,
+}
+
+fn default_org() -> String {
+    "fabmeter".into()
+}
+fn default_bucket() -> String {
+    "fabmeter".into()
+}
+fn default_backlog_mib() -> u64 {
+    256
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address; port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[[machines]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Machine id as in topics, e.g. `laser-1`.
+    pub id: String,
+    /// Human name.
+    #[serde(default)]
+    pub name: String,
+    /// Kind (`laser`, `printer-3d`, `cnc`, `saw`...): a low-cardinality tag in time series, and the
+    /// key of tariffs and service plans.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Tariff name (billing).
+    #[serde(default)]
+    pub tariff: Option<String>,
+    /// Sensing parameters sent to the device in its retained config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensing: Option<Sensing>,
+}
+
+fn default_kind() -> String {
+    "machine".into()
+}
+
+/// `[[members]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Member id, e.g. `alice`.
+    pub id: String,
+    /// Human name.
+    #[serde(default)]
+    pub name: String,
+    /// Badge hashes (16 hex digits, see docs/PROTOCOL.md "Badges").
+    #[serde(default)]
+    pub badges: Vec<String>,
+}
+
+impl Config {
+    /// A minimal valid configuration for `site`, all else default.
+    pub fn for_site(site: &str) -> Self {
+        Config {
+            site: SiteConfig {
+                id: site.into(),
+                name: String::new(),
+                auto_register: false,
+            },
+            mqtt: MqttConfig::default(),
+            ledger: LedgerConfig::default(),
+            timeseries: None,
+            http: HttpConfig::default(),
+            machines: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
+    /// Parses TOML text (unknown keys are errors naming the key).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| {
+                    text.get(s.clone())
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            err(
+                if key.is_empty() {
+                    "(file)"
+                } else {
+                    key.as_str()
+                },
+                e.message().to_string(),
+                "see `fabmeter-collector print-config` for every key with its default",
+            )
+        })
+    }
+
+    /// The configuration as TOML (for `print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// Checks everything that types cannot; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Id::new(&self.site.id)
+            .map_err(|e| err("site.id", format!("site id {e}"), "\"atelier-lyon\""))?;
+        let url = &self.mqtt.url;
+        if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) {
+            return Err(err(
+                "mqtt.url",
+                format!("{url:?} is not an mqtt:// or mqtts:// URL"),
+                "\"mqtt://127.0.0.1:1883\"",
+            ));
+        }
+        if mqtt_host_port(url).is_none() {
+            return Err(err(
+                "mqtt.url",
+                format!("{url:?} has no host:port"),
+                "\"mqtt://127.0.0.1:1883\"",
+            ));
+        }
+        if self.mqtt.keep_alive_s < 5 {
+            return Err(err("mqtt.keep_alive_s", "must be at least 5 seconds", "30"));
+        }
+        if self.ledger.batch_max == 0 {
+            return Err(err("ledger.batch_max", "must be at least 1", "1000"));
+        }
+        if let Some(ts) = &self.timeseries {
+            if !(ts.url.starts_with("http://") || ts.url.starts_with("https://")) {
+                return Err(err(
+                    "timeseries.url",
+                    format!("{:?} is not an http(s) URL", ts.url),
+                    "\"http://127.0.0.1:8086\"",
+                ));
+            }
+        }
+        let mut ids = HashSet::new();
+        for (i, m) in self.machines.iter().enumerate() {
+            Id::new(&m.id).map_err(|e| {
+                err(
+                    format!("machines[{i}].id"),
+                    format!("machine id {e}"),
+                    "\"laser-1\"",
+                )
+            })?;
+            if !ids.insert(m.id.as_str()) {
+                return Err(err(
+                    format!("machines[{i}].id"),
+                    format!("{:?} is listed twice", m.id),
+                    "a distinct id per machine",
+                ));
+            }
+            if m.kind.is_empty() || m.kind.len() > 32 || m.kind.contains(['\n', '\r', '\\', ' ']) {
+                return Err(err(
+                    format!("machines[{i}].kind"),
+                    "must be 1 to 32 characters without spaces, backslashes or newlines",
+                    "\"laser\"",
+                ));
+            }
+        }
+        let mut members = HashSet::new();
+        let mut badges = HashSet::new();
+        for (i, m) in self.members.iter().enumerate() {
+            Id::new(&m.id).map_err(|e| {
+                err(
+                    format!("members[{i}].id"),
+                    format!("member id {e}"),
+                    "\"alice\"",
+                )
+            })?;
+            if !members.insert(m.id.as_str()) {
+                return Err(err(
+                    format!("members[{i}].id"),
+                    format!("{:?} is listed twice", m.id),
+                    "a distinct id per member",
+                ));
+            }
+            for (j, b) in m.badges.iter().enumerate() {
+                let key = format!("members[{i}].badges[{j}]");
+                BadgeHash::from_hex(b)
+                    .map_err(|e| err(&key, format!("badge hash {e}"), "\"ba279e0c1e5c2464\""))?;
+                if !badges.insert(b.as_str()) {
+                    return Err(err(
+                        key,
+                        format!("badge {b} belongs to two members"),
+                        "each badge hash once",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The site id, validated.
+    pub fn site_id(&self) -> Result<Id, ConfigError> {
+        Id::new(&self.site.id)
+            .map_err(|e| err("site.id", format!("site id {e}"), "\"atelier-lyon\""))
+    }
+
+    /// The MQTT client id (the configured one, or `fm-collector-{site}`).
+    pub fn client_id(&self) -> String {
+        if self.mqtt.client_id.is_empty() {
+            format!("fm-collector-{}", self.site.id)
+        } else {
+            self.mqtt.client_id.clone()
+        }
+    }
+
+    /// The member owning a badge hash, if any.
+    pub fn member_of(&self, badge: &str) -> Option<&MemberConfig> {
+        self.members
+            .iter()
+            .find(|m| m.badges.iter().any(|b| b == badge))
+    }
+
+    /// The configured machine with this id.
+    pub fn machine(&self, id: &str) -> Option<&MachineConfig> {
+        self.machines.iter().find(|m| m.id == id)
+    }
+
+    /// Keep-alive as a duration.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.mqtt.keep_alive_s)
+    }
+}
+
+/// Host and port of an `mqtt://` or `mqtts://` URL, and whether it is TLS.
+pub fn mqtt_host_port(url: &str) -> Option<(String, u16, bool)> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true)
+    } else {
+        (url.strip_prefix("mqtt://")?, false)
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.trim_matches(['[', ']']).to_string(), port, tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[site]
+id = "atelier-lyon"
+name = "Atelier de Lyon"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[[machines]]
+id = "laser-1"
+name = "Laser"
+kind = "laser"
+
+[[members]]
+id = "alice"
+badges = ["ba279e0c1e5c2464"]
+"#;
+
+    #[test]
+    fn parses_and_validates_a_good_file() {
+        let c = Config::from_toml(GOOD).expect("parses");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.client_id(), "fm-collector-atelier-lyon");
+        assert_eq!(
+            c.member_of("ba279e0c1e5c2464").map(|m| m.id.as_str()),
+            Some("alice")
+        );
+        assert_eq!(c.ledger.batch_max, 1000);
+        // print-config output parses back to the same config.
+        assert_eq!(Config::from_toml(&c.to_toml()), Ok(c));
+    }
+
+    #[test]
+    fn errors_name_key_problem_and_example() {
+        let e =
+            Config::from_toml(&GOOD.replace("name = \"Laser\"", "nmae = \"Laser\"")).unwrap_err();
+        assert!(e.to_string().contains("nmae"), "{e}");
+
+        let bad = |from: &str, to: &str| {
+            let c = Config::from_toml(&GOOD.replace(from, to)).expect("parses");
+            c.validate().unwrap_err()
+        };
+        let e = bad("id = \"laser-1\"", "id = \"Laser 1\"");
+        assert_eq!(e.key, "machines[0].id");
+        assert!(e.to_string().contains("for example: \"laser-1\""), "{e}");
+        let e = bad("mqtt://127.0.0.1:1883", "tcp://x");
+        assert_eq!(e.key, "mqtt.url");
+        let e = bad("ba279e0c1e5c2464", "ba27");
+        assert_eq!(e.key, "members[0].badges[0]");
+        assert!(e.problem.contains("16 lowercase hex digits"), "{e}");
+        let e = bad("id = \"atelier-lyon\"", "id = \"\"");
+        assert_eq!(e.key, "site.id");
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(
+            mqtt_host_port("mqtt://h:1884"),
+            Some(("h".into(), 1884, false))
+        );
+        assert_eq!(mqtt_host_port("mqtts://h"), Some(("h".into(), 8883, true)));
+        assert_eq!(mqtt_host_port("mqtt://"), None);
+        assert_eq!(mqtt_host_port("http://h"), None);
+    }
+}

@@ -1,0 +1,552 @@
+//! From MQTT to the ledger, exactly once.
+//!
+//! - [`classify`] (pure) turns one received message into a ledger [`Record`] (an event, a status,
+//!   or a dead letter with its reason), or a telemetry sample.
+//! - The MQTT task ([`run_mqtt`]) keeps a persistent session (fixed client id, clean session off,
+//!   manual acknowledgements), re-subscribes whenever the broker kept no session, and hands every
+//!   publish to the writer.
+//! - The writer ([`run_writer`], on its own thread) takes what is waiting (up to `batch_max`), commits
+//!   it in one transaction, and only then acknowledges each QoS 1 message to the broker. If the
+//!   commit fails, nothing is acknowledged: the batch is retried, and if the collector dies the
+//!   broker redelivers, which the ledger turns into duplicates.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fabmeter_protocol::message::{Event, Status, Telemetry};
+use fabmeter_protocol::topic::{filter, Direction};
+use fabmeter_protocol::{decode, Channel, Id, Topic, MAX_CONFIG_PAYLOAD};
+use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{Ledger, MachineInfo, Outcome, Record};
+use crate::metrics::Metrics;
+use crate::series;
+use crate::timeseries::TimeSeriesHandle;
+
+/// Unix milliseconds now, from the system clock (the only place the ingest reads it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What the ingest knows about the site, to classify messages.
+#[derive(Debug, Clone)]
+pub struct SiteRules {
+    /// The site this collector serves.
+    pub site: Id,
+    /// Register unknown machines instead of dead-lettering their messages.
+    pub auto_register: bool,
+}
+
+/// A received message, classified.
+#[derive(Debug, Clone)]
+pub enum Classified {
+    /// Something for the ledger (an event, a status, or a dead letter).
+    Record(Record),
+    /// A telemetry sample (QoS 0: never in the ledger, only in the time series).
+    Telemetry {
+        /// Its machine.
+        machine: Id,
+        /// The sample.
+        sample: Telemetry,
+    },
+}
+
+fn dead(topic: &str, payload: &[u8], reason: &str, detail: String, received_ms: u64) -> Classified {
+    let keep = payload.len().min(MAX_CONFIG_PAYLOAD);
+    Classified::Record(Record::DeadLetter {
+        topic: topic.chars().take(256).collect(),
+        payload: payload[..keep].to_vec(),
+        reason: reason.to_owned(),
+        detail,
+        received_ms,
+    })
+}
+
+/// Classifies one message. `known(machine)` tells whether a machine is registered; with
+/// `auto_register`, unknown machines are accepted (the caller registers them).
+pub fn classify(
+    rules: &SiteRules,
+    topic: &str,
+    payload: &[u8],
+    received_ms: u64,
+    known: impl Fn(&str) -> bool,
+) -> Classified {
+    let t = match Topic::parse(topic) {
+        Ok(t) => t,
+        Err(e) => return dead(topic, payload, "topic", e.to_string(), received_ms),
+    };
+    if t.site != rules.site {
+        return dead(
+            topic,
+            payload,
+            "wrong_site",
+            format!(
+                "site {} is not this collector's site {}; point the device at its own site",
+                t.site, rules.site
+            ),
+            received_ms,
+        );
+    }
+    if t.channel.direction() != Direction::DeviceToCollector {
+        return dead(
+            topic,
+            payload,
+            "wrong_channel",
+            format!(
+                "channel {} is not published by devices; devices publish on status, event and telemetry",
+                t.channel
+            ),
+            received_ms,
+        );
+    }
+    if !rules.auto_register && !known(t.machine.as_str()) {
+        return dead(
+            topic,
+            payload,
+            "unknown_machine",
+            format!(
+                "machine {} is not in the site config; add it under [[machines]] or set site.auto_register = true",
+                t.machine
+            ),
+            received_ms,
+        );
+    }
+    let decoded = match t.channel {
+        Channel::Event => decode::<Event>(payload).map(|event| {
+            Classified::Record(Record::Event {
+                machine: t.machine.clone(),
+                event,
+                payload: payload.to_vec(),
+                received_ms,
+            })
+        }),
+        Channel::Status => decode::<Status>(payload).map(|status| {
+            Classified::Record(Record::Status {
+                machine: t.machine.clone(),
+                status,
+                received_ms,
+            })
+        }),
+        _ => decode::<Telemetry>(payload).map(|sample| Classified::Telemetry {
+            machine: t.machine.clone(),
+            sample,
+        }),
+    };
+    decoded.unwrap_or_else(|e| dead(topic, payload, e.reason(), e.to_string(), received_ms))
+}
+
+/// A message waiting for the writer.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The publish, kept to acknowledge it after commit.
+    pub publish: Publish,
+    /// When it arrived.
+    pub received: Instant,
+    /// When it arrived, unix ms.
+    pub received_ms: u64,
+}
+
+/// Subscription filters of a site (status, event, telemetry), with the shared-subscription prefix
+/// when several collectors share the site.
+pub fn subscriptions(site: &Id, shared_group: Option<&str>) -> Vec<String> {
+    [Channel::Status, Channel::Event, Channel::Telemetry]
+        .into_iter()
+        .map(|c| {
+            let f = filter(Some(site), c);
+            match shared_group {
+                Some(g) => format!("$share/{g}/{f}"),
+                None => f.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Drives the MQTT connection: forwards publishes to the writer, subscribes after every connection
+/// without a kept session, reconnects with backoff.
+///
+/// On `shutdown` it stops taking publishes (those not taken are not acknowledged, so the broker
+/// redelivers them to the next run), closes the writer's queue, and keeps the connection polled until
+/// the writer has acknowledged what it committed (`writer_done`), then disconnects cleanly.
+pub async fn run_mqtt(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    topics: Vec<String>,
+    to_writer: mpsc::Sender<Incoming>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    writer_done: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut to_writer = Some(to_writer);
+    loop {
+        let polled = tokio::select! {
+            () = shutdown.cancelled(), if to_writer.is_some() => {
+                // Stop reading: the writer drains its queue and acknowledges.
+                to_writer = None;
+                continue;
+            }
+            () = writer_done.cancelled(), if to_writer.is_none() => break,
+            p = eventloop.poll() => p,
+        };
+        match polled {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(100);
+                metrics.connects.fetch_add(1, Relaxed);
+                metrics.mqtt_up.store(true, Relaxed);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the broker"
+                );
+                if !ack.session_present {
+                    // rumqttc does not re-subscribe by itself when the broker kept no session.
+                    for t in &topics {
+                        if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
+                            tracing::error!(topic = %t, error = %e, "subscribe failed");
+                        }
+                    }
+                }
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                metrics.received.fetch_add(1, Relaxed);
+                let Some(tx) = &to_writer else {
+                    continue; // shutting down: left unacknowledged, redelivered next run
+                };
+                metrics.queue_depth.fetch_add(1, Relaxed);
+                let msg = Incoming {
+                    publish,
+                    received: Instant::now(),
+                    received_ms: now_ms(),
+                };
+                // Back-pressure: when the writer is behind, stop reading from the broker.
+                if tx.send(msg).await.is_err() {
+                    to_writer = None;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.mqtt_up.store(false, Relaxed);
+                if to_writer.is_none() {
+                    break; // shutting down and the connection is gone: nothing more to flush
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    metrics.mqtt_up.store(false, Relaxed);
+    // Flush the last acknowledgements, then say goodbye.
+    if client.disconnect().await.is_ok() {
+        let deadline = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => break,
+                p = eventloop.poll() => {
+                    if matches!(p, Err(_) | Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect))) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("MQTT connection closed");
+}
+
+/// Everything the writer needs.
+pub struct Writer<L: Ledger> {
+    /// The ledger it alone writes.
+    pub ledger: L,
+    /// Classification rules.
+    pub rules: SiteRules,
+    /// Machine kinds for time-series tags.
+    pub kinds: std::collections::HashMap<String, String>,
+    /// Badge hash to member id, for time-series tags.
+    pub members: std::collections::HashMap<String, String>,
+    /// The MQTT client, to acknowledge after commit.
+    pub client: AsyncClient,
+    /// Time series (never waited for).
+    pub series: TimeSeriesHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Most messages per transaction.
+    pub batch_max: usize,
+}
+
+/// The writer loop, on a dedicated thread (SQLite is blocking): batch, commit, then acknowledge.
+/// Ends when the MQTT task is gone and the queue is drained.
+pub fn run_writer<L: Ledger>(
+    mut w: Writer<L>,
+    mut rx: mpsc::Receiver<Incoming>,
+    rt: tokio::runtime::Handle,
+    done: CancellationToken,
+) {
+    let mut batch: Vec<Incoming> = Vec::with_capacity(w.batch_max);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < w.batch_max {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        w.metrics.queue_depth.fetch_sub(batch.len() as u64, Relaxed);
+        process_batch(&mut w, &mut batch, &rt);
+    }
+    tracing::info!("ledger writer stopped");
+    done.cancel();
+}
+
+fn process_batch<L: Ledger>(
+    w: &mut Writer<L>,
+    batch: &mut Vec<Incoming>,
+    rt: &tokio::runtime::Handle,
+) {
+    let mut records = Vec::with_capacity(batch.len());
+    let mut points = Vec::new();
+    let mut register = Vec::new();
+    for m in batch.iter() {
+        let ledger = &w.ledger;
+        let known = |machine: &str| {
+            w.kinds.contains_key(machine) || ledger.has_machine(machine).unwrap_or(false)
+        };
+        match classify(
+            &w.rules,
+            &m.publish.topic,
+            &m.publish.payload,
+            m.received_ms,
+            known,
+        ) {
+            Classified::Record(r) => {
+                if let Record::DeadLetter {
+                    reason,
+                    detail,
+                    topic,
+                    ..
+                } = &r
+                {
+                    w.metrics.reject(reason);
+                    tracing::warn!(%topic, %reason, %detail, "message refused");
+                } else if let Record::Event { machine, .. } | Record::Status { machine, .. } = &r {
+                    if !w.kinds.contains_key(machine.as_str()) {
+                        register.push(MachineInfo {
+                            id: machine.to_string(),
+                            name: machine.to_string(),
+                            kind: "machine".into(),
+                            source: "auto".into(),
+                        });
+                        w.kinds.insert(machine.to_string(), "machine".into());
+                    }
+                }
+                records.push(r);
+            }
+            Classified::Telemetry { machine, sample } => {
+                w.metrics.telemetry.fetch_add(1, Relaxed);
+                let kind = w
+                    .kinds
+                    .get(machine.as_str())
+                    .map_or("machine", String::as_str);
+                points.extend(series::telemetry(
+                    &w.rules.site,
+                    &machine,
+                    kind,
+                    &sample,
+                    m.received_ms,
+                ));
+            }
+        }
+    }
+    // Commit until it succeeds: nothing is acknowledged before, so nothing can be lost.
+    let mut pause = Duration::from_millis(50);
+    let committed = loop {
+        let started = Instant::now();
+        let result = if register.is_empty() {
+            Ok(())
+        } else {
+            w.ledger.register_machines(&register, now_ms())
+        }
+        .and_then(|()| w.ledger.commit(&records));
+        match result {
+            Ok(c) => {
+                w.metrics.commit_time.observe(started.elapsed());
+                w.metrics.commits.fetch_add(1, Relaxed);
+                break c;
+            }
+            Err(e) => {
+                w.metrics.commit_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, retry_in = ?pause, "ledger commit failed; nothing acknowledged");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    for (record, c) in records.iter().zip(&committed) {
+        match c.outcome {
+            Outcome::Accepted => {
+                w.metrics.accepted.fetch_add(1, Relaxed);
+                if let (Record::Event { machine, event, .. }, Some(wall)) = (record, c.wall_ms) {
+                    let kind = w
+                        .kinds
+                        .get(machine.as_str())
+                        .map_or("machine", String::as_str);
+                    points.extend(series::event(
+                        &w.rules.site,
+                        machine,
+                        kind,
+                        event,
+                        wall,
+                        &w.members,
+                    ));
+                }
+            }
+            Outcome::Duplicate => {
+                w.metrics.duplicate.fetch_add(1, Relaxed);
+            }
+            Outcome::DeadLettered => {}
+        }
+    }
+    if !points.is_empty() {
+        w.series.send(points);
+    }
+    for m in batch.drain(..) {
+        if m.publish.qos != QoS::AtMostOnce {
+            if let Err(e) = rt.block_on(w.client.ack(&m.publish)) {
+                tracing::warn!(error = %e, "acknowledgement not sent; the broker will redeliver");
+                continue;
+            }
+            w.metrics.acked.fetch_add(1, Relaxed);
+        }
+        w.metrics.ack_latency.observe(m.received.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(auto: bool) -> SiteRules {
+        SiteRules {
+            site: Id::new("atelier").expect("id"),
+            auto_register: auto,
+        }
+    }
+
+    fn reason(c: &Classified) -> Option<&str> {
+        match c {
+            Classified::Record(Record::DeadLetter { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    const EV: &[u8] = br#"{"v":1,"boot":1,"seq":1,"uptime_ms":1,"sent_uptime_ms":2,"event":{"state":{"from":"off","to":"idle"}}}"#;
+
+    #[test]
+    fn classifies_good_and_bad_input_with_reasons() {
+        let known = |m: &str| m == "laser-1";
+        let r = rules(false);
+        let c = |topic: &str, payload: &[u8]| classify(&r, topic, payload, 5, known);
+        assert!(matches!(
+            c("fabmeter/v1/atelier/laser-1/event", EV),
+            Classified::Record(Record::Event { .. })
+        ));
+        assert_eq!(
+            reason(&c("fabmeter/v1/atelier/laser-1/events", EV)),
+            Some("topic")
+        );
+        assert_eq!(
+            reason(&c("fabmeter/v1/other/laser-1/event", EV)),
+            Some("wrong_site")
+        );
+        assert_eq!(
+            reason(&c("fabmeter/v1/atelier/laser-1/config", EV)),
+            Some("wrong_channel")
+        );
+        assert_eq!(
+            reason(&c("fabmeter/v1/atelier/saw-9/event", EV)),
+            Some("unknown_machine")
+        );
+        assert_eq!(
+            reason(&c("fabmeter/v1/atelier/laser-1/event", b"{")),
+            Some("syntax")
+        );
+        assert_eq!(
+            reason(&c("fabmeter/v1/atelier/laser-1/event", &[b' '; 2000])),
+            Some("too_large")
+        );
+        assert_eq!(
+            reason(&c("fabmeter/v1/atelier/laser-1/status", EV)),
+            Some("field")
+        );
+        let t = br#"{"v":1,"boot":1,"uptime_ms":1,"state":"busy","power_w":12.5}"#;
+        assert!(matches!(
+            c("fabmeter/v1/atelier/laser-1/telemetry", t),
+            Classified::Telemetry { .. }
+        ));
+        // Auto-registration accepts unknown machines.
+        let auto = classify(
+            &rules(true),
+            "fabmeter/v1/atelier/saw-9/event",
+            EV,
+            5,
+            known,
+        );
+        assert!(matches!(auto, Classified::Record(Record::Event { .. })));
+    }
+
+    #[test]
+    fn dead_letters_keep_a_bounded_payload_and_name_the_fix() {
+        let big = vec![b'x'; 10_000];
+        match classify(
+            &rules(false),
+            "fabmeter/v1/atelier/laser-1/event",
+            &big,
+            5,
+            |_| true,
+        ) {
+            Classified::Record(Record::DeadLetter {
+                payload, detail, ..
+            }) => {
+                assert_eq!(payload.len(), MAX_CONFIG_PAYLOAD);
+                assert!(detail.contains("exceeds the 1024-byte limit"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match classify(
+            &rules(false),
+            "fabmeter/v1/atelier/saw/event",
+            EV,
+            5,
+            |_| false,
+        ) {
+            Classified::Record(Record::DeadLetter { detail, .. }) => {
+                assert!(detail.contains("add it under [[machines]]"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_subscriptions() {
+        let site = Id::new("atelier").expect("id");
+        assert_eq!(
+            subscriptions(&site, None),
+            [
+                "fabmeter/v1/atelier/+/status",
+                "fabmeter/v1/atelier/+/event",
+                "fabmeter/v1/atelier/+/telemetry"
+            ]
+        );
+        assert_eq!(
+            subscriptions(&site, Some("c"))[1],
+            "$share/c/fabmeter/v1/atelier/+/event"
+        );
+    }
+}

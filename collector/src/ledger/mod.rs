@@ -1,0 +1,269 @@
+//! The ledger: the system of record. Everything members pay for is derived from what it holds.
+//!
+//! One narrow interface, [`Ledger`], with SQLite as its first implementation ([`SqliteLedger`]);
+//! a shared PostgreSQL implementation can take its place when several collectors serve one site.
+//! Nothing outside this module assumes SQLite, and nothing assumes this process is the only writer:
+//! per-machine state is derived from stored events on every read.
+//!
+//! Invariants:
+//! - each event key (site, machine, boot, seq) is stored once; a replay is a no-op reported as
+//!   [`Outcome::Duplicate`];
+//! - a batch is one transaction: when [`Ledger::commit`] returns, every record of the batch is
+//!   durable (WAL, `synchronous=FULL`), so the caller may acknowledge the MQTT messages;
+//! - bad input is kept as a dead letter with its reason, in the same transaction.
+
+mod sqlite;
+
+pub use sqlite::SqliteLedger;
+
+use fabmeter_protocol::message::{Event, Status};
+use fabmeter_protocol::Id;
+use serde::Serialize;
+
+/// Why the ledger failed. Always our side (disk, database), never the input: bad input becomes a
+/// dead letter, not an error.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database refused an operation.
+    #[error("ledger database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The ledger file or its directory could not be created or opened.
+    #[error("cannot open the ledger at {path}: {source}")]
+    Open {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file holds a schema newer than this build knows.
+    #[error(
+        "ledger schema version {found} is newer than this build's {supported}; upgrade fabmeter"
+    )]
+    SchemaTooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Latest version this build knows.
+        supported: i64,
+    },
+}
+
+/// One thing to record, already decoded and checked by the ingest.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A device event.
+    Event {
+        /// The machine of the topic.
+        machine: Id,
+        /// The decoded event.
+        event: Event,
+        /// The payload as received.
+        payload: Vec<u8>,
+        /// Collector wall time at reception, unix ms.
+        received_ms: u64,
+    },
+    /// A birth or last will.
+    Status {
+        /// The machine of the topic.
+        machine: Id,
+        /// The decoded status.
+        status: Status,
+        /// Collector wall time at reception, unix ms.
+        received_ms: u64,
+    },
+    /// Input that was refused, kept with its reason.
+    DeadLetter {
+        /// The topic, as received.
+        topic: String,
+        /// The payload, truncated to the channel limit.
+        payload: Vec<u8>,
+        /// Stable reason (metrics label).
+        reason: String,
+        /// Human-readable detail naming the problem.
+        detail: String,
+        /// Collector wall time at reception, unix ms.
+        received_ms: u64,
+    },
+}
+
+/// What became of one record, with the wall time the ledger assigned to an accepted event (its
+/// `ts`, or its boot's anchor plus its uptime: see `fabmeter_protocol::clock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// What became of it.
+    pub outcome: Outcome,
+    /// Wall time of an accepted or duplicate event, unix ms.
+    pub wall_ms: Option<u64>,
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New, stored and applied.
+    Accepted,
+    /// Already stored (same key): nothing changed.
+    Duplicate,
+    /// Stored as a dead letter.
+    DeadLettered,
+}
+
+/// A machine as the site knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineInfo {
+    /// Machine id.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// `config` or `auto` (registered when it first published).
+    pub source: String,
+}
+
+/// The live view of one machine, derived from the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineView {
+    /// Machine id.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// `off`, `idle`, `busy`, or `offline` (device gone) or `unknown` (never heard).
+    pub state: String,
+    /// Wall time since when, unix ms.
+    pub since_ms: Option<u64>,
+    /// Member of the open session, if any (or the badge hash when the badge is unknown).
+    pub member: Option<String>,
+    /// Whether the device is connected (its last status).
+    pub online: bool,
+    /// Highest boot seen.
+    pub boot: Option<u32>,
+    /// Firmware version from the last birth.
+    pub fw: Option<String>,
+}
+
+/// A session, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionView {
+    /// Machine id.
+    pub machine: String,
+    /// Boot of the device during the session.
+    pub boot: u32,
+    /// Session id (seq of its start event).
+    pub session: u32,
+    /// Member id, when the badge is known.
+    pub member: Option<String>,
+    /// Badge hash.
+    pub badge: Option<String>,
+    /// Start, unix ms.
+    pub start_ms: Option<u64>,
+    /// End (or last progress while open), unix ms.
+    pub end_ms: Option<u64>,
+    /// Busy seconds.
+    pub busy_s: u32,
+    /// Idle seconds.
+    pub idle_s: u32,
+    /// Energy, Wh.
+    pub energy_wh: u32,
+    /// `open`, `closed` or `interrupted`.
+    pub status: String,
+    /// End reason.
+    pub reason: Option<String>,
+    /// Seqs of the events it came from: its start and the last event used (same boot).
+    pub first_seq: u32,
+    /// See `first_seq`.
+    pub last_seq: u32,
+}
+
+/// Filter for [`Ledger::sessions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionQuery {
+    /// Only this machine.
+    pub machine: Option<String>,
+    /// Only this member.
+    pub member: Option<String>,
+    /// Sessions starting at or after, unix ms.
+    pub from_ms: Option<u64>,
+    /// Sessions starting before, unix ms.
+    pub to_ms: Option<u64>,
+    /// At most this many, newest first.
+    pub limit: Option<u32>,
+}
+
+/// Lifetime counters of a machine (not of the device attached to it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineCounters {
+    /// Machine id.
+    pub machine: String,
+    /// Seconds powered (idle or busy), from state changes.
+    pub on_s: u64,
+    /// Seconds busy, from state changes.
+    pub busy_s: u64,
+    /// Seconds idle, from state changes.
+    pub idle_s: u64,
+    /// Sessions seen.
+    pub sessions: u64,
+    /// Busy seconds within sessions.
+    pub session_busy_s: u64,
+    /// Energy within sessions, Wh.
+    pub session_energy_wh: u64,
+    /// Boots of the devices that served this machine.
+    pub boots: u64,
+    /// Events stored.
+    pub events: u64,
+}
+
+/// A dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// Row id.
+    pub id: i64,
+    /// Reception, unix ms.
+    pub received_ms: u64,
+    /// Topic.
+    pub topic: String,
+    /// Payload, lossy UTF-8.
+    pub payload: String,
+    /// Stable reason.
+    pub reason: String,
+    /// Detail.
+    pub detail: String,
+}
+
+/// Totals of the ledger's tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LedgerTotals {
+    /// Stored events.
+    pub events: u64,
+    /// Sessions.
+    pub sessions: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+}
+
+/// The system of record, behind one narrow interface.
+pub trait Ledger: Send {
+    /// Registers (or updates) machines known from configuration.
+    fn register_machines(
+        &mut self,
+        machines: &[MachineInfo],
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+    /// Stores a batch in one transaction and returns what became of each record, in order.
+    fn commit(&mut self, batch: &[Record]) -> Result<Vec<Committed>, LedgerError>;
+    /// Whether a machine is registered.
+    fn has_machine(&self, machine: &str) -> Result<bool, LedgerError>;
+    /// Live view of every registered machine.
+    fn machines(&self) -> Result<Vec<MachineView>, LedgerError>;
+    /// Sessions matching a filter, newest first.
+    fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionView>, LedgerError>;
+    /// Lifetime counters of one machine; `None` if unknown.
+    fn counters(&self, machine: &str) -> Result<Option<MachineCounters>, LedgerError>;
+    /// The latest dead letters, newest first.
+    fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, LedgerError>;
+    /// Table totals.
+    fn totals(&self) -> Result<LedgerTotals, LedgerError>;
+}
+
+#[cfg(test)]
+mod tests;

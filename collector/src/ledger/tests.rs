@@ -1,0 +1,306 @@
+//! Ledger tests on real SQLite files in temp directories.
+
+use std::collections::HashMap;
+
+use fabmeter_protocol::message::{EndReason, Event, EventBody, MachineState, Presence, Status};
+use fabmeter_protocol::{encode_to_vec, BadgeHash, Id};
+
+use super::*;
+
+const BADGE: BadgeHash = BadgeHash([0xba, 0x27, 0x9e, 0x0c, 0x1e, 0x5c, 0x24, 0x64]);
+const T0: u64 = 1_764_000_000_000;
+
+fn id(s: &str) -> Id {
+    Id::new(s).expect("valid id")
+}
+
+fn open(dir: &tempfile::TempDir) -> SqliteLedger {
+    let badges = HashMap::from([(BADGE.to_string(), "alice".to_string())]);
+    let mut l = SqliteLedger::open(&dir.path().join("ledger.sqlite"), &id("site"), badges)
+        .expect("open ledger");
+    l.register_machines(
+        &[MachineInfo {
+            id: "laser-1".into(),
+            name: "Laser".into(),
+            kind: "laser".into(),
+            source: "config".into(),
+        }],
+        T0,
+    )
+    .expect("register");
+    l
+}
+
+/// An event of laser-1 that happened at `at_s` seconds of uptime and arrived 10 ms after it was sent.
+fn ev(boot: u32, seq: u32, at_s: u64, body: EventBody) -> Record {
+    let event = Event {
+        v: 1,
+        boot,
+        seq,
+        uptime_ms: at_s * 1000,
+        sent_uptime_ms: at_s * 1000,
+        ts: None,
+        event: body,
+    };
+    let payload = encode_to_vec(&event).expect("valid event");
+    Record::Event {
+        machine: id("laser-1"),
+        event,
+        payload,
+        received_ms: T0 + boot as u64 * 10_000_000 + at_s * 1000 + 10,
+    }
+}
+
+fn outcomes(l: &mut SqliteLedger, batch: &[Record]) -> Vec<Outcome> {
+    l.commit(batch)
+        .expect("commit")
+        .into_iter()
+        .map(|c| c.outcome)
+        .collect()
+}
+
+fn state(from: MachineState, to: MachineState) -> EventBody {
+    EventBody::State { from, to }
+}
+
+fn progress(session: u32, busy_s: u32) -> EventBody {
+    EventBody::SessionProgress {
+        session,
+        busy_s,
+        idle_s: 0,
+        energy_wh: busy_s / 60,
+    }
+}
+
+fn ended(session: u32, busy_s: u32) -> EventBody {
+    EventBody::SessionEnded {
+        session,
+        badge: BADGE,
+        busy_s,
+        idle_s: 0,
+        energy_wh: busy_s / 60,
+        reason: EndReason::BadgeOut,
+    }
+}
+
+#[test]
+fn each_event_key_is_stored_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = open(&dir);
+    let e = ev(1, 1, 5, state(MachineState::Off, MachineState::Idle));
+    assert_eq!(
+        outcomes(&mut l, std::slice::from_ref(&e)),
+        vec![Outcome::Accepted]
+    );
+    assert_eq!(
+        outcomes(&mut l, &[e.clone(), e]),
+        vec![Outcome::Duplicate, Outcome::Duplicate]
+    );
+    assert_eq!(l.totals().expect("totals").events, 1);
+    // Durable: a new connection on the same file sees it.
+    drop(l);
+    let l = open(&dir);
+    assert_eq!(l.totals().expect("totals").events, 1);
+    assert_eq!(l.schema_version().expect("version"), 1);
+}
+
+#[test]
+fn a_session_from_start_to_end_with_its_member() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = open(&dir);
+    l.commit(&[
+        ev(1, 1, 5, state(MachineState::Off, MachineState::Idle)),
+        ev(1, 2, 10, EventBody::SessionStarted { badge: BADGE }),
+        ev(1, 3, 20, state(MachineState::Idle, MachineState::Busy)),
+        ev(1, 4, 70, progress(2, 50)),
+    ])
+    .expect("commit");
+    let open_s = l.sessions(&SessionQuery::default()).expect("sessions");
+    assert_eq!(open_s.len(), 1);
+    assert_eq!(open_s[0].status, "open");
+    assert_eq!(open_s[0].member.as_deref(), Some("alice"));
+    let m = &l.machines().expect("machines")[0];
+    assert_eq!(
+        (m.state.as_str(), m.member.as_deref()),
+        ("busy", Some("alice"))
+    );
+
+    l.commit(&[ev(1, 5, 130, ended(2, 110))]).expect("commit");
+    let s = &l.sessions(&SessionQuery::default()).expect("sessions")[0];
+    assert_eq!(
+        (s.status.as_str(), s.busy_s, s.reason.as_deref()),
+        ("closed", 110, Some("badge_out"))
+    );
+    assert_eq!((s.first_seq, s.last_seq), (2, 5));
+    // Wall times come from the boot anchor: received 10 ms after sending.
+    assert_eq!(s.start_ms, Some(T0 + 10_000_000 + 10_000 + 10));
+    assert_eq!(s.end_ms, Some(T0 + 10_000_000 + 130_000 + 10));
+    assert_eq!(l.machines().expect("machines")[0].member, None);
+    // Filters.
+    let q = |machine: Option<&str>, member: Option<&str>| SessionQuery {
+        machine: machine.map(Into::into),
+        member: member.map(Into::into),
+        ..Default::default()
+    };
+    assert_eq!(
+        l.sessions(&q(Some("laser-1"), Some("alice")))
+            .expect("q")
+            .len(),
+        1
+    );
+    assert_eq!(l.sessions(&q(Some("saw"), None)).expect("q").len(), 0);
+    assert_eq!(l.sessions(&q(None, Some("bob"))).expect("q").len(), 0);
+    let late = SessionQuery {
+        from_ms: Some(T0 + 10_000_000 + 11_000),
+        ..Default::default()
+    };
+    assert_eq!(l.sessions(&late).expect("q").len(), 0);
+}
+
+#[test]
+fn a_reboot_interrupts_the_open_session_until_its_late_end_arrives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = open(&dir);
+    l.commit(&[
+        ev(1, 1, 10, EventBody::SessionStarted { badge: BADGE }),
+        ev(1, 2, 70, progress(1, 60)),
+    ])
+    .expect("commit");
+    // The device rebooted: its new boot arrives before the rest of boot 1's journal.
+    l.commit(&[ev(2, 1, 1, state(MachineState::Off, MachineState::Idle))])
+        .expect("commit");
+    let s = &l.sessions(&SessionQuery::default()).expect("sessions")[0];
+    assert_eq!(
+        (s.status.as_str(), s.busy_s, s.reason.as_deref()),
+        ("interrupted", 60, Some("interrupted"))
+    );
+    assert_eq!(s.end_ms, Some(T0 + 10_000_000 + 70_000 + 10));
+    let m = &l.machines().expect("machines")[0];
+    assert_eq!(
+        (m.state.as_str(), m.boot, m.member.as_deref()),
+        ("idle", Some(2), None)
+    );
+    // Late: the rest of boot 1, out of order.
+    l.commit(&[
+        ev(1, 4, 200, ended(1, 180)),
+        ev(1, 3, 130, progress(1, 120)),
+    ])
+    .expect("commit");
+    let s = &l.sessions(&SessionQuery::default()).expect("sessions")[0];
+    assert_eq!(
+        (s.status.as_str(), s.busy_s, s.last_seq),
+        ("closed", 180, 4)
+    );
+    // Late events of the older boot did not change the live state.
+    assert_eq!(l.machines().expect("machines")[0].state, "idle");
+}
+
+#[test]
+fn presence_follows_the_newest_boot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = open(&dir);
+    let status = |boot: u32, p: Presence| Record::Status {
+        machine: id("laser-1"),
+        status: Status {
+            v: 1,
+            status: p,
+            boot,
+            uptime_ms: None,
+            ts: None,
+            fw: (p == Presence::Online).then(|| "0.1.0".try_into().expect("short")),
+            config_hash: None,
+            caps: None,
+        },
+        received_ms: T0 + u64::from(boot),
+    };
+    assert_eq!(l.machines().expect("m")[0].state, "unknown");
+    l.commit(&[status(3, Presence::Online)]).expect("commit");
+    assert!(l.machines().expect("m")[0].online);
+    // The last will of boot 2 arrives late: ignored.
+    l.commit(&[status(2, Presence::Offline)]).expect("commit");
+    assert!(l.machines().expect("m")[0].online);
+    l.commit(&[status(3, Presence::Offline)]).expect("commit");
+    let m = &l.machines().expect("m")[0];
+    assert_eq!(
+        (m.online, m.state.as_str(), m.fw.as_deref()),
+        (false, "offline", Some("0.1.0"))
+    );
+}
+
+#[test]
+fn counters_follow_state_changes_across_boots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = open(&dir);
+    l.commit(&[
+        ev(1, 1, 0, state(MachineState::Off, MachineState::Idle)),
+        ev(1, 2, 100, state(MachineState::Idle, MachineState::Busy)),
+        ev(1, 3, 400, state(MachineState::Busy, MachineState::Off)),
+        ev(2, 2, 50, state(MachineState::Busy, MachineState::Off)),
+        ev(2, 1, 0, state(MachineState::Off, MachineState::Busy)),
+        // A later event of boot 2 extends the open tail: off until 80 s adds nothing.
+        ev(2, 3, 80, EventBody::SessionStarted { badge: BADGE }),
+    ])
+    .expect("commit");
+    let c = l
+        .counters("laser-1")
+        .expect("counters")
+        .expect("known machine");
+    assert_eq!((c.idle_s, c.busy_s, c.on_s), (100, 300 + 50, 450));
+    assert_eq!((c.boots, c.events, c.sessions), (2, 6, 1));
+    assert_eq!(l.counters("nope").expect("counters"), None);
+}
+
+#[test]
+fn dead_letters_are_kept_with_their_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = open(&dir);
+    let out = outcomes(
+        &mut l,
+        &[
+            Record::DeadLetter {
+                topic: "fabmeter/v1/site/laser-1/event".into(),
+                payload: b"{nope".to_vec(),
+                reason: "syntax".into(),
+                detail: "payload is not a JSON object".into(),
+                received_ms: T0,
+            },
+            ev(1, 1, 5, state(MachineState::Off, MachineState::Idle)),
+        ],
+    );
+    assert_eq!(out, vec![Outcome::DeadLettered, Outcome::Accepted]);
+    let d = l.dead_letters(10).expect("dead letters");
+    assert_eq!(
+        (d[0].reason.as_str(), d[0].payload.as_str()),
+        ("syntax", "{nope")
+    );
+    assert_eq!(
+        l.totals().expect("t"),
+        LedgerTotals {
+            events: 1,
+            sessions: 0,
+            dead_letters: 1
+        }
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.sqlite");
+    drop(open(&dir));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.pragma_update(None, "user_version", 99)
+        .expect("set version");
+    drop(conn);
+    let e = SqliteLedger::open(&path, &id("site"), HashMap::new()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LedgerError::SchemaTooNew {
+                found: 99,
+                supported: 1
+            }
+        ),
+        "{e}"
+    );
+}

@@ -1,0 +1,188 @@
+//! What the collector writes to the time-series store: the mapping from ledger events and
+//! telemetry to points. docs/SCHEMA.md documents every measurement, tag and field named here, and
+//! dashboards may use only those.
+//!
+//! Tags are bounded: `site`, `machine`, `kind` on every point; `member` on sessions (the site's
+//! members), `reason`/`code` (protocol enumerations). Fields are numeric only.
+
+use std::collections::HashMap;
+
+use fabmeter_protocol::message::{Event, EventBody, MachineState, Telemetry};
+use fabmeter_protocol::Id;
+
+use crate::timeseries::Point;
+
+/// Measurement of state changes.
+pub const MACHINE_STATE: &str = "machine_state";
+/// Measurement of closed sessions.
+pub const SESSION: &str = "session";
+/// Measurement of telemetry samples.
+pub const TELEMETRY: &str = "telemetry";
+/// Measurement of device lifetime counters.
+pub const DEVICE_COUNTERS: &str = "device_counters";
+/// Measurement of refused badges.
+pub const ACCESS_DENIED: &str = "access_denied";
+/// Measurement of device faults.
+pub const FAULT: &str = "fault";
+
+/// Numeric code of a state: 0 off, 1 idle, 2 busy.
+pub const fn state_code(s: MachineState) -> i64 {
+    match s {
+        MachineState::Off => 0,
+        MachineState::Idle => 1,
+        MachineState::Busy => 2,
+    }
+}
+
+fn base(measurement: &'static str, site: &Id, machine: &Id, kind: &str, time_ms: u64) -> Point {
+    Point::new(measurement, i64::try_from(time_ms).unwrap_or(i64::MAX))
+        .tag("site", site.as_str())
+        .tag("machine", machine.as_str())
+        .tag("kind", kind)
+}
+
+/// The wire name of a protocol enumeration value (`"badge_out"`), or `unknown`.
+pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn int(x: impl Into<u64>) -> i64 {
+    i64::try_from(x.into()).unwrap_or(i64::MAX)
+}
+
+/// Points for one accepted event, dated at its wall time. `members` maps badge hashes to member
+/// ids; an unknown badge is tagged `unknown`.
+pub fn event(
+    site: &Id,
+    machine: &Id,
+    kind: &str,
+    ev: &Event,
+    wall_ms: u64,
+    members: &HashMap<String, String>,
+) -> Vec<Point> {
+    let p = |m| base(m, site, machine, kind, wall_ms);
+    match &ev.event {
+        EventBody::State { to, .. } => vec![p(MACHINE_STATE).field("state", state_code(*to))],
+        EventBody::SessionEnded {
+            badge,
+            busy_s,
+            idle_s,
+            energy_wh,
+            reason,
+            ..
+        } => {
+            let member = members
+                .get(badge.to_hex().as_str())
+                .map_or("unknown", String::as_str);
+            let reason = wire_name(reason);
+            vec![p(SESSION)
+                .tag("member", member)
+                .tag("reason", reason)
+                .field("busy_s", int(*busy_s))
+                .field("idle_s", int(*idle_s))
+                .field("energy_wh", int(*energy_wh))]
+        }
+        EventBody::Counters {
+            on_s,
+            busy_s,
+            energy_wh,
+            journal_dropped,
+        } => vec![p(DEVICE_COUNTERS)
+            .field("on_s", int(*on_s))
+            .field("busy_s", int(*busy_s))
+            .field("energy_wh", int(*energy_wh))
+            .field("journal_dropped", int(*journal_dropped))],
+        EventBody::AccessDenied { reason, .. } => {
+            let reason = wire_name(reason);
+            vec![p(ACCESS_DENIED).tag("reason", reason).field("count", 1i64)]
+        }
+        EventBody::Fault { code, .. } => {
+            let code = wire_name(code);
+            vec![p(FAULT).tag("code", code).field("count", 1i64)]
+        }
+        EventBody::SessionStarted { .. }
+        | EventBody::SessionProgress { .. }
+        | EventBody::CommandResult { .. } => Vec::new(),
+    }
+}
+
+/// Points for one telemetry sample, dated by its `ts` or its reception.
+pub fn telemetry(
+    site: &Id,
+    machine: &Id,
+    kind: &str,
+    t: &Telemetry,
+    received_ms: u64,
+) -> Vec<Point> {
+    let mut p = base(TELEMETRY, site, machine, kind, t.ts.unwrap_or(received_ms))
+        .field("state", state_code(t.state));
+    if let Some(a) = t.current_a {
+        p = p.field("current_a", f64::from(a));
+    }
+    if let Some(w) = t.power_w {
+        p = p.field("power_w", f64::from(w));
+    }
+    vec![p]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabmeter_protocol::message::EndReason;
+    use fabmeter_protocol::BadgeHash;
+
+    #[test]
+    fn session_end_and_state_points() {
+        let site = Id::new("s").expect("id");
+        let machine = Id::new("laser-1").expect("id");
+        let badge = BadgeHash([1; 8]);
+        let members = HashMap::from([(badge.to_string(), "alice".to_string())]);
+        let ev = |body| Event {
+            v: 1,
+            boot: 1,
+            seq: 9,
+            uptime_ms: 1,
+            sent_uptime_ms: 1,
+            ts: None,
+            event: body,
+        };
+        let pts = event(
+            &site,
+            &machine,
+            "laser",
+            &ev(EventBody::SessionEnded {
+                session: 2,
+                badge,
+                busy_s: 60,
+                idle_s: 5,
+                energy_wh: 7,
+                reason: EndReason::IdleTimeout,
+            }),
+            1_000,
+            &members,
+        );
+        let line = pts[0].to_line().expect("valid point");
+        assert_eq!(
+            line,
+            "session,kind=laser,machine=laser-1,member=alice,reason=idle_timeout,site=s busy_s=60i,idle_s=5i,energy_wh=7i 1000"
+        );
+        let pts = event(
+            &site,
+            &machine,
+            "laser",
+            &ev(EventBody::State {
+                from: MachineState::Idle,
+                to: MachineState::Busy,
+            }),
+            2_000,
+            &members,
+        );
+        assert_eq!(
+            pts[0].to_line().expect("valid"),
+            "machine_state,kind=laser,machine=laser-1,site=s state=2i 2000"
+        );
+    }
+}

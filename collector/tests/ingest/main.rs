@@ -1,0 +1,333 @@
+//! The collector against a real Mosquitto and VictoriaMetrics: exactly-once ingest, sessions,
+//! time series, dead letters, crash and outage recovery.
+
+mod helpers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use fabmeter_collector::ledger::{Ledger, SessionQuery, SqliteLedger};
+use fabmeter_e2e::{wait_until, Mosquitto, VictoriaMetrics};
+use fabmeter_protocol::Id;
+use helpers::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn open_ledger(dir: &std::path::Path) -> SqliteLedger {
+    SqliteLedger::open(
+        &ledger_path(dir),
+        &Id::new(SITE).expect("id"),
+        HashMap::new(),
+    )
+    .expect("open ledger for reading")
+}
+
+fn assert_ledger_matches(dir: &std::path::Path, exp: &Expected) {
+    let l = open_ledger(dir);
+    assert_eq!(
+        l.totals().expect("totals").events,
+        exp.keys.len() as u64,
+        "distinct events"
+    );
+    let sessions = l
+        .sessions(&SessionQuery {
+            limit: Some(1_000_000),
+            ..Default::default()
+        })
+        .expect("sessions");
+    let got: BTreeMap<(String, u32, u32), u32> = sessions
+        .iter()
+        .map(|s| ((s.machine.clone(), s.boot, s.session), s.busy_s))
+        .collect();
+    assert_eq!(got, exp.sessions, "every session with its totals");
+    assert!(sessions
+        .iter()
+        .all(|s| s.status == "closed" && s.member.as_deref() == Some("alice")));
+}
+
+#[test]
+fn ten_thousand_events_duplicated_and_shuffled_are_stored_exactly_once() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let vm = VictoriaMetrics::start().expect("victoria-metrics");
+    let machines = ["m0", "m1", "m2", "m3", "m4"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = with_timeseries(site_config(&broker, &machines, dir.path()), &vm.base_url());
+    let collector = TestCollector::start(config, dir);
+    wait_until(LONG, "collector subscribed", || {
+        collector.metric("fabmeter_mqtt_up") == 1
+    });
+
+    let (per_machine, exp) = workload(&machines, 2, 100, 6);
+    let mut rng = Rng::new(42);
+    let mut sent = 0;
+    let per_client: Vec<(String, Vec<Msg>)> = per_machine
+        .into_iter()
+        .map(|(m, mut msgs)| {
+            // 10% duplicated, then shuffled across both boots.
+            let dups: Vec<Msg> = msgs
+                .iter()
+                .filter(|_| rng.below(10) == 0)
+                .cloned()
+                .collect();
+            msgs.extend(dups);
+            rng.shuffle(&mut msgs);
+            sent += msgs.len();
+            (format!("device-{m}"), msgs)
+        })
+        .collect();
+    assert!(exp.keys.len() >= 10_000, "{}", exp.keys.len());
+    publish_parallel(broker.port(), per_client);
+
+    wait_until(LONG, "every message acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= sent as u64
+    });
+    let accepted = collector.metric("fabmeter_accepted_total");
+    let duplicate = collector.metric("fabmeter_duplicate_total");
+    assert_eq!(accepted, exp.keys.len() as u64);
+    assert_eq!(accepted + duplicate, sent as u64);
+    assert_ledger_matches(collector.dir.path(), &exp);
+
+    // The API agrees with the ledger.
+    let api: serde_json::Value = serde_json::from_str(
+        &collector
+            .get("/api/sessions?machine=m3&limit=100000")
+            .text(),
+    )
+    .expect("json");
+    assert_eq!(api["sessions"].as_array().map(Vec::len), Some(200));
+    let csv = collector.get("/api/sessions.csv?member=alice").text();
+    assert_eq!(csv.lines().count(), 1 + exp.sessions.len());
+
+    // Time series: one machine_state sample per state event, at the device's time.
+    wait_until(LONG, "state points in VictoriaMetrics", || {
+        vm.force_flush();
+        let series = vm.export("{__name__=\"machine_state_state\"}");
+        series.iter().map(|s| s.values.len()).sum::<usize>()
+            == exp.states.values().map(Vec::len).sum::<usize>()
+    });
+    for s in vm.export("{__name__=\"machine_state_state\"}") {
+        let m = s.label("machine").expect("machine label").to_owned();
+        assert_eq!(s.label("site"), Some(SITE));
+        assert_eq!(s.label("kind"), Some("laser"));
+        let mut want: Vec<i64> = exp.states[&m].iter().map(|t| *t as i64).collect();
+        want.sort_unstable();
+        assert_eq!(s.timestamps, want, "{m}");
+    }
+    let sessions: usize = vm
+        .export("{__name__=\"session_busy_s\"}")
+        .iter()
+        .map(|s| s.values.len())
+        .sum();
+    assert_eq!(sessions, exp.sessions.len());
+}
+
+#[test]
+fn bad_input_lands_in_dead_letters_and_good_input_around_it_is_accepted() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = TestCollector::start(site_config(&broker, &["m0"], dir.path()), dir);
+    wait_until(LONG, "collector subscribed", || {
+        collector.metric("fabmeter_mqtt_up") == 1
+    });
+    let (per_machine, exp) = workload(&["m0"], 1, 2, 1);
+    let good = &per_machine["m0"];
+    let bad = |topic: &str, payload: &[u8]| Msg {
+        topic: topic.into(),
+        payload: payload.to_vec(),
+    };
+    let mut msgs = Vec::new();
+    for (i, g) in good.iter().enumerate() {
+        msgs.push(g.clone());
+        match i {
+            0 => msgs.push(bad("fabmeter/v1/atelier/m0/event", b"{\"v\":1,")),
+            1 => msgs.push(bad("fabmeter/v1/atelier/m0/event", &vec![b' '; 5000])),
+            2 => msgs.push(bad("fabmeter/v1/atelier/ghost/event", &g.payload)),
+            3 => msgs.push(bad(
+                "fabmeter/v1/atelier/m0/status",
+                br#"{"v":1,"status":"online","boot":1}"#,
+            )),
+            4 => msgs.push(bad("fabmeter/v1/atelier/m0/event", br#"{"v":9}"#)),
+            _ => {}
+        }
+    }
+    publish_all(broker.port(), "device-m0", &msgs);
+    wait_until(LONG, "every message acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= msgs.len() as u64
+    });
+    assert_eq!(
+        collector.metric("fabmeter_accepted_total"),
+        exp.keys.len() as u64
+    );
+    let metrics = collector.get("/metrics").text();
+    for (reason, n) in [
+        ("syntax", 1),
+        ("too_large", 1),
+        ("unknown_machine", 1),
+        ("invalid", 1),
+        ("unsupported_version", 1),
+    ] {
+        assert_eq!(
+            metric_of(
+                &metrics,
+                &format!("fabmeter_rejected_total{{reason=\"{reason}\"}}")
+            ),
+            n,
+            "{reason}\n{metrics}"
+        );
+    }
+    let dead: serde_json::Value =
+        serde_json::from_str(&collector.get("/api/dead-letters").text()).expect("json");
+    let dead = dead["dead_letters"].as_array().expect("array").clone();
+    assert_eq!(dead.len(), 5);
+    let ghost = dead
+        .iter()
+        .find(|d| d["reason"] == "unknown_machine")
+        .expect("unknown machine");
+    assert!(ghost["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("add it under [[machines]]")));
+    let big = dead
+        .iter()
+        .find(|d| d["reason"] == "too_large")
+        .expect("too large");
+    assert_eq!(
+        big["payload"].as_str().map(str::len),
+        Some(4096),
+        "kept, truncated to the limit"
+    );
+    assert_ledger_matches(collector.dir.path(), &exp);
+    // Unknown machine ids in the API are 404 with a hint.
+    let r = collector.get("/api/machines/ghost/counters");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("GET /api/machines"));
+    let r = collector.get("/api/sessions?from=yesterday");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("parameter `from`"));
+}
+
+#[test]
+fn the_ledger_keeps_accepting_while_victoriametrics_is_down_and_every_point_arrives_later() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let mut vm = VictoriaMetrics::start().expect("victoria-metrics");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = with_timeseries(
+        site_config(&broker, &["m0", "m1"], dir.path()),
+        &vm.base_url(),
+    );
+    let collector = TestCollector::start(config, dir);
+    wait_until(LONG, "collector subscribed", || {
+        collector.metric("fabmeter_mqtt_up") == 1
+    });
+    let (per_machine, exp) = workload(&["m0", "m1"], 1, 20, 2);
+    let (first, second): (Vec<Msg>, Vec<Msg>) = {
+        let m0 = per_machine["m0"].clone();
+        let m1 = per_machine["m1"].clone();
+        (m0, m1)
+    };
+    publish_all(broker.port(), "device-m0", &first);
+    wait_until(LONG, "first half in the store", || {
+        vm.force_flush();
+        vm.export("{__name__=\"machine_state_state\",machine=\"m0\"}")
+            .first()
+            .is_some_and(|s| s.values.len() == exp.states["m0"].len())
+    });
+    vm.stop().expect("stop victoria-metrics");
+    publish_all(broker.port(), "device-m1", &second);
+    wait_until(
+        LONG,
+        "ledger accepted everything while the store is down",
+        || collector.metric("fabmeter_accepted_total") == exp.keys.len() as u64,
+    );
+    wait_until(LONG, "backlog holds the second half", || {
+        collector.metric("fabmeter_timeseries_store_up") == 0
+            && collector.metric("fabmeter_timeseries_backlog_points") > 0
+    });
+    vm.start_again().expect("restart victoria-metrics");
+    wait_until(LONG, "backlog drained into the store", || {
+        vm.force_flush();
+        collector.metric("fabmeter_timeseries_backlog_points") == 0
+            && vm
+                .export("{__name__=\"machine_state_state\",machine=\"m1\"}")
+                .first()
+                .is_some_and(|s| s.values.len() == exp.states["m1"].len())
+    });
+    let m1 = &vm.export("{__name__=\"machine_state_state\",machine=\"m1\"}")[0];
+    let want: Vec<i64> = exp.states["m1"].iter().map(|t| *t as i64).collect();
+    assert_eq!(m1.timestamps, want, "every point once, in order");
+    assert_ledger_matches(collector.dir.path(), &exp);
+}
+
+#[test]
+fn a_collector_killed_mid_stream_loses_nothing_after_restart() {
+    let broker = Mosquitto::builder()
+        .persistence(true)
+        .start()
+        .expect("mosquitto with persistence");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = ["m0", "m1", "m2", "m3"];
+    let config = site_config(&broker, &machines, dir.path());
+    let config_path = dir.path().join("site.toml");
+    std::fs::write(&config_path, config.to_toml()).expect("write config");
+    let bin = env!("CARGO_BIN_EXE_fabmeter-collector");
+    let spawn = || {
+        std::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the collector binary")
+    };
+    let read_addr = |child: &mut std::process::Child| -> u16 {
+        use std::io::BufRead as _;
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("first line");
+        line.trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"))
+    };
+    let accepted = |port: u16| -> u64 {
+        fabmeter_e2e::http::get("127.0.0.1", port, "/metrics")
+            .map(|r| metric_of(&r.text(), "fabmeter_accepted_total"))
+            .unwrap_or(0)
+    };
+    let mut child = spawn();
+    let port = read_addr(&mut child);
+    wait_until(LONG, "collector connected", || {
+        fabmeter_e2e::http::get("127.0.0.1", port, "/readyz").is_ok_and(|r| r.status == 200)
+    });
+    let (per_machine, exp) = workload(&machines, 1, 417, 8);
+    assert!(exp.keys.len() >= 20_000, "{}", exp.keys.len());
+    let per_client: Vec<(String, Vec<Msg>)> = per_machine
+        .into_iter()
+        .map(|(m, v)| (format!("device-{m}"), v))
+        .collect();
+    let total = exp.keys.len() as u64;
+    std::thread::scope(|s| {
+        let publisher = s.spawn(|| publish_parallel(broker.port(), per_client));
+        wait_until(LONG, "a part of the stream accepted", || {
+            accepted(port) >= total / 4
+        });
+        fabmeter_e2e::send_signal(child.id(), fabmeter_e2e::Signal::Kill).expect("SIGKILL");
+        let _ = child.wait();
+        publisher.join().expect("publishers");
+    });
+    // The broker kept the collector's session and queued the rest.
+    let mut child = spawn();
+    let port = read_addr(&mut child);
+    wait_until(LONG, "every distinct event in the ledger", || {
+        open_ledger(dir.path())
+            .totals()
+            .is_ok_and(|t| t.events == total)
+    });
+    let _ = port;
+    fabmeter_e2e::send_signal(child.id(), fabmeter_e2e::Signal::Term).expect("SIGTERM");
+    let status = child.wait().expect("collector exit");
+    assert!(status.success(), "graceful exit on SIGTERM: {status}");
+    assert_ledger_matches(dir.path(), &exp);
+}
