@@ -312,6 +312,26 @@ impl Config {
                     "a distinct id per machine",
                 ));
             }
+            if let Some(sensing) = &m.sensing {
+                use fabmeter_protocol::Message as _;
+                let probe = fabmeter_protocol::message::DeviceConfig {
+                    v: fabmeter_protocol::SCHEMA_VERSION,
+                    sensing: sensing.clone(),
+                    allow: heapless::Vec::new(),
+                    progress_s: 60,
+                    idle_timeout_s: 900,
+                    max_session_s: 43_200,
+                    telemetry_s: 0,
+                    lock: None,
+                };
+                probe.validate().map_err(|inv| {
+                    err(
+                        format!("machines[{i}].{}", inv.field),
+                        inv.problem,
+                        "idle_a = 0.3, busy_a = 2.0, hysteresis_a = 0.15 (see docs/PROTOCOL.md \"config\")",
+                    )
+                })?;
+            }
             if m.kind.is_empty() || m.kind.len() > 32 || m.kind.contains(['\n', '\r', '\\', ' ']) {
                 return Err(err(
                     format!("machines[{i}].kind"),
@@ -460,6 +480,11 @@ badges = ["ba279e0c1e5c2464"]
         assert!(e.problem.contains("16 lowercase hex digits"), "{e}");
         let e = bad("id = \"atelier-lyon\"", "id = \"\"");
         assert_eq!(e.key, "site.id");
+        let e = bad(
+            "kind = \"laser\"",
+            "kind = \"laser\"\n[machines.sensing.run_signal]\nactive_low = true\ndwell_ms = 900000",
+        );
+        assert_eq!(e.key, "machines[0].sensing.run_signal.dwell_ms");
     }
 
     #[test]
@@ -471,5 +496,19 @@ badges = ["ba279e0c1e5c2464"]
         assert_eq!(mqtt_host_port("mqtts://h"), Some(("h".into(), 8883, true)));
         assert_eq!(mqtt_host_port("mqtt://"), None);
         assert_eq!(mqtt_host_port("http://h"), None);
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::Config;
+
+    #[test]
+    fn the_example_site_file_is_valid() {
+        let text = include_str!("../site.example.toml");
+        let c = Config::from_toml(text).expect("site.example.toml parses");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.machines.len(), 3);
+        assert!(c.machines[0].sensing.is_some() && c.timeseries.is_some());
     }
 }
