@@ -13,9 +13,11 @@
 //! - [`storage`]: flash layout, A/B config store, CRC, and [`storage::RamFlash`] for tests.
 //! - [`device`]: the core that composes them and assigns `(boot, seq)`.
 //!
-//! TODO (issue 4, still to come): `drivers` (MFRC522 over SPI, ADS1115 over I2C, with
-//! embedded-hal-mock tests) and `mqtt` (MQTT 3.1.1 over embedded-io: birth, LWT, QoS 1 events from
-//! [`device::Device::next_to_send`], reconnect with backoff).
+//! - [`drivers`]: MFRC522 badge reader (SPI) and ADS1115 ADC (I2C), generic over embedded-hal 1.0.
+//! - [`mqtt`]: a sans-IO MQTT 3.1.1 client (birth, last will, QoS 1 events one in flight,
+//!   config/cmd subscriptions, keep-alive, reconnect with backoff) and its embedded-io shell.
+//!
+//! The MCU image for QEMU's `lm3s6965evb` is `src/bin/fabmeter-qemu.rs` (see `docs/FIRMWARE.md`).
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -28,7 +30,9 @@ pub use fabmeter_protocol as protocol;
 
 pub mod access;
 pub mod device;
+pub mod drivers;
 pub mod journal;
 pub mod meter;
+pub mod mqtt;
 pub mod session;
 pub mod storage;
