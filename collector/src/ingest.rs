@@ -230,10 +230,19 @@ pub async fn run_mqtt(
             Ok(_) => {}
             Err(e) => {
                 metrics.mqtt_up.store(false, Relaxed);
+                metrics.connection_errors.fetch_add(1, Relaxed);
                 if to_writer.is_none() {
                     break; // shutting down and the connection is gone: nothing more to flush
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
+                    tracing::error!(
+                        reason = ?code,
+                        retry_in = ?backoff,
+                        "the broker refused the connection: check mqtt.username, mqtt.password and the broker's ACL"
+                    );
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = tokio::time::sleep(backoff) => {}
@@ -416,11 +425,23 @@ fn process_batch<L: Ledger>(
     if !points.is_empty() {
         w.series.send(points);
     }
+    // Acknowledge without ever waiting for the MQTT event loop: it may itself be waiting for this
+    // writer's queue to make room (a full request channel here plus a full writer queue there
+    // would deadlock). `try_ack` queues the PUBACK at once; if rumqttc's request channel is full,
+    // a task waits for room instead of this thread. PUBACK order does not matter in MQTT.
     for m in batch.drain(..) {
         if m.publish.qos != QoS::AtMostOnce {
-            if let Err(e) = rt.block_on(w.client.ack(&m.publish)) {
-                tracing::warn!(error = %e, "acknowledgement not sent; the broker will redeliver");
-                continue;
+            match w.client.try_ack(&m.publish) {
+                Ok(()) => {}
+                Err(_) => {
+                    let client = w.client.clone();
+                    let publish = m.publish.clone();
+                    rt.spawn(async move {
+                        if let Err(e) = client.ack(&publish).await {
+                            tracing::warn!(error = %e, "acknowledgement not sent; the broker will redeliver");
+                        }
+                    });
+                }
             }
             w.metrics.acked.fetch_add(1, Relaxed);
         }

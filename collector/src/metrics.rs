@@ -75,6 +75,8 @@ pub struct Metrics {
     pub commit_errors: AtomicU64,
     /// MQTT connections established.
     pub connects: AtomicU64,
+    /// MQTT connection attempts that failed or connections that broke.
+    pub connection_errors: AtomicU64,
     /// Whether the broker connection is up.
     pub mqtt_up: AtomicBool,
     /// Rejections by reason (dead letters).
@@ -156,6 +158,12 @@ impl Metrics {
             "fabmeter_mqtt_connects_total",
             "MQTT connections established",
             self.connects.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_mqtt_connection_errors_total",
+            "failed or broken MQTT connections",
+            self.connection_errors.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -320,14 +320,121 @@ fn a_collector_killed_mid_stream_loses_nothing_after_restart() {
     // The broker kept the collector's session and queued the rest.
     let mut child = spawn();
     let port = read_addr(&mut child);
+    let mut last = (0, std::time::Instant::now());
     wait_until(LONG, "every distinct event in the ledger", || {
-        open_ledger(dir.path())
-            .totals()
-            .is_ok_and(|t| t.events == total)
+        let events = open_ledger(dir.path()).totals().map_or(0, |t| t.events);
+        if events != last.0 || last.1.elapsed() > Duration::from_secs(10) {
+            // Progress, for the log of a failed run.
+            let m = fabmeter_e2e::http::get("127.0.0.1", port, "/metrics")
+                .map(|r| r.text())
+                .unwrap_or_default();
+            eprintln!(
+                "ledger {events}/{total}; received {} accepted {} duplicate {} acked {} errors {}",
+                metric_of(&m, "fabmeter_received_total"),
+                metric_of(&m, "fabmeter_accepted_total"),
+                metric_of(&m, "fabmeter_duplicate_total"),
+                metric_of(&m, "fabmeter_acked_total"),
+                metric_of(&m, "fabmeter_commit_errors_total"),
+            );
+            last = (events, std::time::Instant::now());
+        }
+        events == total
     });
-    let _ = port;
     fabmeter_e2e::send_signal(child.id(), fabmeter_e2e::Signal::Term).expect("SIGTERM");
     let status = child.wait().expect("collector exit");
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
     assert_ledger_matches(dir.path(), &exp);
+}
+
+#[test]
+fn connects_over_tls_with_credentials_and_refuses_nothing_it_should_accept() {
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let pki = fabmeter_e2e::TestPki::generate(pki_dir.path(), "unused-client").expect("test PKI");
+    let broker = Mosquitto::builder()
+        .user("collector", "s3cret")
+        .user("device-m0", "dev1ce")
+        .allow_anonymous(false)
+        .tls(fabmeter_e2e::TlsListener::new(
+            &pki.ca_cert,
+            &pki.server_cert,
+            &pki.server_key,
+        ))
+        .start()
+        .expect("mosquitto with TLS and passwords");
+    let tls_port = broker.tls_port().expect("a TLS listener");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = site_config(&broker, &["m0"], dir.path());
+    config.mqtt.url = format!("mqtts://localhost:{tls_port}");
+    config.mqtt.ca_file = Some(pki.ca_cert.clone());
+    config.mqtt.username = Some("collector".into());
+    config.mqtt.password = Some("s3cret".into());
+    let collector = TestCollector::start(config, dir);
+    wait_until(LONG, "collector connected over TLS", || {
+        collector.metric("fabmeter_mqtt_up") == 1
+    });
+
+    let (per_machine, exp) = workload(&["m0"], 1, 3, 1);
+    let device = broker
+        .tls_client(&pki.ca_cert)
+        .expect("TLS client")
+        .credentials("device-m0", "dev1ce");
+    for m in &per_machine["m0"] {
+        device
+            .publish(&m.topic, &m.payload, 1, false)
+            .expect("publish over TLS");
+    }
+    wait_until(LONG, "every event accepted", || {
+        collector.metric("fabmeter_accepted_total") == exp.keys.len() as u64
+    });
+    assert_ledger_matches(collector.dir.path(), &exp);
+}
+
+#[test]
+fn wrong_broker_credentials_keep_the_collector_unready_with_a_reason() {
+    let broker = Mosquitto::builder()
+        .user("collector", "s3cret")
+        .allow_anonymous(false)
+        .start()
+        .expect("mosquitto with passwords");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = site_config(&broker, &["m0"], dir.path());
+    config.mqtt.username = Some("collector".into());
+    config.mqtt.password = Some("wrong".into());
+    let collector = TestCollector::start(config, dir);
+    wait_until(LONG, "refused connection attempts", || {
+        collector.metric("fabmeter_mqtt_connection_errors_total") >= 2
+    });
+    assert_eq!(collector.metric("fabmeter_mqtt_connects_total"), 0);
+    assert_eq!(collector.get("/readyz").status, 503);
+    assert_eq!(collector.get("/healthz").status, 200);
+    assert!(collector
+        .get("/readyz")
+        .text()
+        .contains("not connected to the MQTT broker"));
+}
+
+#[test]
+fn unknown_machines_are_registered_when_the_site_allows_it() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = site_config(&broker, &[], dir.path());
+    config.site.auto_register = true;
+    let collector = TestCollector::start(config, dir);
+    wait_until(LONG, "collector subscribed", || {
+        collector.metric("fabmeter_mqtt_up") == 1
+    });
+    let (per_machine, exp) = workload(&["newcomer"], 1, 2, 1);
+    publish_all(broker.port(), "device-newcomer", &per_machine["newcomer"]);
+    wait_until(LONG, "every event accepted", || {
+        collector.metric("fabmeter_accepted_total") == exp.keys.len() as u64
+    });
+    let machines: serde_json::Value =
+        serde_json::from_str(&collector.get("/api/machines").text()).expect("json");
+    let m = &machines["machines"][0];
+    assert_eq!(
+        (m["id"].as_str(), m["kind"].as_str()),
+        (Some("newcomer"), Some("machine"))
+    );
+    assert_eq!(collector.metric("fabmeter_rejected_total"), 0);
+    assert_ledger_matches(collector.dir.path(), &exp);
 }
