@@ -1,8 +1,14 @@
-//! fabmeter agent: the device core hosted on a Linux board, and the workshop simulator.
+//! fabmeter agent: the device core hosted on Linux, and the workshop simulator.
 //!
-//! **Skeleton.** Nothing here works yet: the agent arrives with its own issue. The crate exists so the
-//! workspace has its final shape.
+//! - [`sim`]: a simulated workshop (machines of several kinds, members with habits, opening hours),
+//!   each machine the firmware's device core behind a real MQTT connection. Used by
+//!   `fabmeter-agent simulate` and by the one-command demo.
+//!
+//! The real-device agent (`fabmeter-agent run`: GPIO, ADC, badge readers, smart plugs, disk
+//! journal) is not implemented yet.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub use fabmeter_protocol as protocol;
+
+pub mod sim;

@@ -1,0 +1,197 @@
+//! `fabmeter-agent`: parses arguments and calls the library.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fabmeter_agent::sim::{self, SimConfig, SimStats};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "fabmeter-agent",
+    version,
+    about = "fabmeter agent and workshop simulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent for real machines (not implemented yet).
+    Run {
+        /// Agent config file.
+        #[arg(long, default_value = "agent.toml")]
+        config: String,
+    },
+    /// Simulate a workshop of machines, each a real MQTT client.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Broker URL, plain TCP: mqtt://host:port.
+    #[arg(
+        long,
+        env = "FABMETER_SIM_BROKER",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    broker: String,
+    /// Site id.
+    #[arg(long, env = "FABMETER_SIM_SITE", default_value = "demo")]
+    site: String,
+    /// Number of machines (ignored with --demo).
+    #[arg(long, default_value_t = 8)]
+    machines: usize,
+    /// The demo workshop (8 named machines, 6 members) instead of a generated one.
+    #[arg(long)]
+    demo: bool,
+    /// Seed: same seed, same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Sim seconds per wall second (1440: a day per minute).
+    #[arg(long, default_value_t = 1440.0)]
+    speed: f64,
+    /// Sim time to run (e.g. 1d, 6h, 90m); until Ctrl-C if absent.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Do not publish the machines' retained configs (a collector does).
+    #[arg(long)]
+    no_configs: bool,
+    /// Telemetry period in sim seconds in the published configs (0: off).
+    #[arg(long, default_value_t = 60)]
+    telemetry_s: u32,
+    /// New connections per second.
+    #[arg(long, default_value_t = 500)]
+    connect_rate: u32,
+}
+
+fn parse_broker(url: &str) -> anyhow::Result<(String, u16)> {
+    let Some(rest) = url.strip_prefix("mqtt://") else {
+        bail!("--broker {url:?}: expected mqtt://host:port (TLS is not supported by the simulator), e.g. mqtt://127.0.0.1:1883");
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .with_context(|| format!("--broker {url:?}: bad port {p:?}"))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        bail!("--broker {url:?}: no host, e.g. mqtt://127.0.0.1:1883");
+    }
+    Ok((host.to_string(), port))
+}
+
+async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    let (host, port) = parse_broker(&a.broker)?;
+    let mut cfg = if a.demo {
+        SimConfig {
+            broker_host: host,
+            ..SimConfig::demo(&a.site, port)
+        }
+    } else {
+        SimConfig::workshop(&a.site, &host, port, a.machines, a.seed)
+    };
+    cfg.seed = a.seed;
+    cfg.speed = a.speed;
+    cfg.publish_configs = !a.no_configs;
+    cfg.telemetry_s = a.telemetry_s;
+    cfg.connect_rate = a.connect_rate;
+    cfg.duration_ms = match &a.duration {
+        Some(d) => Some(sim::parse_duration_ms(d).map_err(|e| anyhow::anyhow!("--duration {e}"))?),
+        None => None,
+    };
+    cfg.validate()?;
+    let n = cfg.machines.len();
+    let total = cfg.duration_ms;
+    eprintln!(
+        "simulating {n} machines of site {:?} on {}:{} (seed {}, speed {}x{}); Ctrl-C stops",
+        cfg.site,
+        cfg.broker_host,
+        cfg.broker_port,
+        cfg.seed,
+        cfg.speed,
+        total.map_or(String::new(), |t| format!(
+            ", {} sim hours",
+            t as f64 / 3.6e6
+        )),
+    );
+    let shutdown = CancellationToken::new();
+    let stats = Arc::new(SimStats::new(n));
+    let run = tokio::spawn(sim::run_with_stats(cfg, shutdown.clone(), stats.clone()));
+    let progress = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let t = stats.sim_ms();
+                let pct = total.map_or(String::new(), |d| {
+                    format!(" ({:.0}%)", 100.0 * t as f64 / d.max(1) as f64)
+                });
+                eprintln!(
+                    "sim time {:>6.2} h{pct}: {} events published, {} acknowledged",
+                    t as f64 / 3.6e6,
+                    stats
+                        .events_published
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    stats
+                        .events_acked
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
+            }
+        })
+    };
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: switching machines off and emptying journals");
+                shutdown.cancel();
+            }
+        });
+    }
+    let report = run.await.context("simulator task")??;
+    progress.abort();
+    eprintln!(
+        "done in {:.1} s: {} events published, {} acknowledged, {} left in journals",
+        report.wall.as_secs_f64(),
+        report.events_published(),
+        report.events_acked(),
+        report.journal_left()
+    );
+    for m in report.machines.iter().filter(|m| m.error.is_some()) {
+        eprintln!("machine {}: {}", m.id, m.error.as_deref().unwrap_or(""));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run { config } => bail!(
+            "`fabmeter-agent run --config {config}` is not implemented yet (issue 5 item 1); \
+             `fabmeter-agent simulate` is available"
+        ),
+        Command::Simulate(a) => simulate(a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_broker;
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(parse_broker("mqtt://h:1884").unwrap(), ("h".into(), 1884));
+        assert_eq!(parse_broker("mqtt://h").unwrap(), ("h".into(), 1883));
+        assert!(parse_broker("mqtts://h:8883").is_err());
+        assert!(parse_broker("mqtt://h:x").is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! The workshop simulator against a real Mosquitto (started by the harness).
+
+mod helpers;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fabmeter_agent::protocol::message::{EventBody, Presence};
+use fabmeter_agent::sim::{self, Crash, SimConfig, SimStats};
+use fabmeter_e2e::{wait_until, Mosquitto};
+use helpers::{collect_all, runtime};
+use tokio_util::sync::CancellationToken;
+
+const HOUR: u64 = 3_600_000;
+
+fn demo(site: &str, port: u16, speed: f64, duration_ms: u64) -> SimConfig {
+    SimConfig {
+        speed,
+        duration_ms: Some(duration_ms),
+        telemetry_s: 0,
+        ..SimConfig::demo(site, port)
+    }
+}
+
+#[test]
+fn same_seed_same_events() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let rt = runtime();
+    let mut streams = Vec::new();
+    for site in ["det-a", "det-b"] {
+        let mut sub = broker
+            .client()
+            .subscribe(
+                &[
+                    &format!("fabmeter/v1/{site}/+/event"),
+                    &format!("fabmeter/v1/{site}/+/status"),
+                ],
+                1,
+            )
+            .expect("subscribe");
+        let cfg = demo(site, broker.port(), 14_400.0, 14 * HOUR);
+        let report = rt
+            .block_on(sim::run(cfg, CancellationToken::new()))
+            .expect("run");
+        assert_eq!(report.journal_left(), 0, "{report:?}");
+        let seen = collect_all(&mut sub, &report, Duration::from_secs(30));
+        streams.push(seen.distinct());
+    }
+    let (a, b) = (&streams[0], &streams[1]);
+    assert_eq!(a.len(), 8, "every machine published events");
+    let total: usize = a.values().map(Vec::len).sum();
+    let sessions = a
+        .values()
+        .flatten()
+        .filter(|e| matches!(e.event, EventBody::SessionEnded { .. }))
+        .count();
+    assert!(sessions >= 5, "{sessions} sessions in 14 sim hours");
+    for (machine, events) in a {
+        assert_eq!(Some(events), b.get(machine), "{machine}: streams differ");
+    }
+    eprintln!("{total} events, {sessions} sessions, identical in both runs");
+}
+
+#[test]
+fn births_sessions_and_last_will_reach_a_subscriber() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let mut sub = broker
+        .client()
+        .subscribe(
+            &["fabmeter/v1/live/+/event", "fabmeter/v1/live/+/status"],
+            1,
+        )
+        .expect("subscribe");
+    let rt = runtime();
+    let mut cfg = demo("live", broker.port(), 14_400.0, 24 * HOUR);
+    cfg.crashes = vec![Crash {
+        machine: "printer-1".into(),
+        at_ms: 10 * HOUR,
+        down_ms: HOUR / 2,
+    }];
+    let report = rt
+        .block_on(sim::run(cfg, CancellationToken::new()))
+        .expect("run");
+    assert_eq!(report.journal_left(), 0);
+    let seen = collect_all(&mut sub, &report, Duration::from_secs(30));
+
+    // Births of every machine.
+    for (machine, statuses) in &seen.statuses {
+        let (first, _) = &statuses[0];
+        assert_eq!(first.status, Presence::Online, "{machine}");
+        // The first birth precedes the retained config (it comes after the subscription).
+        assert!(first.fw.is_some() && first.caps.is_some(), "{machine}");
+    }
+    assert_eq!(seen.statuses.len(), 8);
+
+    // The crash: the last will (offline, boot 1) arrives live, then the birth of boot 2.
+    let p1: Vec<_> = seen.statuses["printer-1"]
+        .iter()
+        .map(|(s, _)| (s.status, s.boot))
+        .collect();
+    assert_eq!(
+        p1,
+        vec![
+            (Presence::Online, 1),
+            (Presence::Offline, 1),
+            (Presence::Online, 2),
+            (Presence::Offline, 2)
+        ]
+    );
+    assert_eq!(report.machines[0].boots, 1);
+    // After the reboot the birth names the config kept in flash.
+    assert!(seen.statuses["printer-1"][2].0.config_hash.is_some());
+
+    // State changes and complete sessions with consistent totals.
+    let distinct = seen.distinct();
+    let states = distinct
+        .values()
+        .flatten()
+        .filter(|e| matches!(e.event, EventBody::State { .. }))
+        .count();
+    assert!(states > 10, "{states} state changes");
+    let mut full = 0;
+    for (machine, events) in &distinct {
+        let mut open: BTreeMap<(u32, u32), (fabmeter_agent::protocol::BadgeHash, u32, u32, u32)> =
+            BTreeMap::new();
+        for e in events {
+            match &e.event {
+                EventBody::SessionStarted { badge } => {
+                    open.insert((e.boot, e.seq), (*badge, 0, 0, 0));
+                }
+                EventBody::SessionProgress {
+                    session,
+                    busy_s,
+                    idle_s,
+                    energy_wh,
+                } => {
+                    let s = open
+                        .get_mut(&(e.boot, *session))
+                        .expect("progress of a started session");
+                    assert!(*busy_s >= s.1 && *idle_s + *busy_s >= s.1 + s.2 && *energy_wh >= s.3);
+                    *s = (s.0, *busy_s, *idle_s, *energy_wh);
+                }
+                EventBody::SessionEnded {
+                    session,
+                    badge,
+                    busy_s,
+                    idle_s,
+                    energy_wh,
+                    ..
+                } => {
+                    let s = open
+                        .remove(&(e.boot, *session))
+                        .unwrap_or_else(|| panic!("{machine}: end of unknown session {session}"));
+                    assert_eq!(s.0, *badge, "{machine}");
+                    assert!(*busy_s >= s.1 && busy_s + idle_s >= s.1 + s.2 && *energy_wh >= s.3);
+                    if s.1 + s.2 > 0 {
+                        full += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A session open at the crash never ends in boot 1; every other one ended.
+        assert!(
+            open.keys()
+                .all(|(boot, _)| machine == "printer-1" && *boot == 1),
+            "{machine}: {open:?}"
+        );
+    }
+    assert!(full >= 5, "{full} sessions with progress and end");
+}
+
+#[test]
+fn broker_outage_loses_and_duplicates_nothing() {
+    let mut broker = Mosquitto::builder()
+        .persistence(true)
+        .start()
+        .expect("mosquitto");
+    let mut sub = broker
+        .client()
+        .client_id("outage-watcher")
+        .clean_session(false)
+        .subscribe(
+            &["fabmeter/v1/outage/+/event", "fabmeter/v1/outage/+/status"],
+            1,
+        )
+        .expect("subscribe");
+    let rt = runtime();
+    let cfg = demo("outage", broker.port(), 7_200.0, 24 * HOUR);
+    let stats = std::sync::Arc::new(SimStats::new(cfg.machines.len()));
+    let run = rt.spawn(sim::run_with_stats(
+        cfg,
+        CancellationToken::new(),
+        stats.clone(),
+    ));
+
+    // Stop the broker during the working day, for at least one simulated hour.
+    wait_until(Duration::from_secs(30), "10 sim hours", || {
+        stats.sim_ms() >= 10 * HOUR
+    });
+    broker.stop().expect("stop broker");
+    let stopped_at = stats.sim_ms();
+    wait_until(Duration::from_secs(30), "one sim hour of outage", || {
+        stats.sim_ms() >= stopped_at + HOUR
+    });
+    broker.start_again().expect("restart broker");
+
+    let report = rt.block_on(run).expect("join").expect("run");
+    assert_eq!(report.journal_left(), 0, "{report:?}");
+    assert!(
+        report.machines.iter().all(|m| m.connects >= 2),
+        "every machine reconnected"
+    );
+    let seen = collect_all(&mut sub, &report, Duration::from_secs(60));
+
+    let mut total = 0;
+    let mut dups = 0;
+    for (machine, events) in &seen.events {
+        let mut last: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut keys = std::collections::BTreeSet::new();
+        for e in events {
+            if !keys.insert((e.boot, e.seq)) {
+                dups += 1;
+                continue;
+            }
+            // In order per (machine, boot): each new key is the next seq.
+            let prev = last.entry(e.boot).or_insert(0);
+            assert_eq!(
+                e.seq,
+                *prev + 1,
+                "{machine} boot {}: gap or reorder",
+                e.boot
+            );
+            *prev = e.seq;
+        }
+        total += keys.len();
+    }
+    assert_eq!(seen.events.len(), 8);
+    eprintln!("{total} distinct events, {dups} duplicates removed");
+
+    // And they are exactly the events of the same workshop run without an outage.
+    let mut sub = broker
+        .client()
+        .subscribe(
+            &["fabmeter/v1/calm/+/event", "fabmeter/v1/calm/+/status"],
+            1,
+        )
+        .expect("subscribe");
+    let calm = demo("calm", broker.port(), 14_400.0, 24 * HOUR);
+    let calm_report = rt
+        .block_on(sim::run(calm, CancellationToken::new()))
+        .expect("run");
+    let reference = collect_all(&mut sub, &calm_report, Duration::from_secs(30)).distinct();
+    assert_eq!(seen.distinct(), reference, "the outage changed the events");
+}
