@@ -7,6 +7,7 @@
 //! | `GET /api/sessions?machine&member&from&to&limit` | sessions, JSON; CSV with `Accept: text/csv` or `/api/sessions.csv` |
 //! | `GET /api/machines/{id}/counters` | lifetime counters of a machine |
 //! | `GET /api/dead-letters?limit` | the latest refused messages, with their reasons |
+//! | `GET /api/members/{id}/statement?period` | usage and charges so far this period (docs/BILLING.md) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | the process answers |
 //! | `GET /readyz` | connected to the broker and the ledger answers |
@@ -24,6 +25,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::billing::calendar::{civil_from_days, days_from_civil};
 use crate::ledger::{Ledger, LedgerError, SessionQuery, SessionView};
 use crate::metrics::Metrics;
 use crate::timeseries::TimeSeriesHandle;
@@ -39,6 +41,8 @@ pub struct ApiState {
     pub series: TimeSeriesHandle,
     /// Site id and name, for the page.
     pub site: (String, String),
+    /// Billing rules, when the site bills (`[billing]`).
+    pub billing: Option<Arc<crate::billing::invoice::Billing>>,
 }
 
 /// The router of every route above.
@@ -50,6 +54,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/sessions.csv", get(sessions_csv))
         .route("/api/machines/{id}/counters", get(counters))
         .route("/api/dead-letters", get(dead_letters))
+        .route("/api/members/{id}/statement", get(statement))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -240,6 +245,49 @@ async fn dead_letters(
     Ok(Json(serde_json::json!({ "dead_letters": rows })).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+struct StatementParams {
+    period: Option<String>,
+}
+
+async fn statement(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(p): Query<StatementParams>,
+) -> Result<Response, ApiError> {
+    use crate::billing::{invoice, BillableSession, Period};
+    let Some(billing) = s.billing.clone() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this site does not bill: add a [billing] section (docs/BILLING.md)".into(),
+        ));
+    };
+    if !billing.members.contains_key(&id) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("unknown member {id:?}; members are listed in the site configuration"),
+        ));
+    }
+    let now = crate::ingest::now_ms();
+    let period = match p.period {
+        Some(p) => Period::parse(&p)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("parameter `period`: {e}")))?,
+        None => Period::of(billing.rules.zone.date_of(now)),
+    };
+    let (from, to) = period.bounds(billing.rules.zone);
+    let q = SessionQuery {
+        member: Some(id.clone()),
+        from_ms: Some(from),
+        to_ms: Some(to),
+        limit: Some(100_000),
+        ..Default::default()
+    };
+    let rows = read(&s, move |l| l.sessions(&q)).await?;
+    let sessions: Vec<BillableSession> =
+        rows.iter().filter_map(BillableSession::from_view).collect();
+    Ok(Json(invoice::statement(&billing, &id, period, &sessions, now)).into_response())
+}
+
 async fn metrics(State(s): State<ApiState>) -> Response {
     let ts = s.series.stats();
     let extra = [
@@ -306,29 +354,6 @@ fn html_escape(s: &str) -> String {
 }
 
 const PAGE: &str = include_str!("page.html");
-
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian), after Howard Hinnant.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
 
 /// Parses unix ms, `YYYY-MM-DD`, or `YYYY-MM-DDTHH:MM[:SS]Z` (UTC).
 pub fn parse_time(s: &str) -> Option<u64> {

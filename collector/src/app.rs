@@ -250,6 +250,7 @@ impl Application {
             metrics: metrics.clone(),
             series: series.clone(),
             site: (config.site.id.clone(), config.site.name.clone()),
+            billing: crate::billing::invoice::Billing::from_config(&config)?.map(Arc::new),
         };
         let http_shutdown = writer_done.clone();
         let http = tokio::spawn(async move {

@@ -54,6 +54,9 @@ pub struct Config {
     /// The members of the site.
     #[serde(default)]
     pub members: Vec<MemberConfig>,
+    /// Billing (tariffs, plans, invoices: docs/BILLING.md); absent: no billing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<crate::billing::BillingConfig>,
 }
 
 /// `[site]`
@@ -228,6 +231,7 @@ impl Config {
             http: HttpConfig::default(),
             machines: Vec::new(),
             members: Vec::new(),
+            billing: None,
         }
     }
 
@@ -370,7 +374,32 @@ impl Config {
                 }
             }
         }
+        if self.billing.is_some() {
+            self.billing_rules()?;
+        }
         Ok(())
+    }
+
+    /// The parsed billing rules; `Ok(None)` without a `[billing]` section.
+    pub fn billing_rules(&self) -> Result<Option<crate::billing::BillingRules>, ConfigError> {
+        let Some(b) = &self.billing else {
+            return Ok(None);
+        };
+        let machines: Vec<(String, String, String, Option<String>)> = self
+            .machines
+            .iter()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    m.name.clone(),
+                    m.kind.clone(),
+                    m.tariff.clone(),
+                )
+            })
+            .collect();
+        crate::billing::BillingRules::new(b, &machines)
+            .map(Some)
+            .map_err(|e| err(e.key, e.problem, "see docs/BILLING.md \"Configuration\""))
     }
 
     /// The site id, validated.

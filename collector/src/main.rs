@@ -25,6 +25,44 @@ enum Command {
     PrintConfig(Overrides),
     /// Check a configuration and exit (0 if valid).
     CheckConfig(Overrides),
+    /// Issue the invoices of a period, one per member (docs/BILLING.md); a second run is a no-op.
+    Invoice(InvoiceArgs),
+    /// Cancel an issued invoice with a credit note.
+    CreditNote(CreditNoteArgs),
+    /// Recompute every issued invoice from the ledger; exit 1 on any difference.
+    Audit(Overrides),
+}
+
+/// `invoice` arguments.
+#[derive(Args, Debug)]
+struct InvoiceArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// The month to invoice, e.g. 2026-11 (default: the previous month).
+    #[arg(long)]
+    period: Option<String>,
+    /// Show what would be issued; store nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write {number}.json, {number}.html and accounting-{period}.csv into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `credit-note` arguments.
+#[derive(Args, Debug)]
+struct CreditNoteArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// The invoice to cancel, e.g. ATL-2026-000007.
+    #[arg(long)]
+    invoice: String,
+    /// Why (printed on the credit note).
+    #[arg(long)]
+    reason: String,
+    /// Write {number}.json and {number}.html into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// Settings that override the file; each also reads a FABMETER_* environment variable.
@@ -134,6 +172,9 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Invoice(a) => billing::invoice(a),
+        Command::CreditNote(a) => billing::credit_note(a),
+        Command::Audit(o) => billing::audit(o),
         Command::Run(o) => {
             let config = o.load()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -176,5 +217,135 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// The billing subcommands: open the ledger, call the library, print and write files.
+mod billing {
+    use super::*;
+    use fabmeter_collector::billing::invoice::{accounting_csv, to_html, Billing, Invoice};
+    use fabmeter_collector::billing::money::format_cents;
+    use fabmeter_collector::billing::Period;
+    use fabmeter_collector::ledger::SqliteLedger;
+
+    fn open(o: Overrides) -> anyhow::Result<(Billing, SqliteLedger)> {
+        let config = o.load()?;
+        let billing = Billing::from_config(&config)?.ok_or_else(|| {
+            anyhow::anyhow!("no [billing] section in the configuration; see docs/BILLING.md")
+        })?;
+        let badges = config
+            .members
+            .iter()
+            .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
+            .collect();
+        let ledger = SqliteLedger::open(&config.ledger.path, &config.site_id()?, badges)?;
+        Ok((billing, ledger))
+    }
+
+    fn summary(d: &Invoice) -> String {
+        format!(
+            "{} {:?} {} ({}): {} lines, {} EUR excl. VAT, {} EUR incl. VAT, prepaid {}, due {}",
+            d.number,
+            d.kind,
+            d.buyer.id,
+            d.period,
+            d.lines.len(),
+            format_cents(d.totals.excl_cents),
+            format_cents(d.totals.incl_cents),
+            format_cents(d.prepaid_cents),
+            format_cents(d.due_cents)
+        )
+    }
+
+    fn write(dir: &std::path::Path, docs: &[Invoice]) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for d in docs {
+            std::fs::write(dir.join(format!("{}.json", d.number)), d.to_json())?;
+            std::fs::write(dir.join(format!("{}.html", d.number)), to_html(d))?;
+        }
+        Ok(())
+    }
+
+    fn now_ms() -> u64 {
+        fabmeter_collector::ingest::now_ms()
+    }
+
+    pub(super) fn invoice(a: InvoiceArgs) -> anyhow::Result<()> {
+        let (billing, mut ledger) = open(a.o)?;
+        let now = now_ms();
+        let period = match &a.period {
+            Some(p) => Period::parse(p).map_err(|e| anyhow::anyhow!("--period: {e}"))?,
+            None => Period::of(billing.rules.zone.date_of(now)).prev(),
+        };
+        let report = ledger.issue_invoices(&billing, period, now, a.dry_run)?;
+        if report.already_issued {
+            println!("period {period} was already invoiced: nothing new (late sessions go on the next period's invoices)");
+        }
+        for d in &report.invoices {
+            println!(
+                "{}{}",
+                if a.dry_run { "would issue " } else { "issued " },
+                summary(d)
+            );
+        }
+        for m in &report.settled_at_zero {
+            println!("{m}: total 0.00, no invoice (sessions settled)");
+        }
+        if let Some(dir) = &a.out {
+            write(dir, &report.invoices)?;
+            let docs: Vec<Invoice> = ledger
+                .documents()?
+                .into_iter()
+                .filter(|d| {
+                    d.period == period || report.invoices.iter().any(|i| i.number == d.number)
+                })
+                .collect();
+            let docs = if a.dry_run {
+                report.invoices.clone()
+            } else {
+                docs
+            };
+            std::fs::write(
+                dir.join(format!("accounting-{period}.csv")),
+                accounting_csv(&docs, &billing.config.accounts),
+            )?;
+            println!("written to {}", dir.display());
+        }
+        Ok(())
+    }
+
+    pub(super) fn credit_note(a: CreditNoteArgs) -> anyhow::Result<()> {
+        let (billing, mut ledger) = open(a.o)?;
+        let d = ledger.credit_note(&billing, &a.invoice, &a.reason, now_ms())?;
+        println!("issued {}", summary(&d));
+        if let Some(dir) = &a.out {
+            write(dir, std::slice::from_ref(&d))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn audit(o: Overrides) -> anyhow::Result<()> {
+        let (billing, ledger) = open(o)?;
+        let n = ledger.documents()?.len();
+        let diffs = ledger.audit(&billing)?;
+        for d in &diffs {
+            println!(
+                "{} {}{}: issued {} / recomputed {}",
+                d.number,
+                d.field,
+                d.line
+                    .as_deref()
+                    .map(|l| format!(" [{l}]"))
+                    .unwrap_or_default(),
+                d.issued,
+                d.recomputed
+            );
+        }
+        println!("audit: {n} documents, {} differences", diffs.len());
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            std::process::exit(1)
+        }
     }
 }

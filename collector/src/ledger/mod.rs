@@ -14,6 +14,7 @@
 
 mod sqlite;
 
+pub use sqlite::invoices::{AuditDifference, BillingError, IssueReport};
 pub use sqlite::SqliteLedger;
 
 use fabmeter_protocol::message::{Event, Status};

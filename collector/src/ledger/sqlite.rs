@@ -78,6 +78,42 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     "#,
+    // 2: billing (docs/BILLING.md): issued documents, hash-chained and immutable; which sessions
+    // they billed; which periods were run.
+    r#"
+    CREATE TABLE invoices (
+        site TEXT NOT NULL, number TEXT NOT NULL,
+        chain INTEGER NOT NULL,              -- position in the site's hash chain, from 1
+        year INTEGER NOT NULL, seq INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('invoice', 'credit_note')),
+        member TEXT NOT NULL, period TEXT NOT NULL, issued_ms INTEGER NOT NULL,
+        refers_to TEXT,
+        excl_cents INTEGER NOT NULL, vat_cents INTEGER NOT NULL, incl_cents INTEGER NOT NULL,
+        prepaid_cents INTEGER NOT NULL,
+        document TEXT NOT NULL,              -- the JSON as issued
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+        PRIMARY KEY (site, number),
+        UNIQUE (site, chain),
+        UNIQUE (site, year, seq)
+    );
+    CREATE TRIGGER invoices_never_change BEFORE UPDATE ON invoices
+        BEGIN SELECT RAISE(ABORT, 'issued invoices never change: issue a credit note'); END;
+    CREATE TRIGGER invoices_never_go BEFORE DELETE ON invoices
+        BEGIN SELECT RAISE(ABORT, 'issued invoices are never deleted: issue a credit note'); END;
+    CREATE TABLE billed_sessions (
+        site TEXT NOT NULL, machine TEXT NOT NULL, boot INTEGER NOT NULL, session INTEGER NOT NULL,
+        member TEXT NOT NULL,
+        period TEXT NOT NULL,                -- the period of the session's start
+        number TEXT,                         -- the invoice; NULL: settled at zero (no invoice)
+        chain INTEGER NOT NULL,              -- documents in the chain when it was billed
+        PRIMARY KEY (site, machine, boot, session)
+    ) WITHOUT ROWID;
+    CREATE INDEX billed_sessions_number ON billed_sessions (site, number);
+    CREATE TABLE billing_runs (
+        site TEXT NOT NULL, period TEXT NOT NULL, run_ms INTEGER NOT NULL,
+        PRIMARY KEY (site, period)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The SQLite implementation of [`Ledger`]. Open one for the writer and one per reader thread:
@@ -665,3 +701,6 @@ impl Ledger for SqliteLedger {
 fn online_known(changed: Option<i64>) -> bool {
     changed.is_some()
 }
+
+#[path = "invoices.rs"]
+pub(super) mod invoices;

@@ -1,0 +1,477 @@
+//! Billing against a real SQLite ledger: sessions from device events, invoices for a month
+//! (totals checked against an expectation computed here independently), idempotency, a late
+//! session, credit notes, exports, the audit (zero differences, then the exact difference of a
+//! tampered row) and the member statement over HTTP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fabmeter_collector::api::{self, ApiState};
+use fabmeter_collector::billing::invoice::{accounting_csv, to_html, Billing, DocKind};
+use fabmeter_collector::billing::Period;
+use fabmeter_collector::config::Config;
+use fabmeter_collector::ledger::{Ledger, MachineInfo, Record, SqliteLedger};
+use fabmeter_collector::metrics::Metrics;
+use fabmeter_collector::protocol::message::{EndReason, Event, EventBody};
+use fabmeter_collector::protocol::{encode_to_vec, BadgeHash, Id};
+use fabmeter_collector::timeseries::TimeSeriesHandle;
+
+const ALICE: &str = "ba279e0c1e5c2464";
+const BOB: &str = "a70e24fcac6bc0a8";
+
+const SITE: &str = r#"
+[site]
+id = "atelier-lyon"
+
+[[machines]]
+id = "laser-1"
+kind = "laser"
+[[machines]]
+id = "printer-1"
+kind = "printer-3d"
+
+[[members]]
+id = "alice"
+name = "Alice Martin"
+badges = ["ba279e0c1e5c2464"]
+[[members]]
+id = "bob"
+name = "Bob Durand"
+badges = ["a70e24fcac6bc0a8"]
+
+[billing]
+invoice_prefix = "ATL"
+timezone = "UTC"
+[billing.seller]
+name = "Atelier de Lyon SAS"
+siret = "123 456 789 00012"
+[[billing.tariffs]]
+name = "laser"
+valid_from = "2026-01-01"
+busy_per_min = "0.50"
+idle_per_min = "0.10"
+increment_min = 5
+[[billing.tariffs]]
+name = "printer-3d"
+valid_from = "2026-01-01"
+busy_per_min = "0.02"
+setup = "1.00"
+[[billing.credits]]
+member = "bob"
+date = "2026-10-01"
+amount = "5.00"
+"#;
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::from_toml(SITE).expect("config");
+    c.ledger.path = dir.join("ledger.sqlite");
+    c.validate().expect("valid");
+    c
+}
+
+fn open(c: &Config) -> SqliteLedger {
+    let badges: HashMap<String, String> = c
+        .members
+        .iter()
+        .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
+        .collect();
+    let mut l =
+        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges).expect("open");
+    let machines: Vec<MachineInfo> = c
+        .machines
+        .iter()
+        .map(|m| MachineInfo {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            kind: m.kind.clone(),
+            source: "config".into(),
+        })
+        .collect();
+    l.register_machines(&machines, 0).expect("register");
+    l
+}
+
+fn ms(s: &str) -> u64 {
+    api::parse_time(s).expect("time")
+}
+
+/// The start and end events of one session, with device clock times.
+fn session(
+    machine: &str,
+    boot: u32,
+    seq: u32,
+    badge: &str,
+    start: &str,
+    busy_s: u32,
+    idle_s: u32,
+) -> Vec<Record> {
+    let badge = BadgeHash::from_hex(badge).expect("badge");
+    let t0 = ms(start);
+    let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
+    let mk = |seq: u32, ts: u64, body: EventBody| {
+        let event = Event {
+            v: 1,
+            boot,
+            seq,
+            uptime_ms: ts - 1_700_000_000_000,
+            sent_uptime_ms: ts - 1_700_000_000_000,
+            ts: Some(ts),
+            event: body,
+        };
+        Record::Event {
+            machine: Id::new(machine).expect("id"),
+            payload: encode_to_vec(&event).expect("encode"),
+            event,
+            received_ms: ts + 10,
+        }
+    };
+    vec![
+        mk(seq, t0, EventBody::SessionStarted { badge }),
+        mk(
+            seq + 1,
+            t1,
+            EventBody::SessionEnded {
+                session: seq,
+                badge,
+                busy_s,
+                idle_s,
+                energy_wh: 1,
+                reason: EndReason::BadgeOut,
+            },
+        ),
+    ]
+}
+
+/// Price of one session computed independently: laser 0.50/busy and 0.10/idle minute per
+/// started 5 minutes; printer 0.02 per minute plus 1.00.
+fn expected_cents(machine: &str, busy_s: u32, idle_s: u32) -> i64 {
+    let up = |s: u32, inc: u32| i64::from(s.div_ceil(inc * 60) * inc);
+    match machine {
+        "laser-1" => up(busy_s, 5) * 50 + up(idle_s, 5) * 10,
+        _ => up(busy_s, 1) * 2 + 100,
+    }
+}
+
+#[test]
+fn a_month_of_invoices_late_sessions_credit_notes_and_audit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    let billing = Billing::from_config(&c).expect("rules").expect("billing");
+    let mut l = open(&c);
+
+    // November: a few sessions of alice and bob; one open session of bob is not invoiced.
+    let month: Vec<(&str, u32, u32, &str, &str, u32, u32)> = vec![
+        ("laser-1", 1, 1, ALICE, "2026-11-03T09:00:00Z", 1_260, 300),
+        ("laser-1", 1, 3, BOB, "2026-11-03T14:00:00Z", 600, 0),
+        ("printer-1", 1, 1, ALICE, "2026-11-05T08:00:00Z", 14_400, 0),
+        ("laser-1", 1, 5, ALICE, "2026-11-20T10:00:00Z", 61, 59),
+        ("printer-1", 1, 3, BOB, "2026-11-30T22:00:00Z", 3_000, 0),
+    ];
+    let mut batch = Vec::new();
+    for (m, boot, seq, badge, start, busy, idle) in &month {
+        batch.extend(session(m, *boot, *seq, badge, start, *busy, *idle));
+    }
+    // Every event twice, in reverse order: nothing changes.
+    let mut again = batch.clone();
+    again.reverse();
+    batch.extend(again);
+    l.commit(&batch).expect("commit");
+
+    let expect = |member_badge: &str| -> i64 {
+        month
+            .iter()
+            .filter(|s| s.3 == member_badge)
+            .map(|s| expected_cents(s.0, s.5, s.6))
+            .sum()
+    };
+    let nov = Period::parse("2026-11").expect("period");
+    let dec2 = ms("2026-12-02T10:00:00Z");
+
+    // Too early: the month is not over.
+    assert!(l
+        .issue_invoices(&billing, nov, ms("2026-11-30T12:00:00Z"), false)
+        .is_err());
+    // A dry run stores nothing.
+    let dry = l
+        .issue_invoices(&billing, nov, dec2, true)
+        .expect("dry run");
+    assert_eq!(dry.invoices.len(), 2);
+    assert!(l.documents().expect("docs").is_empty());
+
+    let r = l.issue_invoices(&billing, nov, dec2, false).expect("issue");
+    assert_eq!(r.invoices.len(), 2);
+    let alice = r
+        .invoices
+        .iter()
+        .find(|d| d.buyer.id == "alice")
+        .expect("alice");
+    let bob = r
+        .invoices
+        .iter()
+        .find(|d| d.buyer.id == "bob")
+        .expect("bob");
+    assert_eq!(alice.number, "ATL-2026-000001");
+    assert_eq!(bob.number, "ATL-2026-000002");
+    assert_eq!(alice.totals.excl_cents, expect(ALICE));
+    assert_eq!(bob.totals.excl_cents, expect(BOB));
+    for d in [alice, bob] {
+        let vat = (d.totals.excl_cents * 2000 + 5_000) / 10_000;
+        assert_eq!(d.totals.vat_cents, vat);
+        assert_eq!(d.totals.incl_cents, d.totals.excl_cents + vat);
+        assert!(d.hash_ok());
+        assert!(d.lines.iter().all(|l| !l.sessions.is_empty()));
+    }
+    assert_eq!(alice.buyer.name, "Alice Martin");
+    assert_eq!(alice.lines.len(), 3);
+    // Bob's prepaid credit of 5.00 is used.
+    assert_eq!(bob.prepaid_cents, 500);
+    assert_eq!(bob.due_cents, bob.totals.incl_cents - 500);
+    assert_eq!(bob.prev_hash, alice.hash);
+
+    // Issuing twice is a no-op.
+    let twice = l
+        .issue_invoices(&billing, nov, dec2 + 1000, false)
+        .expect("again");
+    assert!(twice.already_issued && twice.invoices.is_empty());
+    assert_eq!(l.documents().expect("docs").len(), 2);
+
+    // The ledger refuses to change an issued invoice.
+    let raw = rusqlite::Connection::open(&c.ledger.path).expect("raw");
+    assert!(raw
+        .execute(
+            "UPDATE invoices SET excl_cents = 0 WHERE number = 'ATL-2026-000001'",
+            []
+        )
+        .is_err());
+    assert!(raw.execute("DELETE FROM invoices", []).is_err());
+
+    // A late November session of alice arrives in December, with a December one.
+    let mut late = session("laser-1", 1, 7, ALICE, "2026-11-28T09:00:00Z", 600, 0);
+    late.extend(session(
+        "laser-1",
+        2,
+        1,
+        ALICE,
+        "2026-12-10T09:00:00Z",
+        300,
+        0,
+    ));
+    l.commit(&late).expect("commit late");
+    assert!(l.audit(&billing).expect("audit").is_empty());
+    let dec = Period::parse("2026-12").expect("period");
+    let r = l
+        .issue_invoices(&billing, dec, ms("2027-01-03T09:00:00Z"), false)
+        .expect("december");
+    assert_eq!(r.invoices.len(), 1);
+    let d = &r.invoices[0];
+    assert_eq!(
+        d.number, "ATL-2027-000001",
+        "numbering restarts with the year of issue"
+    );
+    assert_eq!(d.totals.excl_cents, 500 + 250);
+    let late_line = d.lines.iter().find(|l| l.late).expect("a late line");
+    assert_eq!(late_line.sessions[0].to_string(), "laser-1/1/7");
+    assert_eq!(late_line.amount_cents, 500);
+    assert_eq!(d.lines.iter().filter(|l| !l.late).count(), 1);
+
+    // A credit note cancels bob's invoice; his sessions come back, late, in January.
+    let cn = l
+        .credit_note(
+            &billing,
+            "ATL-2026-000002",
+            "wrong member",
+            ms("2027-01-04T09:00:00Z"),
+        )
+        .expect("credit note");
+    assert_eq!(cn.kind, DocKind::CreditNote);
+    assert_eq!(cn.number, "ATL-2027-000002");
+    assert_eq!(cn.refers_to.as_deref(), Some("ATL-2026-000002"));
+    assert_eq!(cn.totals.excl_cents, -bob.totals.excl_cents);
+    assert_eq!(cn.totals.vat_cents, -bob.totals.vat_cents);
+    assert_eq!(cn.prepaid_cents, -500);
+    assert!(l
+        .credit_note(
+            &billing,
+            "ATL-2026-000002",
+            "again",
+            ms("2027-01-04T10:00:00Z")
+        )
+        .is_err());
+    let jan = Period::parse("2027-01").expect("period");
+    let r = l
+        .issue_invoices(&billing, jan, ms("2027-02-01T09:00:00Z"), false)
+        .expect("january");
+    assert_eq!(r.invoices.len(), 1);
+    assert_eq!(r.invoices[0].buyer.id, "bob");
+    assert!(r.invoices[0].lines.iter().all(|l| l.late));
+    assert_eq!(r.invoices[0].totals.excl_cents, bob.totals.excl_cents);
+    assert_eq!(
+        r.invoices[0].prepaid_cents, 500,
+        "the credit note gave the prepaid credit back"
+    );
+
+    // Exports.
+    let docs = l.documents().expect("docs");
+    assert_eq!(docs.len(), 5);
+    let csv = accounting_csv(&docs, &billing.config.accounts);
+    let (mut debit, mut credit) = (0i64, 0i64);
+    for row in csv.lines().skip(1) {
+        let f: Vec<&str> = row.split(',').collect();
+        let cents = |s: &str| (s.parse::<f64>().expect("amount") * 100.0).round() as i64;
+        debit += cents(f[8]);
+        credit += cents(f[9]);
+    }
+    assert_eq!(debit, credit, "balanced journal:\n{csv}");
+    assert!(csv.contains("445710") && csv.contains("706000") && csv.contains("419100"));
+    let html = to_html(&docs[0]);
+    assert!(html.contains("ATL-2026-000001") && html.contains("Total TTC"));
+    let json: serde_json::Value = serde_json::from_str(&docs[0].to_json()).expect("json");
+    assert_eq!(json["number"], "ATL-2026-000001");
+
+    // Audit: all recomputes, then a tampered session shows its exact difference.
+    assert_eq!(l.audit(&billing).expect("audit"), vec![]);
+    raw.execute(
+        "UPDATE sessions SET busy_s = 1560 WHERE machine = 'laser-1' AND boot = 1 AND session = 1",
+        [],
+    )
+    .expect("tamper");
+    let diffs = l.audit(&billing).expect("audit");
+    assert_eq!(diffs.len(), 2, "{diffs:#?}");
+    assert_eq!(diffs[0].number, "ATL-2026-000001");
+    assert_eq!(diffs[0].field, "amount");
+    assert_eq!(diffs[0].line.as_deref(), Some("Session laser-1/1/1"));
+    // Busy 1 260 s is billed 25 min, 1 560 s 30 min (plus 5 idle minutes): 2.50 more.
+    assert_eq!(
+        (diffs[0].issued.as_str(), diffs[0].recomputed.as_str()),
+        ("13.00", "15.50")
+    );
+    assert_eq!(diffs[1].field, "parts");
+
+    // A tampered document breaks its hash and the chain after it.
+    raw.execute("DROP TRIGGER invoices_never_change", [])
+        .expect("drop trigger");
+    raw.execute(
+        "UPDATE invoices SET document = replace(document, 'Alice Martin', 'Eve') WHERE number = 'ATL-2026-000001'",
+        [],
+    )
+    .expect("tamper document");
+    let diffs = l.audit(&billing).expect("audit");
+    assert!(
+        diffs
+            .iter()
+            .any(|d| d.number == "ATL-2026-000001" && d.field == "hash"),
+        "{diffs:#?}"
+    );
+}
+
+#[tokio::test]
+async fn the_statement_shows_the_month_so_far() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    let mut l = open(&c);
+    let now = fabmeter_collector::ingest::now_ms();
+    let start = api::format_utc(now - 3_600_000);
+    // Within the current month unless the test runs in its first hour.
+    l.commit(&session("laser-1", 1, 1, ALICE, &start, 600, 0))
+        .expect("commit");
+    let state = ApiState {
+        ledger: Arc::new(Mutex::new(Box::new(open(&c)) as Box<dyn Ledger>)),
+        metrics: Arc::new(Metrics::default()),
+        series: TimeSeriesHandle::disabled(),
+        site: ("atelier-lyon".into(), String::new()),
+        billing: Billing::from_config(&c).expect("rules").map(Arc::new),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let get = |path: String| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").expect("response");
+        (head.to_owned(), body.to_owned())
+    };
+    let period = api::format_utc(now - 3_600_000)[..7].to_owned();
+    let (head, body) = get(format!("/api/members/alice/statement?period={period}")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["sessions"], 1);
+    assert_eq!(v["totals"]["excl_cents"], 500);
+    assert_eq!(v["provisional"], true);
+    assert_eq!(v["lines"][0]["sessions"][0]["machine"], "laser-1");
+    let (head, _) = get("/api/members/mallory/statement".into()).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = get("/api/members/alice/statement?period=2026-13".into()).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[test]
+fn the_invoice_and_audit_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    {
+        let mut l = open(&c);
+        l.commit(&session(
+            "laser-1",
+            1,
+            1,
+            ALICE,
+            "2026-10-03T09:00:00Z",
+            600,
+            0,
+        ))
+        .expect("commit");
+    }
+    let file = dir.path().join("site.toml");
+    std::fs::write(&file, c.to_toml()).expect("write config");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let out_dir = dir.path().join("out");
+    let out = out_dir.to_str().expect("utf-8 path");
+    let (ok, stdout, stderr) = run(&["invoice", "--period", "2026-10", "--dry-run"]);
+    assert!(
+        ok && stdout.contains("would issue ATL-"),
+        "{stdout}{stderr}"
+    );
+    let (ok, stdout, stderr) = run(&["invoice", "--period", "2026-10", "--out", out]);
+    assert!(ok && stdout.contains("issued ATL-"), "{stdout}{stderr}");
+    let number = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("a number")
+        .to_owned();
+    assert!(out_dir.join(format!("{number}.json")).exists());
+    assert!(out_dir.join(format!("{number}.html")).exists());
+    let csv = std::fs::read_to_string(out_dir.join("accounting-2026-10.csv")).expect("csv");
+    assert!(csv.contains(&number), "{csv}");
+    let (ok, stdout, _) = run(&["invoice", "--period", "2026-10"]);
+    assert!(ok && stdout.contains("already invoiced"), "{stdout}");
+    let (ok, stdout, stderr) = run(&["audit"]);
+    assert!(
+        ok && stdout.contains("1 documents, 0 differences"),
+        "{stdout}{stderr}"
+    );
+    let (ok, stdout, stderr) = run(&["credit-note", "--invoice", &number, "--reason", "test"]);
+    assert!(ok && stdout.contains("CreditNote"), "{stdout}{stderr}");
+    let (ok, _, stderr) = run(&["invoice", "--period", "2026-13"]);
+    assert!(!ok && stderr.contains("2026-13"), "{stderr}");
+}
