@@ -240,11 +240,19 @@ impl Message for Status {
     }
 }
 
-fn check_non_negative(field: &'static str, x: Option<f32>) -> Result<(), Invalid> {
+/// Largest RMS current a sample may carry, amperes (a workshop circuit is far below).
+pub const MAX_CURRENT_A: f32 = 10_000.0;
+/// Largest power a sample may carry, watts.
+pub const MAX_POWER_W: f32 = 10_000_000.0;
+
+fn check_range(
+    field: &'static str,
+    x: Option<f32>,
+    max: f32,
+    problem: &'static str,
+) -> Result<(), Invalid> {
     match x {
-        Some(x) if !(x.is_finite() && x >= 0.0) => {
-            invalid(field, "must be a finite number, zero or more")
-        }
+        Some(x) if !(x.is_finite() && (0.0..=max).contains(&x)) => invalid(field, problem),
         _ => Ok(()),
     }
 }
@@ -257,8 +265,18 @@ impl Message for Telemetry {
     fn validate(&self) -> Result<(), Invalid> {
         check_boot(self.boot)?;
         check_ts("ts", self.ts)?;
-        check_non_negative("current_a", self.current_a)?;
-        check_non_negative("power_w", self.power_w)
+        check_range(
+            "current_a",
+            self.current_a,
+            MAX_CURRENT_A,
+            "must be a finite number from 0 to 10000 (amperes)",
+        )?;
+        check_range(
+            "power_w",
+            self.power_w,
+            MAX_POWER_W,
+            "must be a finite number from 0 to 10000000 (watts)",
+        )
     }
 }
 

@@ -332,6 +332,10 @@ fn encoding_refuses_what_decoding_would_refuse() {
         ..t
     };
     assert_eq!(encode(&t, &mut buf[..10]), Err(EncodeError::BufferFull));
+    // Beyond the plausible range (a unit error, a broken sensor): refused.
+    let p = br#"{"v":1,"boot":1,"uptime_ms":1,"state":"busy","power_w":1.007371e13}"#;
+    assert!(matches!(decode::<Telemetry>(p), Err(DecodeError::Invalid(i)) if i.field == "power_w"));
+    assert!(decode_core::<Telemetry>(p).is_err());
     // Floats that overflow f32 on the wire are refused as non-finite.
     let p = br#"{"v":1,"boot":1,"uptime_ms":1,"state":"busy","power_w":1e39}"#;
     assert!(decode::<Telemetry>(p).is_err());
