@@ -539,5 +539,6 @@ mod example_file {
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.machines.len(), 3);
         assert!(c.machines[0].sensing.is_some() && c.timeseries.is_some());
+        assert!(c.billing.is_some(), "the example shows billing too");
     }
 }
