@@ -56,6 +56,6 @@ pub use tls::TestPki;
 pub use tools::{is_executable_file, Tool, FALLBACK_DIRS};
 pub use util::{
     free_port, has_exited, poll_until, port_accepts_connections, send_signal, tail_of_file,
-    try_free_port, try_wait_until, wait_for_exit, wait_until, Signal,
+    try_free_port, try_wait_until, wait_for_exit, wait_until, KillOnDrop, Signal,
 };
 pub use victoria::{ExportedSeries, VictoriaMetrics, VictoriaMetricsBuilder};

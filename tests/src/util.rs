@@ -209,3 +209,17 @@ pub(crate) fn format_log_tails(files: &[&Path], lines: usize) -> String {
 pub(crate) fn keep_temp_dirs() -> bool {
     std::env::var_os("FABMETER_E2E_KEEP_TMP").is_some_and(|v| !v.is_empty() && v != "0")
 }
+
+/// A child process that is killed (and reaped) when dropped while still running, so a failing
+/// test never leaves it behind. The process is the public field.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use fabmeter_collector::ledger::{Ledger, SessionQuery, SqliteLedger};
-use fabmeter_e2e::{wait_until, Mosquitto, VictoriaMetrics};
+use fabmeter_e2e::{wait_until, KillOnDrop, Mosquitto, VictoriaMetrics};
 use fabmeter_protocol::Id;
 use helpers::*;
 
@@ -270,15 +270,18 @@ fn a_collector_killed_mid_stream_loses_nothing_after_restart() {
     std::fs::write(&config_path, config.to_toml()).expect("write config");
     let bin = env!("CARGO_BIN_EXE_fabmeter-collector");
     let spawn = || {
-        std::process::Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn the collector binary")
+        KillOnDrop(
+            std::process::Command::new(bin)
+                .args(["run", "--config"])
+                .arg(&config_path)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn the collector binary"),
+        )
     };
-    let read_addr = |child: &mut std::process::Child| -> u16 {
+    let read_addr = |child: &mut KillOnDrop| -> u16 {
+        let child = &mut child.0;
         use std::io::BufRead as _;
         let out = child.stdout.take().expect("stdout");
         let mut line = String::new();
@@ -313,8 +316,8 @@ fn a_collector_killed_mid_stream_loses_nothing_after_restart() {
         wait_until(LONG, "a part of the stream accepted", || {
             accepted(port) >= total / 4
         });
-        fabmeter_e2e::send_signal(child.id(), fabmeter_e2e::Signal::Kill).expect("SIGKILL");
-        let _ = child.wait();
+        fabmeter_e2e::send_signal(child.0.id(), fabmeter_e2e::Signal::Kill).expect("SIGKILL");
+        let _ = child.0.wait();
         publisher.join().expect("publishers");
     });
     // The broker kept the collector's session and queued the rest.
@@ -340,8 +343,8 @@ fn a_collector_killed_mid_stream_loses_nothing_after_restart() {
         }
         events == total
     });
-    fabmeter_e2e::send_signal(child.id(), fabmeter_e2e::Signal::Term).expect("SIGTERM");
-    let status = child.wait().expect("collector exit");
+    fabmeter_e2e::send_signal(child.0.id(), fabmeter_e2e::Signal::Term).expect("SIGTERM");
+    let status = child.0.wait().expect("collector exit");
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
     assert_ledger_matches(dir.path(), &exp);
 }

@@ -5,18 +5,20 @@ use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fabmeter_e2e::{send_signal, wait_for_exit, wait_until, Signal};
+use fabmeter_e2e::{send_signal, wait_for_exit, wait_until, KillOnDrop, Signal};
 
 #[test]
 fn the_demo_shows_machines_changing_state_within_30_seconds() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fabmeter"))
-        .args(["demo", "--http-port", "0", "--mqtt-port", "0", "--data-dir"])
-        .arg(data.path().join("demo"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the demo");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_fabmeter"))
+            .args(["demo", "--http-port", "0", "--mqtt-port", "0", "--data-dir"])
+            .arg(data.path().join("demo"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the demo"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     let mut lines = std::io::BufReader::new(stdout).lines();
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     // "fabmeter demo: http://127.0.0.1:PORT/"
@@ -75,7 +77,7 @@ fn the_demo_shows_machines_changing_state_within_30_seconds() {
         "the page polls the API"
     );
 
-    send_signal(child.id(), Signal::Term).expect("SIGTERM");
-    let status = wait_for_exit(&mut child, Duration::from_secs(30)).expect("the demo stops");
+    send_signal(child.0.id(), Signal::Term).expect("SIGTERM");
+    let status = wait_for_exit(&mut child.0, Duration::from_secs(30)).expect("the demo stops");
     assert!(status.success(), "clean exit: {status:?}");
 }
