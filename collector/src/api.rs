@@ -327,6 +327,13 @@ async fn ready(State(s): State<ApiState>) -> Response {
         )
             .into_response();
     }
+    if !s.metrics.subscribed.load(Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: subscriptions not confirmed by the broker yet\n",
+        )
+            .into_response();
+    }
     match read(&s, |l| l.totals()).await {
         Ok(_) => "ready\n".into_response(),
         Err(e) => (

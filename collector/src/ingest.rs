@@ -202,6 +202,7 @@ pub async fn run_mqtt(
                     session_present = ack.session_present,
                     "connected to the broker"
                 );
+                metrics.subscribed.store(ack.session_present, Relaxed);
                 if !ack.session_present {
                     // rumqttc does not re-subscribe by itself when the broker kept no session.
                     for t in &topics {
@@ -210,6 +211,9 @@ pub async fn run_mqtt(
                         }
                     }
                 }
+            }
+            Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                metrics.subscribed.store(true, Relaxed);
             }
             Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                 metrics.received.fetch_add(1, Relaxed);
@@ -230,6 +234,7 @@ pub async fn run_mqtt(
             Ok(_) => {}
             Err(e) => {
                 metrics.mqtt_up.store(false, Relaxed);
+                metrics.subscribed.store(false, Relaxed);
                 metrics.connection_errors.fetch_add(1, Relaxed);
                 if to_writer.is_none() {
                     break; // shutting down and the connection is gone: nothing more to flush

@@ -79,6 +79,9 @@ pub struct Metrics {
     pub connection_errors: AtomicU64,
     /// Whether the broker connection is up.
     pub mqtt_up: AtomicBool,
+    /// Whether the site's subscriptions are in place on this connection (SUBACK received, or the
+    /// broker kept the session).
+    pub subscribed: AtomicBool,
     /// Rejections by reason (dead letters).
     rejected: Mutex<BTreeMap<String, u64>>,
     /// Reception to acknowledgement.
@@ -181,6 +184,11 @@ impl Metrics {
             out,
             "# HELP fabmeter_mqtt_up whether the broker connection is up\n# TYPE fabmeter_mqtt_up gauge\nfabmeter_mqtt_up {}",
             u8::from(self.mqtt_up.load(Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fabmeter_mqtt_subscribed whether the site's subscriptions are in place\n# TYPE fabmeter_mqtt_subscribed gauge\nfabmeter_mqtt_subscribed {}",
+            u8::from(self.subscribed.load(Relaxed))
         );
         self.ack_latency.render(
             &mut out,

@@ -441,3 +441,35 @@ fn unknown_machines_are_registered_when_the_site_allows_it() {
     assert_eq!(collector.metric("fabmeter_rejected_total"), 0);
     assert_ledger_matches(collector.dir.path(), &exp);
 }
+
+#[test]
+fn resubscribes_when_a_restarted_broker_kept_no_session() {
+    // No persistence: after the restart the broker has forgotten the collector's subscriptions,
+    // so only a re-subscription by the collector lets new events in.
+    let mut broker = Mosquitto::start().expect("mosquitto without persistence");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = TestCollector::start(site_config(&broker, &["m0"], dir.path()), dir);
+    wait_until(LONG, "collector connected", || {
+        collector.metric("fabmeter_mqtt_connects_total") == 1
+    });
+    let (per_machine, exp) = workload(&["m0"], 2, 2, 1);
+    let (boot1, boot2): (Vec<Msg>, Vec<Msg>) = per_machine["m0"]
+        .iter()
+        .cloned()
+        .partition(|m| m.payload.windows(8).any(|w| w == b"\"boot\":1"));
+    publish_all(broker.port(), "device-m0", &boot1);
+    wait_until(LONG, "boot 1 accepted", || {
+        collector.metric("fabmeter_accepted_total") == boot1.len() as u64
+    });
+    broker.kill().expect("kill broker");
+    broker.start_again().expect("restart broker");
+    wait_until(LONG, "collector reconnected and subscribed again", || {
+        collector.metric("fabmeter_mqtt_connects_total") == 2
+            && collector.metric("fabmeter_mqtt_subscribed") == 1
+    });
+    publish_all(broker.port(), "device-m0", &boot2);
+    wait_until(LONG, "boot 2 accepted after the re-subscription", || {
+        collector.metric("fabmeter_accepted_total") == exp.keys.len() as u64
+    });
+    assert_ledger_matches(collector.dir.path(), &exp);
+}
