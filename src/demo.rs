@@ -152,7 +152,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        () = stop_signal() => {}
+        () = fabmeter_collector::app::shutdown_signal() => {}
         () = limit => {}
     }
     println!("stopping…");
@@ -168,20 +168,4 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.data_dir.join("ledger.sqlite").display()
     );
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

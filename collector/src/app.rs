@@ -3,7 +3,6 @@
 //! shutdown signal, then stops reading, lets the writer commit and acknowledge what it holds, and
 //! closes the time-series backlog cleanly.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,11 +67,7 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
         config.validate()?;
         let site = config.site_id()?;
-        let badges: HashMap<String, String> = config
-            .members
-            .iter()
-            .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
-            .collect();
+        let badges = config.badge_directory();
         let mut writer_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
         let machines: Vec<MachineInfo> = config
             .machines
@@ -215,11 +210,7 @@ impl Application {
                 .iter()
                 .map(|m| (m.id.clone(), m.kind.clone()))
                 .collect(),
-            members: config
-                .members
-                .iter()
-                .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
-                .collect(),
+            members: config.badge_directory(),
             client: client.clone(),
             series: series.clone(),
             metrics: metrics.clone(),
@@ -281,4 +272,20 @@ impl Application {
         tracing::info!("collector stopped");
         Ok(())
     }
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the signal to stop gracefully (for the binaries).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -417,6 +417,14 @@ impl Config {
         }
     }
 
+    /// Badge hash to member id, for every badge of every member.
+    pub fn badge_directory(&self) -> std::collections::HashMap<String, String> {
+        self.members
+            .iter()
+            .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
+            .collect()
+    }
+
     /// The member owning a badge hash, if any.
     pub fn member_of(&self, badge: &str) -> Option<&MemberConfig> {
         self.members

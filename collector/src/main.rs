@@ -189,35 +189,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        fabmeter_collector::app::shutdown_signal().await;
         tracing::info!("shutdown requested: finishing what was received");
         signal.cancel();
     });
     app.run(shutdown).await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 /// The billing subcommands: open the ledger, call the library, print and write files.
@@ -233,12 +210,11 @@ mod billing {
         let billing = Billing::from_config(&config)?.ok_or_else(|| {
             anyhow::anyhow!("no [billing] section in the configuration; see docs/BILLING.md")
         })?;
-        let badges = config
-            .members
-            .iter()
-            .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
-            .collect();
-        let ledger = SqliteLedger::open(&config.ledger.path, &config.site_id()?, badges)?;
+        let ledger = SqliteLedger::open(
+            &config.ledger.path,
+            &config.site_id()?,
+            config.badge_directory(),
+        )?;
         Ok((billing, ledger))
     }
 
