@@ -332,7 +332,7 @@ impl Config {
                     err(
                         format!("machines[{i}].{}", inv.field),
                         inv.problem,
-                        "idle_a = 0.3, busy_a = 2.0, hysteresis_a = 0.15 (see docs/PROTOCOL.md \"config\")",
+                        "idle_ma = 300, busy_ma = 2000, hysteresis_ma = 150 (integer milliamperes; see docs/PROTOCOL.md \"config\")",
                     )
                 })?;
             }

@@ -511,7 +511,7 @@ mod tests {
             reason(&c("fabmeter/v1/atelier/laser-1/status", EV)),
             Some("field")
         );
-        let t = br#"{"v":1,"boot":1,"uptime_ms":1,"state":"busy","power_w":12.5}"#;
+        let t = br#"{"v":1,"boot":1,"uptime_ms":1,"state":"busy","power_w":12}"#;
         assert!(matches!(
             c("fabmeter/v1/atelier/laser-1/telemetry", t),
             Classified::Telemetry { .. }

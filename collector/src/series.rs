@@ -110,6 +110,10 @@ pub fn event(
 }
 
 /// Points for one telemetry sample, dated by its `ts` or its reception.
+///
+/// The wire carries integers (`current_ma`, `power_w` in whole watts); the series keep the float
+/// fields `current_a` (amperes) and `power_w` of docs/SCHEMA.md, so that dashboards and a bucket
+/// written before the wire change see one field type and one unit.
 pub fn telemetry(
     site: &Id,
     machine: &Id,
@@ -119,8 +123,8 @@ pub fn telemetry(
 ) -> Vec<Point> {
     let mut p = base(TELEMETRY, site, machine, kind, t.ts.unwrap_or(received_ms))
         .field("state", state_code(t.state));
-    if let Some(a) = t.current_a {
-        p = p.field("current_a", f64::from(a));
+    if let Some(ma) = t.current_ma {
+        p = p.field("current_a", f64::from(ma) / 1000.0);
     }
     if let Some(w) = t.power_w {
         p = p.field("power_w", f64::from(w));
@@ -131,6 +135,7 @@ pub fn telemetry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timeseries::FieldValue;
     use fabmeter_protocol::message::EndReason;
     use fabmeter_protocol::BadgeHash;
 
@@ -184,5 +189,45 @@ mod tests {
             pts[0].to_line().expect("valid"),
             "machine_state,kind=laser,machine=laser-1,site=s state=2i 2000"
         );
+    }
+
+    #[test]
+    fn telemetry_integers_become_the_float_fields_of_the_schema() {
+        let site = Id::new("s").expect("id");
+        let machine = Id::new("laser-1").expect("id");
+        let sample = |current_ma, power_w| Telemetry {
+            v: 1,
+            boot: 1,
+            uptime_ms: 1,
+            ts: None,
+            state: MachineState::Busy,
+            current_ma,
+            power_w,
+        };
+        let fields = |t: &Telemetry| telemetry(&site, &machine, "laser", t, 5)[0].fields.clone();
+        assert_eq!(
+            fields(&sample(Some(4750), Some(1093))),
+            [
+                ("state", FieldValue::Int(2)),
+                ("current_a", FieldValue::Float(4.75)),
+                ("power_w", FieldValue::Float(1093.0)),
+            ]
+        );
+        // The extremes: 1 mA, and the protocol's largest current and power.
+        assert_eq!(
+            fields(&sample(Some(1), Some(0)))[1..],
+            [
+                ("current_a", FieldValue::Float(0.001)),
+                ("power_w", FieldValue::Float(0.0)),
+            ]
+        );
+        assert_eq!(
+            fields(&sample(Some(10_000_000), Some(10_000_000)))[1..],
+            [
+                ("current_a", FieldValue::Float(10_000.0)),
+                ("power_w", FieldValue::Float(10_000_000.0)),
+            ]
+        );
+        assert_eq!(fields(&sample(None, None)), [("state", FieldValue::Int(2))]);
     }
 }

@@ -23,7 +23,7 @@ use fabmeter_protocol::{
 
 use crate::access::{decide, Decision};
 use crate::journal::{EventClass, EventKey, Journal, PersistedState, MAX_EVENT_LEN};
-use crate::meter::{Meter, MeterOutput, Transition};
+use crate::meter::{round_u32, Meter, MeterOutput, Transition};
 use crate::session::{SessionEvent, SessionRules, SessionTracker};
 use crate::storage::{ConfigStore, Layout, StorageError};
 
@@ -45,13 +45,13 @@ pub struct DeviceInfo {
 
 /// Sensing used before any config was received: a clamp with common thresholds.
 pub const DEFAULT_SENSING: Sensing = Sensing::Current {
-    idle_a: 0.3,
-    busy_a: 2.0,
-    hysteresis_a: 0.15,
+    idle_ma: 300,
+    busy_ma: 2000,
+    hysteresis_ma: 150,
     dwell_ms: 3000,
     window_ms: 200,
-    amps_per_volt: 30.0,
-    mains_v: 230.0,
+    ma_per_v: 30_000,
+    mains_v: 230,
 };
 
 /// Why the device could not start.
@@ -585,8 +585,8 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
             uptime_ms: now,
             ts: None,
             state: self.meter.state(),
-            current_a: r.map(|r| r.current_a),
-            power_w: r.map(|r| r.power_w),
+            current_ma: r.map(|r| round_u32(r.current_a * 1000.0)),
+            power_w: r.map(|r| round_u32(r.power_w)),
         });
     }
 

@@ -1,7 +1,9 @@
 //! The meter: raw current samples or a run signal become off / idle / busy, without chatter.
 //!
 //! **Current clamp** ([`Sensing::Current`]): samples in volts at the ADC input are collected over
-//! `window_ms`; the RMS of the window (DC bias removed) times `amps_per_volt` is the current.
+//! `window_ms`; the RMS of the window (DC bias removed) times the calibration `ma_per_v` is the
+//! current. The config's thresholds are integer milliamperes (`idle_ma`, `busy_ma`,
+//! `hysteresis_ma`); the meter works in `f32` amperes, converted once by [`amperes`].
 //! Thresholds with hysteresis (a Schmitt trigger): from `off`, at or above `idle_a` is idle and at or
 //! above `busy_a` busy; a state is left downwards only below its threshold minus `hysteresis_a`
 //! (idle below `idle_a - h` goes off — at least `idle_a / 2`, busy below `busy_a - h` goes idle, below `idle_a - h` off).
@@ -86,6 +88,20 @@ pub struct Meter {
     last: Option<Reading>,
 }
 
+/// Milliamperes (the config's integer unit) as amperes, the meter's working unit. Exact to the
+/// nearest `f32`: the protocol bounds currents to 10,000,000 mA, below 2^24.
+pub fn amperes(ma: u32) -> f32 {
+    ma as f32 / 1000.0
+}
+
+/// A non-negative quantity rounded to the nearest integer, for the wire: amperes × 1000 give
+/// milliamperes, watts give watts. Saturating: NaN and negatives give 0, too large gives
+/// `u32::MAX` (which the protocol's bounds then refuse).
+pub fn round_u32(x: f32) -> u32 {
+    // `as` saturates and maps NaN to 0.
+    (x + 0.5) as u32
+}
+
 /// Square root without `std` (Newton's method), for the RMS.
 pub fn sqrt(x: f32) -> f32 {
     if x <= 0.0 || !x.is_finite() {
@@ -119,21 +135,21 @@ impl Meter {
     fn mode(sensing: &Sensing) -> (Mode, u64) {
         match *sensing {
             Sensing::Current {
-                idle_a,
-                busy_a,
-                hysteresis_a,
+                idle_ma,
+                busy_ma,
+                hysteresis_ma,
                 dwell_ms,
                 window_ms,
-                amps_per_volt,
+                ma_per_v,
                 mains_v,
             } => (
                 Mode::Current {
-                    idle_a,
-                    busy_a,
-                    hysteresis_a,
+                    idle_a: amperes(idle_ma),
+                    busy_a: amperes(busy_ma),
+                    hysteresis_a: amperes(hysteresis_ma),
                     window_ms,
-                    amps_per_volt,
-                    mains_v,
+                    amps_per_volt: amperes(ma_per_v),
+                    mains_v: mains_v as f32,
                 },
                 u64::from(dwell_ms),
             ),

@@ -240,19 +240,24 @@ impl Message for Status {
     }
 }
 
-/// Largest RMS current a sample may carry, amperes (a workshop circuit is far below).
-pub const MAX_CURRENT_A: f32 = 10_000.0;
-/// Largest power a sample may carry, watts.
-pub const MAX_POWER_W: f32 = 10_000_000.0;
+/// Largest RMS current a telemetry sample or a sensing threshold may carry, milliamperes
+/// (10,000 A: a workshop circuit is far below; also keeps every current exact in an `f32`).
+pub const MAX_CURRENT_MA: u32 = 10_000_000;
+/// Largest power a telemetry sample may carry, watts.
+pub const MAX_POWER_W: u32 = 10_000_000;
+/// Largest clamp calibration, milliamperes per volt at the ADC input.
+pub const MAX_MA_PER_V: u32 = 10_000_000;
+/// Largest mains voltage, volts.
+pub const MAX_MAINS_V: u32 = 1000;
 
-fn check_range(
+fn check_max(
     field: &'static str,
-    x: Option<f32>,
-    max: f32,
+    x: Option<u32>,
+    max: u32,
     problem: &'static str,
 ) -> Result<(), Invalid> {
     match x {
-        Some(x) if !(x.is_finite() && (0.0..=max).contains(&x)) => invalid(field, problem),
+        Some(x) if x > max => invalid(field, problem),
         _ => Ok(()),
     }
 }
@@ -265,60 +270,55 @@ impl Message for Telemetry {
     fn validate(&self) -> Result<(), Invalid> {
         check_boot(self.boot)?;
         check_ts("ts", self.ts)?;
-        check_range(
-            "current_a",
-            self.current_a,
-            MAX_CURRENT_A,
-            "must be a finite number from 0 to 10000 (amperes)",
+        check_max(
+            "current_ma",
+            self.current_ma,
+            MAX_CURRENT_MA,
+            "must be an integer from 0 to 10000000 (milliamperes)",
         )?;
-        check_range(
+        check_max(
             "power_w",
             self.power_w,
             MAX_POWER_W,
-            "must be a finite number from 0 to 10000000 (watts)",
+            "must be an integer from 0 to 10000000 (watts)",
         )
     }
 }
 
 const MAX_DWELL_MS: u32 = 600_000;
 
-impl Message for DeviceConfig {
-    fn version(&self) -> u16 {
-        self.v
-    }
-    const CHANNEL: Channel = Channel::Config;
-    fn validate(&self) -> Result<(), Invalid> {
-        match &self.sensing {
+impl Sensing {
+    /// Checks the sensing rules of docs/PROTOCOL.md "config" (bounds, `busy_ma` above `idle_ma`,
+    /// the hysteresis below both); the error names the field by its path in a config
+    /// (`sensing.current.busy_ma`). [`DeviceConfig`]'s validation runs it.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self {
             Sensing::Current {
-                idle_a,
-                busy_a,
-                hysteresis_a,
+                idle_ma,
+                busy_ma,
+                hysteresis_ma,
                 dwell_ms,
                 window_ms,
-                amps_per_volt,
+                ma_per_v,
                 mains_v,
             } => {
-                let pos = |x: f32| x.is_finite() && x > 0.0;
-                if !pos(*idle_a) {
+                if !(1..=MAX_CURRENT_MA).contains(idle_ma) {
                     return invalid(
-                        "sensing.current.idle_a",
-                        "must be a finite number above 0 (e.g. 0.2)",
+                        "sensing.current.idle_ma",
+                        "must be an integer from 1 to 10000000 milliamperes (e.g. 300 for 0.3 A)",
                     );
                 }
-                if !(busy_a.is_finite() && busy_a > idle_a) {
+                if !(*busy_ma > *idle_ma && *busy_ma <= MAX_CURRENT_MA) {
                     return invalid(
-                        "sensing.current.busy_a",
-                        "must be above idle_a (e.g. idle_a 0.2, busy_a 1.5)",
-                    );
+                    "sensing.current.busy_ma",
+                    "must be above idle_ma and at most 10000000 milliamperes (e.g. idle_ma 200, busy_ma 1500)",
+                );
                 }
-                if !(hysteresis_a.is_finite()
-                    && *hysteresis_a >= 0.0
-                    && *hysteresis_a < busy_a - idle_a
-                    && hysteresis_a < idle_a)
-                {
+                // busy_ma > idle_ma here, so the difference cannot underflow.
+                if !(*hysteresis_ma < busy_ma - idle_ma && hysteresis_ma < idle_ma) {
                     return invalid(
-                        "sensing.current.hysteresis_a",
-                        "must be at least 0 and less than both idle_a and busy_a - idle_a",
+                        "sensing.current.hysteresis_ma",
+                        "must be less than both idle_ma and busy_ma - idle_ma (milliamperes)",
                     );
                 }
                 if *dwell_ms > MAX_DWELL_MS {
@@ -330,16 +330,16 @@ impl Message for DeviceConfig {
                 if !(20..=10_000).contains(window_ms) {
                     return invalid("sensing.current.window_ms", "must be between 20 and 10000");
                 }
-                if !pos(*amps_per_volt) {
+                if !(1..=MAX_MA_PER_V).contains(ma_per_v) {
                     return invalid(
-                        "sensing.current.amps_per_volt",
-                        "must be above 0 (30 for an SCT-013-030)",
-                    );
+                    "sensing.current.ma_per_v",
+                    "must be an integer from 1 to 10000000 milliamperes per volt (30000 for an SCT-013-030)",
+                );
                 }
-                if !(pos(*mains_v) && *mains_v <= 1000.0) {
+                if !(1..=MAX_MAINS_V).contains(mains_v) {
                     return invalid(
                         "sensing.current.mains_v",
-                        "must be above 0 and at most 1000 (e.g. 230)",
+                        "must be an integer from 1 to 1000 volts (e.g. 230)",
                     );
                 }
             }
@@ -352,6 +352,17 @@ impl Message for DeviceConfig {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl Message for DeviceConfig {
+    fn version(&self) -> u16 {
+        self.v
+    }
+    const CHANNEL: Channel = Channel::Config;
+    fn validate(&self) -> Result<(), Invalid> {
+        self.sensing.validate()?;
         if !(1..=3600).contains(&self.progress_s) {
             return invalid("progress_s", "must be between 1 and 3600 seconds");
         }
@@ -420,7 +431,11 @@ pub fn decode<M: Message>(payload: &[u8]) -> Result<M, DecodeError> {
 /// Decodes with the `serde-json-core` path end to end (size, version, message, validation), as a
 /// device does. Identical in outcome to [`decode`]; only error details differ.
 pub fn decode_core<M: Message>(payload: &[u8]) -> Result<M, DecodeError> {
-    decode_with(payload, parse_core::<M>, parse_core::<Probe>)
+    decode_with(
+        payload,
+        parse_core_checked::<M>,
+        parse_core_checked::<Probe>,
+    )
 }
 
 fn decode_with<M: Message>(
@@ -498,7 +513,42 @@ fn json_error(path: &str, e: &serde_json::Error) -> DecodeError {
 
 #[cfg(not(feature = "std"))]
 fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
-    parse_core(payload)
+    parse_core_checked(payload)
+}
+
+/// [`parse_core`] for a payload that [`strict_json`] accepted: serde-json-core can then only
+/// complain about a value that does not fit its field (`0.3` or `-1` where a `u32` is expected: it
+/// stops at the `.` or the `-` and reports the next character), never about the syntax. So every
+/// error is a [`DecodeError::Field`], as `serde_json` reports it, and no error formatting code is
+/// linked into a device.
+fn parse_core_checked<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    use serde_json_core::de::Error as E;
+    let mut buf = [0u8; UNESCAPE_BUF];
+    serde_json_core::from_slice_escaped::<T>(payload, &mut buf)
+        .map(|(value, _)| value)
+        .map_err(|e| {
+            let problem = match e {
+                E::InvalidType => "a field has the wrong type",
+                E::CustomError => "a field has an invalid value",
+                E::EscapedStringIsTooLong => "a string is longer than 256 bytes",
+                _ => "a value does not fit its field: a fraction, an exponent, a sign or an overflow where an integer is expected",
+            };
+            let mut d = Detail::new();
+            push_truncated(&mut d, problem);
+            DecodeError::Field {
+                path: Detail::new(),
+                problem: d,
+            }
+        })
+}
+
+/// Appends as much of `s` as fits, cut at a character boundary.
+fn push_truncated(d: &mut Detail, s: &str) {
+    for c in s.chars() {
+        if d.push(c).is_err() {
+            return;
+        }
+    }
 }
 
 /// Decodes with `serde-json-core`, whatever the features: the device's decoder. Public so that a

@@ -316,12 +316,12 @@ pub struct Telemetry {
     pub ts: Option<u64>,
     /// Sensed state at the sample.
     pub state: MachineState,
-    /// RMS current in amperes, when measured.
+    /// RMS current in milliamperes, when measured (integer: devices need no float printing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_a: Option<f32>,
-    /// Active power in watts, when measured or estimated.
+    pub current_ma: Option<u32>,
+    /// Active power in whole watts, when measured or estimated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power_w: Option<f32>,
+    pub power_w: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,22 +375,26 @@ pub struct Lock {
 #[serde(rename_all = "snake_case")]
 pub enum Sensing {
     /// A current clamp: RMS current over a window, compared with two thresholds.
+    ///
+    /// Every quantity is an integer in the unit its name ends with (`_ma` milliamperes, `_ms`
+    /// milliseconds, `_v` volts), so that a device decodes its config without a float parser.
     Current {
-        /// At or above this RMS current (A) the machine is idle (powered); below, off.
-        idle_a: f32,
-        /// At or above this RMS current (A) the machine is busy.
-        busy_a: f32,
-        /// A state is left only when the current crosses its threshold by this margin (A).
-        hysteresis_a: f32,
+        /// At or above this RMS current (mA) the machine is idle (powered); below, off.
+        idle_ma: u32,
+        /// At or above this RMS current (mA) the machine is busy.
+        busy_ma: u32,
+        /// A state is left only when the current crosses its threshold by this margin (mA).
+        hysteresis_ma: u32,
         /// A new state must hold this long before it is reported (ms): filters start spikes,
         /// laser pulses and heater cycling.
         dwell_ms: u32,
         /// RMS window (ms), at least one mains period (20 ms at 50 Hz).
         window_ms: u32,
-        /// Calibration: amperes per volt at the ADC input (30 for an SCT-013-030).
-        amps_per_volt: f32,
+        /// Calibration: milliamperes per volt at the ADC input (30000 for an SCT-013-030,
+        /// 30 A at 1 V).
+        ma_per_v: u32,
         /// Mains voltage used to estimate power and energy (V).
-        mains_v: f32,
+        mains_v: u32,
     },
     /// The machine's own run signal (spindle enable, exhaust on) through an optocoupler:
     /// active is busy, inactive is idle.

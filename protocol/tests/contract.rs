@@ -315,36 +315,92 @@ fn encoding_refuses_what_decoding_would_refuse() {
         uptime_ms: 1,
         ts: None,
         state: MachineState::Busy,
-        current_a: Some(f32::NAN),
+        current_ma: Some(10_000_001),
         power_w: None,
     };
     let mut buf = [0u8; 256];
-    assert!(matches!(encode(&t, &mut buf), Err(EncodeError::Invalid(i)) if i.field == "current_a"));
+    assert!(
+        matches!(encode(&t, &mut buf), Err(EncodeError::Invalid(i)) if i.field == "current_ma")
+    );
     assert!(matches!(encode_to_vec(&t), Err(EncodeError::Invalid(_))));
     let t = Telemetry {
-        current_a: Some(f32::INFINITY),
+        current_ma: None,
+        power_w: Some(u32::MAX),
         ..t
     };
-    assert!(encode_to_vec(&t).is_err());
+    assert!(matches!(encode_to_vec(&t), Err(EncodeError::Invalid(i)) if i.field == "power_w"));
     // A buffer too small is reported, not truncated.
     let t = Telemetry {
-        current_a: Some(1.5),
+        current_ma: Some(1500),
+        power_w: None,
         ..t
     };
     assert_eq!(encode(&t, &mut buf[..10]), Err(EncodeError::BufferFull));
-    // Beyond the plausible range (a unit error, a broken sensor): refused.
-    let p = br#"{"v":1,"boot":1,"uptime_ms":1,"state":"busy","power_w":1.007371e13}"#;
-    assert!(matches!(decode::<Telemetry>(p), Err(DecodeError::Invalid(i)) if i.field == "power_w"));
-    assert!(decode_core::<Telemetry>(p).is_err());
-    // Floats that overflow f32 on the wire are refused as non-finite.
-    let p = br#"{"v":1,"boot":1,"uptime_ms":1,"state":"busy","power_w":1e39}"#;
-    assert!(decode::<Telemetry>(p).is_err());
-    assert!(decode_core::<Telemetry>(p).is_err());
+}
+
+#[test]
+fn telemetry_quantities_are_bounded_integers() {
+    let sample =
+        |fields: &str| format!(r#"{{"v":1,"boot":1,"uptime_ms":1,"state":"busy"{fields}}}"#);
+    // The largest values are accepted and come back as the same integers through both decoders.
+    let top = sample(r#","current_ma":10000000,"power_w":10000000"#);
+    for t in [
+        decode::<Telemetry>(top.as_bytes()),
+        decode_core::<Telemetry>(top.as_bytes()),
+    ] {
+        let t = t.expect("the bounds are inclusive");
+        assert_eq!(
+            (t.current_ma, t.power_w),
+            (Some(10_000_000), Some(10_000_000))
+        );
+    }
+    let zero = sample(r#","current_ma":0,"power_w":0"#);
+    assert_eq!(
+        decode::<Telemetry>(zero.as_bytes()).map(|t| (t.current_ma, t.power_w)),
+        Ok((Some(0), Some(0)))
+    );
+    // One above the bound: a broken sensor or a unit error (watts sent as milliwatts).
+    for (fields, field) in [
+        (r#","current_ma":10000001"#, "current_ma"),
+        (r#","power_w":10000001"#, "power_w"),
+    ] {
+        let p = sample(fields);
+        assert!(
+            matches!(decode::<Telemetry>(p.as_bytes()), Err(DecodeError::Invalid(i)) if i.field == field),
+            "{p}"
+        );
+        assert!(
+            matches!(decode_core::<Telemetry>(p.as_bytes()), Err(DecodeError::Invalid(i)) if i.field == field),
+            "{p}"
+        );
+    }
+    // Not integers, negative, or beyond u32: refused as a field of the wrong type, by both.
+    for fields in [
+        r#","current_ma":4.75"#,
+        r#","current_ma":4750.0"#,
+        r#","current_ma":475e1"#,
+        r#","current_ma":-1"#,
+        r#","power_w":4294967296"#,
+        r#","power_w":1092.5"#,
+        r#","power_w":"1093""#,
+    ] {
+        let p = sample(fields);
+        let a = decode::<Telemetry>(p.as_bytes());
+        assert!(matches!(a, Err(DecodeError::Field { .. })), "{p}: {a:?}");
+        let b = decode_core::<Telemetry>(p.as_bytes());
+        assert!(matches!(b, Err(DecodeError::Field { .. })), "{p}: {b:?}");
+    }
+    // The old field in amperes is unknown now, so ignored like any unknown field.
+    let old = sample(r#","current_a":4.75"#);
+    assert_eq!(
+        decode::<Telemetry>(old.as_bytes()).map(|t| t.current_ma),
+        Ok(None)
+    );
 }
 
 #[test]
 fn config_rules() {
-    let base = r#"{"v":1,"sensing":{"current":{"idle_a":0.3,"busy_a":2.0,"hysteresis_a":0.15,"dwell_ms":3000,"window_ms":200,"amps_per_volt":30.0,"mains_v":230.0}},"allow":[]}"#;
+    let base = r#"{"v":1,"sensing":{"current":{"idle_ma":300,"busy_ma":2000,"hysteresis_ma":150,"dwell_ms":3000,"window_ms":200,"ma_per_v":30000,"mains_v":230}},"allow":[]}"#;
     let c: DeviceConfig = decode(base.as_bytes()).expect("valid");
     assert_eq!(
         (
@@ -356,16 +412,53 @@ fn config_rules() {
         (60, 900, 43200, 0)
     );
     for (from, to, field) in [
+        // Not below busy_ma - idle_ma.
         (
-            "\"hysteresis_a\":0.15",
-            "\"hysteresis_a\":1.7",
-            "sensing.current.hysteresis_a",
+            "\"hysteresis_ma\":150",
+            "\"hysteresis_ma\":1700",
+            "sensing.current.hysteresis_ma",
         ),
-        // Above idle_a: the meter could never fall back to off.
+        // Not below idle_ma: the meter could never fall back to off.
         (
-            "\"hysteresis_a\":0.15",
-            "\"hysteresis_a\":0.35",
-            "sensing.current.hysteresis_a",
+            "\"hysteresis_ma\":150",
+            "\"hysteresis_ma\":300",
+            "sensing.current.hysteresis_ma",
+        ),
+        (
+            "\"idle_ma\":300",
+            "\"idle_ma\":0",
+            "sensing.current.idle_ma",
+        ),
+        // Equal is not above.
+        (
+            "\"busy_ma\":2000",
+            "\"busy_ma\":300",
+            "sensing.current.busy_ma",
+        ),
+        (
+            "\"busy_ma\":2000",
+            "\"busy_ma\":10000001",
+            "sensing.current.busy_ma",
+        ),
+        (
+            "\"idle_ma\":300,\"busy_ma\":2000",
+            "\"idle_ma\":10000001,\"busy_ma\":10000002",
+            "sensing.current.idle_ma",
+        ),
+        (
+            "\"ma_per_v\":30000",
+            "\"ma_per_v\":0",
+            "sensing.current.ma_per_v",
+        ),
+        (
+            "\"ma_per_v\":30000",
+            "\"ma_per_v\":10000001",
+            "sensing.current.ma_per_v",
+        ),
+        (
+            "\"mains_v\":230",
+            "\"mains_v\":1001",
+            "sensing.current.mains_v",
         ),
         (
             "\"window_ms\":200",
@@ -378,8 +471,8 @@ fn config_rules() {
             "sensing.current.dwell_ms",
         ),
         (
-            "\"mains_v\":230.0",
-            "\"mains_v\":0.0",
+            "\"mains_v\":230",
+            "\"mains_v\":0",
             "sensing.current.mains_v",
         ),
         (
@@ -399,6 +492,39 @@ fn config_rules() {
             other => panic!("{p}: {other:?}"),
         }
         assert!(decode_core::<DeviceConfig>(p.as_bytes()).is_err());
+    }
+    // The edges of every bound are accepted, as the same integers through both decoders.
+    let edges = [
+        r#"{"idle_ma":1,"busy_ma":10000000,"hysteresis_ma":0,"dwell_ms":600000,"window_ms":20,"ma_per_v":1,"mains_v":1}"#,
+        r#"{"idle_ma":9999998,"busy_ma":10000000,"hysteresis_ma":1,"dwell_ms":0,"window_ms":10000,"ma_per_v":10000000,"mains_v":1000}"#,
+    ];
+    for current in edges {
+        let p = format!(r#"{{"v":1,"sensing":{{"current":{current}}},"allow":[]}}"#);
+        let a = decode::<DeviceConfig>(p.as_bytes()).expect(&p);
+        assert_eq!(
+            decode_core::<DeviceConfig>(p.as_bytes()).as_ref(),
+            Ok(&a),
+            "{p}"
+        );
+        let again = encode_to_vec(&a).expect("re-encodes");
+        assert_eq!(decode::<DeviceConfig>(&again), Ok(a), "{p}");
+    }
+    // Fractions, exponents, negatives, u32 overflow and the old fields in amperes: wrong type or
+    // missing field, refused by both decoders before any rule is checked.
+    for (from, to) in [
+        ("\"idle_ma\":300", "\"idle_ma\":0.3"),
+        ("\"idle_ma\":300", "\"idle_ma\":300.0"),
+        ("\"idle_ma\":300", "\"idle_ma\":3e2"),
+        ("\"busy_ma\":2000", "\"busy_ma\":-2000"),
+        ("\"ma_per_v\":30000", "\"ma_per_v\":4294967296"),
+        ("\"mains_v\":230", "\"mains_v\":230.0"),
+        ("\"idle_ma\":300", "\"idle_a\":0.3"),
+    ] {
+        let p = base.replace(from, to);
+        let a = decode::<DeviceConfig>(p.as_bytes());
+        assert!(matches!(a, Err(DecodeError::Field { .. })), "{p}: {a:?}");
+        let b = decode_core::<DeviceConfig>(p.as_bytes());
+        assert!(matches!(b, Err(DecodeError::Field { .. })), "{p}: {b:?}");
     }
     // 128 badges fit the config limit; 129 do not fit the type.
     let list = |n: usize| {
@@ -438,7 +564,7 @@ fn fuzz_regressions_decoders_agree() {
         // A leading zero: serde-json-core 0.7 parsed 013 as 13.
         (
             Channel::Telemetry,
-            br#"{"v":1,"boot":12,"uptime_ms":121500,"state":"busy","current_a":013}"#,
+            br#"{"v":1,"boot":12,"uptime_ms":121500,"state":"busy","current_ma":013}"#,
         ),
         // A raw tab in a value.
         (

@@ -54,25 +54,25 @@ impl MachineKind {
 
     /// Current-clamp sensing thresholds that fit the kind's simulated profile.
     pub fn sensing(self) -> Sensing {
-        let (idle_a, busy_a, hysteresis_a, dwell_ms) = match self {
+        let (idle_ma, busy_ma, hysteresis_ma, dwell_ms) = match self {
             // Steppers + hot end keep a print above 0.45 A; the bed heater adds ~1.3 A in cycles.
-            MachineKind::Printer3d => (0.08, 0.4, 0.04, 30_000),
+            MachineKind::Printer3d => (80, 400, 40, 30_000),
             // Chiller 0.8 A, fan 1.0 A, tube +2.5 A (RMS over the reading window); travel moves
             // between cuts last under 2.5 s, pulses at least 3 s.
-            MachineKind::LaserCutter => (0.3, 3.0, 0.2, 3_000),
+            MachineKind::LaserCutter => (300, 3000, 200, 3_000),
             // Controller 0.6 A; cutting 3-7 A; the start spike passes within the dwell.
-            MachineKind::CncRouter => (0.3, 2.0, 0.15, 5_000),
+            MachineKind::CncRouter => (300, 2000, 150, 5_000),
             // Extractor interlock 0.4 A; a cut is 5.5-9 A after a 25-30 A spike.
-            MachineKind::TableSaw => (0.2, 2.0, 0.1, 1_500),
+            MachineKind::TableSaw => (200, 2000, 100, 1_500),
         };
         Sensing::Current {
-            idle_a,
-            busy_a,
-            hysteresis_a,
+            idle_ma,
+            busy_ma,
+            hysteresis_ma,
             dwell_ms,
             window_ms: 1000,
-            amps_per_volt: 30.0,
-            mains_v: 230.0,
+            ma_per_v: 30_000,
+            mains_v: 230,
         }
     }
 
@@ -474,19 +474,22 @@ mod tests {
     #[test]
     fn sensing_thresholds_are_valid() {
         for kind in MachineKind::ALL {
+            let sensing = kind.sensing();
             let Sensing::Current {
-                idle_a,
-                busy_a,
-                hysteresis_a,
+                idle_ma,
+                busy_ma,
+                hysteresis_ma,
                 ..
-            } = kind.sensing()
+            } = sensing
             else {
                 panic!()
             };
             assert!(
-                hysteresis_a < idle_a && hysteresis_a < busy_a - idle_a,
+                hysteresis_ma < idle_ma && hysteresis_ma < busy_ma - idle_ma,
                 "{kind}"
             );
+            // What a device would accept: the protocol's own rules.
+            assert_eq!(sensing.validate(), Ok(()), "{kind}");
             assert_eq!(kind.as_str().parse::<MachineKind>(), Ok(kind));
         }
     }

@@ -45,8 +45,8 @@ fn hash(uid: &[u8]) -> BadgeHash {
 }
 
 /// Alice (ba279e0c1e5c2464) and Bob (05a58c24861524d1) allowed, progress every 60 s.
-const CONFIG: &str = r#"{"v":1,"sensing":{"current":{"idle_a":0.3,"busy_a":2.0,"hysteresis_a":0.15,"dwell_ms":3000,"window_ms":200,"amps_per_volt":30.0,"mains_v":230.0}},"allow":["ba279e0c1e5c2464","05a58c24861524d1"],"progress_s":60,"idle_timeout_s":900,"max_session_s":43200,"telemetry_s":0}"#;
-const LOCKED: &str = r#"{"v":1,"sensing":{"current":{"idle_a":0.3,"busy_a":2.0,"hysteresis_a":0.15,"dwell_ms":3000,"window_ms":200,"amps_per_volt":30.0,"mains_v":230.0}},"allow":["ba279e0c1e5c2464"],"lock":{"reason":"lens cleaning"}}"#;
+const CONFIG: &str = r#"{"v":1,"sensing":{"current":{"idle_ma":300,"busy_ma":2000,"hysteresis_ma":150,"dwell_ms":3000,"window_ms":200,"ma_per_v":30000,"mains_v":230}},"allow":["ba279e0c1e5c2464","05a58c24861524d1"],"progress_s":60,"idle_timeout_s":900,"max_session_s":43200,"telemetry_s":0}"#;
+const LOCKED: &str = r#"{"v":1,"sensing":{"current":{"idle_ma":300,"busy_ma":2000,"hysteresis_ma":150,"dwell_ms":3000,"window_ms":200,"ma_per_v":30000,"mains_v":230}},"allow":["ba279e0c1e5c2464"],"lock":{"reason":"lens cleaning"}}"#;
 
 fn start(flash: Flash, now: u64) -> Dev {
     Dev::start(flash, Relay::default(), key(), INFO, now).expect("start")
@@ -262,7 +262,7 @@ fn resend_after_disconnect_in_order_with_fresh_sent_time() {
 fn rejected_config_keeps_the_old_one_and_lock_refuses() {
     let mut d = start(Flash::new(), 0);
     d.on_config(0, CONFIG.as_bytes());
-    let bad = CONFIG.replace("\"busy_a\":2.0", "\"busy_a\":0.1");
+    let bad = CONFIG.replace("\"busy_ma\":2000", "\"busy_ma\":100");
     d.on_config(10, bad.as_bytes());
     assert_eq!(d.config_hash(), Some(ConfigHash::of(CONFIG.as_bytes())));
     d.on_config(20, LOCKED.as_bytes());
@@ -273,7 +273,7 @@ fn rejected_config_keeps_the_old_one_and_lock_refuses() {
             code: FaultCode::ConfigRejected,
             detail,
         } => {
-            assert!(detail.contains("busy_a"), "{detail}");
+            assert!(detail.contains("busy_ma"), "{detail}");
         }
         other => panic!("{other:?}"),
     }
@@ -349,4 +349,30 @@ fn power_off_and_commands_end_sessions() {
             },
         ]
     );
+}
+
+#[test]
+fn telemetry_carries_integer_milliamperes_and_watts() {
+    use fabmeter_protocol::message::Telemetry;
+    let mut d = start(Flash::new(), 0);
+    let cfg = CONFIG.replace("\"telemetry_s\":0", "\"telemetry_s\":1");
+    d.on_config(0, cfg.as_bytes());
+    // 4.75 A at 230 V: 1092.5 W, sent as 4750 mA and 1093 W (rounded to nearest).
+    current(&mut d, 0, 1_000, 4.75);
+    let mut buf = [0u8; 1024];
+    let o = d.next_to_send(1_000, &mut buf).expect("a sample is due");
+    assert_eq!(o.channel, Channel::Telemetry);
+    let text = core::str::from_utf8(&buf[..o.len]).expect("utf-8");
+    assert!(
+        text.ends_with(r#""state":"off","current_ma":4750,"power_w":1093}"#),
+        "{text}"
+    );
+    let t: Telemetry = decode(&buf[..o.len]).expect("valid telemetry");
+    assert_eq!((t.current_ma, t.power_w), (Some(4750), Some(1093)));
+    // A current beyond the protocol's bound is not sent at all (a broken sensor).
+    current(&mut d, 1_000, 2_000, 20_000.0);
+    while let Some(o) = d.next_to_send(2_000, &mut buf) {
+        assert_ne!(o.channel, Channel::Telemetry, "out-of-range sample sent");
+        d.on_puback(o.key.expect("an event"));
+    }
 }

@@ -20,19 +20,25 @@ impl Rng {
 
 const APV: f32 = 30.0;
 
-fn clamp(idle_a: f32, busy_a: f32, hysteresis_a: f32, dwell_ms: u32) -> Sensing {
-    clamp_w(idle_a, busy_a, hysteresis_a, dwell_ms, 200)
+fn clamp(idle_ma: u32, busy_ma: u32, hysteresis_ma: u32, dwell_ms: u32) -> Sensing {
+    clamp_w(idle_ma, busy_ma, hysteresis_ma, dwell_ms, 200)
 }
 
-fn clamp_w(idle_a: f32, busy_a: f32, hysteresis_a: f32, dwell_ms: u32, window_ms: u32) -> Sensing {
+fn clamp_w(
+    idle_ma: u32,
+    busy_ma: u32,
+    hysteresis_ma: u32,
+    dwell_ms: u32,
+    window_ms: u32,
+) -> Sensing {
     Sensing::Current {
-        idle_a,
-        busy_a,
-        hysteresis_a,
+        idle_ma,
+        busy_ma,
+        hysteresis_ma,
         dwell_ms,
         window_ms,
-        amps_per_volt: APV,
-        mains_v: 230.0,
+        ma_per_v: 30_000,
+        mains_v: 230,
     }
 }
 
@@ -82,7 +88,7 @@ fn sqrt_is_accurate() {
 
 #[test]
 fn rms_of_a_sine_is_its_rms_current() {
-    let mut m = Meter::new(&clamp(0.3, 2.0, 0.15, 0));
+    let mut m = Meter::new(&clamp(300, 2000, 150, 0));
     let mut last = None;
     for t in 0..=400u64 {
         let phase = 2.0 * core::f32::consts::PI * 50.0 * (t as f32 / 1000.0);
@@ -106,7 +112,7 @@ fn rms_of_a_sine_is_its_rms_current() {
 #[test]
 fn idle_hum_with_noise_does_not_chatter() {
     // A bandsaw's dust extractor left on: 0.35 A with noise (idle 0.3, hysteresis 0.15).
-    let (changes, _) = run(&clamp(0.3, 2.0, 0.15, 3000), 120_000, 0.25, 7, |t| {
+    let (changes, _) = run(&clamp(300, 2000, 150, 3000), 120_000, 0.25, 7, |t| {
         if t < 10_000 {
             0.02
         } else {
@@ -122,7 +128,7 @@ fn motor_start_spike_is_not_busy() {
     // Table saw: off, switched on at 5 s with a 600 ms inrush of 9 A, free-running at 1.1 A (idle),
     // cutting at 4 A from 20 s to 35 s, free-running, switched off at 45 s.
     let (changes, energy) = run(
-        &clamp(0.3, 2.0, 0.15, 3000),
+        &clamp(300, 2000, 150, 3000),
         60_000,
         0.08,
         11,
@@ -154,7 +160,7 @@ fn laser_pulsing_stays_busy() {
     // Laser cutter: tube pulses 6 A for 300 ms, 0.6 A (fan and chiller) for 200 ms, for 30 s.
     // A 1 s window spans two pulse periods, so the RMS is steady while cutting.
     let (changes, _) = run(
-        &clamp_w(0.3, 2.0, 0.15, 2000, 1000),
+        &clamp_w(300, 2000, 150, 2000, 1000),
         50_000,
         0.1,
         3,
@@ -184,7 +190,7 @@ fn printer_heater_cycling_stays_idle_then_busy() {
     // The window spans one heater cycle (8 s), so the RMS is steady: 1.63 A holding temperature
     // (idle, under busy_a - h = 1.8 A), 2.68 A printing (busy).
     let (changes, _) = run(
-        &clamp_w(0.1, 2.0, 0.2, 16_000, 8_000),
+        &clamp_w(100, 2000, 200, 16_000, 8_000),
         400_000,
         0.05,
         5,
@@ -212,7 +218,7 @@ fn printer_heater_cycling_stays_idle_then_busy() {
 #[test]
 fn hysteresis_holds_a_state_near_its_threshold() {
     // Hovering between busy_a - h and busy_a stays busy once busy, idle once idle.
-    let s = clamp(0.3, 2.0, 0.3, 0);
+    let s = clamp(300, 2000, 300, 0);
     let mut m = Meter::new(&s);
     let mut n = 0;
     for (k, i) in [2.5f32, 1.9, 1.8, 1.95, 1.75, 1.5, 1.8, 1.95]
@@ -259,4 +265,50 @@ fn run_signal_with_dwell_and_active_low() {
         m.on_run_signal(3_500, false).map(|t| (t.at, t.to)),
         Some((3_500, Busy))
     );
+}
+
+#[test]
+fn milliamperes_convert_to_the_nearest_f32_ampere() {
+    // The same f32 as the decimal amperes a float config used to carry.
+    assert_eq!(amperes(300), 0.3f32);
+    assert_eq!(amperes(150), 0.15f32);
+    assert_eq!(amperes(2000), 2.0f32);
+    assert_eq!(amperes(1), 0.001f32);
+    assert_eq!(amperes(30_000), 30.0f32);
+    assert_eq!(amperes(0), 0.0);
+    // The protocol's largest current, and u32::MAX, stay finite and in order.
+    assert_eq!(amperes(10_000_000), 10_000.0f32);
+    assert!(amperes(u32::MAX).is_finite() && amperes(u32::MAX) > amperes(10_000_000));
+}
+
+#[test]
+fn wire_integers_are_rounded_to_nearest_and_saturate() {
+    assert_eq!(round_u32(0.0), 0);
+    assert_eq!(round_u32(0.49), 0);
+    assert_eq!(round_u32(0.5), 1);
+    assert_eq!(round_u32(1092.5), 1093);
+    assert_eq!(round_u32(4.75 * 1000.0), 4750);
+    assert_eq!(round_u32(0.0015 * 1000.0), 2);
+    // Never negative, never NaN, never wrapped.
+    assert_eq!(round_u32(-3.0), 0);
+    assert_eq!(round_u32(f32::NAN), 0);
+    assert_eq!(round_u32(f32::INFINITY), u32::MAX);
+    assert_eq!(round_u32(1e12), u32::MAX);
+}
+
+#[test]
+fn integer_thresholds_switch_at_the_milliampere() {
+    // idle at 300 mA exactly; below is off. No dwell.
+    let mut m = Meter::new(&clamp(300, 2000, 150, 0));
+    assert_eq!(m.on_current_window(200, 200, 0.299).transition, None);
+    assert_eq!(m.state(), Off);
+    let t = m.on_current_window(400, 200, 0.300).transition;
+    assert_eq!(t.map(|t| (t.from, t.to)), Some((Off, Idle)));
+    // 230 V mains: 2 A is 460 W, counted as 460 W × 200 ms = 92 J while on.
+    let r = m
+        .on_current_window(600, 200, 2.0)
+        .reading
+        .expect("a reading");
+    assert_eq!((r.power_w, r.energy_mj), (460.0, 92_000));
+    assert_eq!(m.state(), Busy);
 }

@@ -32,7 +32,7 @@ const INFO: DeviceInfo = DeviceInfo {
     caps: &[Capability::Current, Capability::Badge],
 };
 
-const CONFIG: &str = r#"{"v":1,"sensing":{"current":{"idle_a":0.3,"busy_a":2.0,"hysteresis_a":0.15,"dwell_ms":3000,"window_ms":200,"amps_per_volt":30.0,"mains_v":230.0}},"allow":["ba279e0c1e5c2464"],"progress_s":60,"idle_timeout_s":900,"max_session_s":43200,"telemetry_s":0}"#;
+const CONFIG: &str = r#"{"v":1,"sensing":{"current":{"idle_ma":300,"busy_ma":2000,"hysteresis_ma":150,"dwell_ms":3000,"window_ms":200,"ma_per_v":30000,"mains_v":230}},"allow":["ba279e0c1e5c2464"],"progress_s":60,"idle_timeout_s":900,"max_session_s":43200,"telemetry_s":0}"#;
 
 fn device() -> Dev {
     let key = BadgeKey::new(core::array::from_fn(|i| i as u8));
