@@ -8,8 +8,6 @@
 //! the order on every broker) with `sent_uptime_ms` refreshed, and [`Device::on_puback`] removes it.
 //! After a reconnect, [`Device::on_disconnect`] makes the journal resend from its oldest entry.
 
-use core::fmt::Write as _;
-
 use embedded_hal::digital::OutputPin;
 use embedded_storage::nor_flash::NorFlash;
 use fabmeter_protocol::message::{
@@ -18,7 +16,7 @@ use fabmeter_protocol::message::{
     SHORT_TEXT,
 };
 use fabmeter_protocol::{
-    decode, encode, BadgeKey, Channel, ConfigHash, EncodeError, SCHEMA_VERSION,
+    decode, encode, BadgeKey, Channel, ConfigHash, DecodeError, EncodeError, SCHEMA_VERSION,
 };
 
 use crate::access::{decide, Decision};
@@ -178,14 +176,10 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         }
         dev.emit(now, dev.counters_body());
         if stored_config_bad {
-            dev.fault(
-                now,
-                FaultCode::Storage,
-                format_args!("stored config unreadable"),
-            );
+            dev.fault(now, FaultCode::Storage, &["stored config unreadable"]);
         }
         if !relay_ok {
-            dev.fault(now, FaultCode::Other, format_args!("relay pin error"));
+            dev.fault(now, FaultCode::Other, &["relay pin error"]);
         }
         Ok(dev)
     }
@@ -307,7 +301,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         let cfg = match decode::<DeviceConfig>(payload) {
             Ok(c) => c,
             Err(e) => {
-                self.fault(now, FaultCode::ConfigRejected, format_args!("{e}"));
+                self.refused(now, FaultCode::ConfigRejected, "", &e);
                 return;
             }
         };
@@ -320,7 +314,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
             self.fault(
                 now,
                 FaultCode::Storage,
-                format_args!("config not stored: {e:?}"),
+                &["config not stored: ", e.as_str()],
             );
         }
         self.config_hash = Some(hash);
@@ -333,7 +327,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         let cmd = match decode::<Command>(payload) {
             Ok(c) => c,
             Err(e) => {
-                self.fault(now, FaultCode::Other, format_args!("cmd refused: {e}"));
+                self.refused(now, FaultCode::Other, "cmd refused: ", &e);
                 return;
             }
         };
@@ -565,7 +559,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
             self.relay.set_low()
         };
         if r.is_err() {
-            self.fault(now, FaultCode::Other, format_args!("relay pin error"));
+            self.fault(now, FaultCode::Other, &["relay pin error"]);
         }
     }
 
@@ -612,10 +606,21 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         }
     }
 
-    fn fault(&mut self, now: u64, code: FaultCode, args: core::fmt::Arguments<'_>) {
+    /// Journals a `fault` whose detail is `parts` joined (ASCII, cut at 64 bytes): pieces of text
+    /// rather than `format_args!`, so that the image links no formatting code.
+    fn fault(&mut self, now: u64, code: FaultCode, parts: &[&str]) {
         let mut detail = Text::<SHORT_TEXT>::new();
-        let _ = AsciiTrunc(&mut detail).write_fmt(args);
+        for part in parts {
+            push_ascii(&mut detail, part);
+        }
         self.emit(now, EventBody::Fault { code, detail });
+    }
+
+    /// A `fault` for a refused payload: `prefix`, then the field and the problem.
+    fn refused(&mut self, now: u64, code: FaultCode, prefix: &str, e: &DecodeError) {
+        let (field, problem) = e.field_and_problem();
+        let separator = if field.is_empty() { "" } else { " " };
+        self.fault(now, code, &[prefix, field, separator, problem]);
     }
 
     /// Encodes and journals an event; returns its seq (even when the full-journal policy dropped
@@ -651,16 +656,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
     }
 }
 
-/// Writes ASCII only (other characters become `?`), truncating at the capacity.
-struct AsciiTrunc<'a, const N: usize>(&'a mut heapless::String<N>);
-
-impl<const N: usize> core::fmt::Write for AsciiTrunc<'_, N> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        push_ascii(self.0, s);
-        Ok(())
-    }
-}
-
+/// Appends ASCII only (other characters become `?`), truncating at the capacity.
 fn push_ascii<const N: usize>(out: &mut heapless::String<N>, s: &str) {
     for c in s.chars() {
         let c = if c.is_ascii() && !c.is_ascii_control() {

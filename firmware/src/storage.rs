@@ -43,6 +43,19 @@ pub enum StorageError {
     Corrupt,
 }
 
+impl StorageError {
+    /// A short description, for a `fault` detail (without `core::fmt`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StorageError::Flash(_) => "flash error",
+            StorageError::Geometry => "flash geometry does not fit the layout",
+            StorageError::TooLarge => "record too large",
+            StorageError::Full => "storage full",
+            StorageError::Corrupt => "record corrupt (CRC)",
+        }
+    }
+}
+
 impl<E: NorFlashError> From<E> for StorageError {
     fn from(e: E) -> Self {
         StorageError::Flash(e.kind())

@@ -81,6 +81,25 @@ impl DecodeError {
     }
 }
 
+impl DecodeError {
+    /// The field (dotted path; empty when unknown) and the problem, as borrowed text: what a
+    /// device writes into a `fault` detail without linking `core::fmt`. [`Display`](fmt::Display)
+    /// says the same with how to fix it.
+    pub fn field_and_problem(&self) -> (&str, &str) {
+        match self {
+            DecodeError::Empty => ("", "empty payload"),
+            DecodeError::TooLarge { .. } => ("", "payload over the size limit of its channel"),
+            DecodeError::Syntax { detail } => ("", detail.as_str()),
+            DecodeError::MissingVersion => ("v", "is missing"),
+            DecodeError::UnsupportedVersion { .. } => {
+                ("v", "is not a schema version this build reads")
+            }
+            DecodeError::Field { path, problem } => (path.as_str(), problem.as_str()),
+            DecodeError::Invalid(i) => (i.field, i.problem),
+        }
+    }
+}
+
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -455,9 +474,12 @@ fn decode_with<M: Message>(
     }
     // Both decoders see only strict JSON: the same verdict whichever runs (see `strict_json`).
     if let Some((at, what)) = strict_json(payload) {
-        return Err(DecodeError::Syntax {
-            detail: detail(format_args!("{what} at byte {at}")),
-        });
+        // Built by hand, not with `format_args!`: a device then links no formatting code.
+        let mut detail = Detail::new();
+        push_truncated(&mut detail, what);
+        push_truncated(&mut detail, " at byte ");
+        push_decimal(&mut detail, at);
+        return Err(DecodeError::Syntax { detail });
     }
     match parse_msg(payload) {
         Ok(msg) if msg.version() == SCHEMA_VERSION => {
@@ -540,6 +562,25 @@ fn parse_core_checked<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeEr
                 problem: d,
             }
         })
+}
+
+/// Appends `n` in decimal, as much as fits.
+fn push_decimal(d: &mut Detail, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &c in &digits[i..] {
+        if d.push(char::from(c)).is_err() {
+            return;
+        }
+    }
 }
 
 /// Appends as much of `s` as fits, cut at a character boundary.
@@ -853,7 +894,22 @@ pub fn decode_core_for(channel: Channel, payload: &[u8]) -> Result<Inbound, Deco
 
 #[cfg(test)]
 mod tests {
-    use super::strict_json;
+    use super::{push_decimal, push_truncated, strict_json, Detail};
+
+    #[test]
+    fn details_built_without_fmt_read_like_fmt() {
+        for n in [0usize, 7, 10, 1234, 4096, usize::MAX] {
+            let mut d = Detail::new();
+            push_decimal(&mut d, n);
+            assert_eq!(d.as_str(), n.to_string());
+        }
+        // Cut at the capacity, at a character boundary, never failing.
+        let mut d = Detail::new();
+        push_truncated(&mut d, &"é".repeat(100));
+        assert_eq!(d.as_str(), "é".repeat(60));
+        push_decimal(&mut d, 42);
+        assert_eq!(d.len(), 120);
+    }
 
     fn leading_zero(p: &[u8]) -> Option<usize> {
         strict_json(p).map(|(at, _)| at)

@@ -206,21 +206,31 @@ impl Topic {
     }
 
     /// The topic as a fixed-capacity string (no allocation; the capacity fits every topic).
+    ///
+    /// Joined by hand rather than with `write!`, so that a device links no formatting code.
     pub fn to_string_buf(&self) -> TopicBuf {
         let mut s = TopicBuf::new();
-        // Cannot fail: TOPIC_MAX_LEN is computed from the longest possible parts.
-        let _ = write!(s, "{self}");
+        for part in [
+            TOPIC_ROOT,
+            "/",
+            TOPIC_VERSION,
+            "/",
+            self.site.as_str(),
+            "/",
+            self.machine.as_str(),
+            "/",
+            self.channel.as_str(),
+        ] {
+            // Cannot fail: TOPIC_MAX_LEN is computed from the longest possible parts.
+            let _ = s.push_str(part);
+        }
         s
     }
 }
 
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{TOPIC_ROOT}/{TOPIC_VERSION}/{}/{}/{}",
-            self.site, self.machine, self.channel
-        )
+        f.write_str(&self.to_string_buf())
     }
 }
 
@@ -249,6 +259,11 @@ mod tests {
         for channel in Channel::ALL {
             let t = Topic::new(id("atelier-lyon"), id("laser-1"), channel);
             let s = t.to_string_buf();
+            assert_eq!(
+                s.as_str(),
+                std::format!("fabmeter/v1/atelier-lyon/laser-1/{channel}")
+            );
+            assert_eq!(std::format!("{t}"), s.as_str());
             assert_eq!(Topic::parse(&s), Ok(t.clone()));
             assert!(s.ends_with(channel.as_str()));
         }

@@ -273,7 +273,11 @@ fn rejected_config_keeps_the_old_one_and_lock_refuses() {
             code: FaultCode::ConfigRejected,
             detail,
         } => {
-            assert!(detail.contains("busy_ma"), "{detail}");
+            // The field and the rule, cut at 64 bytes.
+            assert_eq!(
+                detail.as_str(),
+                "sensing.current.busy_ma must be above idle_ma and at most 100000"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -375,4 +379,43 @@ fn telemetry_carries_integer_milliamperes_and_watts() {
         assert_ne!(o.channel, Channel::Telemetry, "out-of-range sample sent");
         d.on_puback(o.key.expect("an event"));
     }
+}
+
+#[test]
+fn fault_details_name_what_was_refused() {
+    let mut d = start(Flash::new(), 0);
+    // A fraction where milliamperes are expected: a type error, no field path on the device.
+    d.on_config(
+        0,
+        CONFIG
+            .replace("\"idle_ma\":300", "\"idle_ma\":0.3")
+            .as_bytes(),
+    );
+    d.on_config(10, b"{\"v\":1,");
+    d.on_command(20, br#"{"v":2,"id":1,"cmd":"reboot"}"#);
+    let details: Vec<(FaultCode, std::string::String)> = flush(&mut d, 30)
+        .into_iter()
+        .filter_map(|e| match e.event {
+            EventBody::Fault { code, detail } => Some((code, detail.as_str().into())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        details,
+        [
+            (
+                FaultCode::ConfigRejected,
+                "a value does not fit its field: a fraction, an exponent, a sign ".into()
+            ),
+            (
+                FaultCode::ConfigRejected,
+                "expected a string key at byte 7".into()
+            ),
+            (
+                FaultCode::Other,
+                "cmd refused: v is not a schema version this build reads".into()
+            ),
+        ]
+    );
+    assert!(d.config().is_none(), "nothing was applied");
 }
