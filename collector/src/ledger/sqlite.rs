@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     Committed, DeadLetter, Ledger, LedgerError, LedgerTotals, MachineCounters, MachineInfo,
-    MachineView, Outcome, Record, SessionQuery, SessionView,
+    MachineView, MaintenanceRecords, Outcome, Record, ServiceRecord, SessionQuery, SessionView,
 };
 use crate::session::{fold, SessionEvent};
 
@@ -112,6 +112,30 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE billing_runs (
         site TEXT NOT NULL, period TEXT NOT NULL, run_ms INTEGER NOT NULL,
         PRIMARY KEY (site, period)
+    ) WITHOUT ROWID;
+    "#,
+    // 3: maintenance (docs/MAINTENANCE.md): services recorded, out-of-order periods, and the last
+    // state alerted per (machine, plan) so that a restart does not alert twice.
+    r#"
+    CREATE TABLE services (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL, machine TEXT NOT NULL, plan TEXT NOT NULL,
+        done_ms INTEGER NOT NULL, done_by TEXT NOT NULL, note TEXT NOT NULL,
+        busy_s_at INTEGER NOT NULL           -- the machine's lifetime busy seconds then
+    );
+    CREATE INDEX services_machine ON services (site, machine, plan, done_ms);
+    CREATE TABLE outages (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL, machine TEXT NOT NULL,
+        source TEXT NOT NULL,                -- 'out_of_order' (marked by a person) or 'plan:{name}' (locked, overdue)
+        reason TEXT NOT NULL, marked_by TEXT NOT NULL,
+        from_ms INTEGER NOT NULL, to_ms INTEGER  -- NULL while it lasts
+    );
+    CREATE UNIQUE INDEX outages_open ON outages (site, machine, source) WHERE to_ms IS NULL;
+    CREATE TABLE maintenance_alerts (
+        site TEXT NOT NULL, machine TEXT NOT NULL, plan TEXT NOT NULL,
+        state TEXT NOT NULL, changed_ms INTEGER NOT NULL,
+        PRIMARY KEY (site, machine, plan)
     ) WITHOUT ROWID;
     "#,
 ];
@@ -686,6 +710,67 @@ impl Ledger for SqliteLedger {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    fn record_service(
+        &mut self,
+        machine: &str,
+        plan: &str,
+        by: &str,
+        note: &str,
+        at_ms: u64,
+    ) -> Result<Option<ServiceRecord>, LedgerError> {
+        maintenance::record_service(self, machine, plan, by, note, at_ms)
+    }
+
+    fn open_outage(
+        &mut self,
+        machine: &str,
+        source: &str,
+        reason: &str,
+        by: &str,
+        at_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        maintenance::open_outage(self, machine, source, reason, by, at_ms)
+    }
+
+    fn close_outage(
+        &mut self,
+        machine: &str,
+        source: &str,
+        at_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        maintenance::close_outage(self, machine, source, at_ms)
+    }
+
+    fn maintenance_records(
+        &self,
+        machine: &str,
+    ) -> Result<Option<MaintenanceRecords>, LedgerError> {
+        maintenance::records(self, machine)
+    }
+
+    fn reported_config_hash(&self, machine: &str) -> Result<Option<String>, LedgerError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT config_hash FROM presence WHERE site=?1 AND machine=?2")?
+            .query_row(params![self.site, machine], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    fn alert_states(&self) -> Result<Vec<(String, String, String)>, LedgerError> {
+        maintenance::alert_states(self)
+    }
+
+    fn set_alert_state(
+        &mut self,
+        machine: &str,
+        plan: &str,
+        state: &str,
+        at_ms: u64,
+    ) -> Result<(), LedgerError> {
+        maintenance::set_alert_state(self, machine, plan, state, at_ms)
+    }
+
     fn totals(&self) -> Result<LedgerTotals, LedgerError> {
         let count = |sql: &str| -> Result<u64, LedgerError> {
             Ok(u64_of(self.conn.query_row(sql, [], |r| r.get(0))?))
@@ -704,3 +789,6 @@ fn online_known(changed: Option<i64>) -> bool {
 
 #[path = "invoices.rs"]
 pub(super) mod invoices;
+
+#[path = "maintenance.rs"]
+mod maintenance;
