@@ -59,6 +59,8 @@ pub fn collector_config(mqtt_port: u16, http: SocketAddr, data_dir: &std::path::
     c.mqtt.url = format!("mqtt://127.0.0.1:{mqtt_port}");
     c.ledger.path = data_dir.join("ledger.sqlite");
     c.http.listen = http;
+    // The simulator publishes the machines' configs itself (per-kind allow-lists).
+    c.devices.publish_configs = false;
     c.machines = sim::demo_machines()
         .into_iter()
         .map(|(id, name, kind)| MachineConfig {

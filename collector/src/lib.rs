@@ -10,6 +10,7 @@ pub mod billing;
 pub mod config;
 pub mod ingest;
 pub mod ledger;
+pub mod maintenance;
 pub mod metrics;
 pub mod series;
 pub mod session;

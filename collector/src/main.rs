@@ -31,6 +31,56 @@ enum Command {
     CreditNote(CreditNoteArgs),
     /// Recompute every issued invoice from the ledger; exit 1 on any difference.
     Audit(Overrides),
+    /// Maintenance: record a service, mark a machine out of order or back in service, show status
+    /// (docs/MAINTENANCE.md). Works while the collector runs.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
+}
+
+/// `maintenance` subcommands.
+#[derive(Subcommand, Debug)]
+enum MaintenanceCommand {
+    /// Record a service: the plan's count restarts (and its lock, if any, is released).
+    Done {
+        #[command(flatten)]
+        o: Overrides,
+        /// The machine, e.g. laser-1.
+        #[arg(long)]
+        machine: String,
+        /// The plan, e.g. lens-cleaning.
+        #[arg(long)]
+        plan: String,
+        /// Who did it.
+        #[arg(long)]
+        by: String,
+        /// What was done.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Mark a machine out of order: its device refuses new sessions until back in service.
+    OutOfOrder {
+        #[command(flatten)]
+        o: Overrides,
+        /// The machine.
+        #[arg(long)]
+        machine: String,
+        /// Why (shown to members who badge).
+        #[arg(long)]
+        reason: String,
+        /// Who marks it.
+        #[arg(long, default_value = "staff")]
+        by: String,
+    },
+    /// End a machine's out-of-order mark.
+    BackInService {
+        #[command(flatten)]
+        o: Overrides,
+        /// The machine.
+        #[arg(long)]
+        machine: String,
+    },
+    /// Print every machine's plans, lock and availability (the JSON of GET /api/maintenance).
+    Status(Overrides),
 }
 
 /// `invoice` arguments.
@@ -175,6 +225,7 @@ fn main() -> anyhow::Result<()> {
         Command::Invoice(a) => billing::invoice(a),
         Command::CreditNote(a) => billing::credit_note(a),
         Command::Audit(o) => billing::audit(o),
+        Command::Maintenance(c) => maintenance::run(c),
         Command::Run(o) => {
             let config = o.load()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -323,5 +374,90 @@ mod billing {
         } else {
             std::process::exit(1)
         }
+    }
+}
+
+/// The maintenance subcommands: check against the site file, write to the ledger.
+mod maintenance {
+    use super::*;
+    use fabmeter_collector::ledger::SqliteLedger;
+    use fabmeter_collector::maintenance::{admin, task};
+
+    fn open(o: Overrides) -> anyhow::Result<(Config, SqliteLedger)> {
+        let config = o.load()?;
+        let mut ledger = SqliteLedger::open(
+            &config.ledger.path,
+            &config.site_id()?,
+            config.badge_directory(),
+        )?;
+        fabmeter_collector::app::register_configured_machines(&config, &mut ledger)?;
+        Ok((config, ledger))
+    }
+
+    fn now_ms() -> u64 {
+        fabmeter_collector::ingest::now_ms()
+    }
+
+    pub(super) fn run(c: MaintenanceCommand) -> anyhow::Result<()> {
+        match c {
+            MaintenanceCommand::Done {
+                o,
+                machine,
+                plan,
+                by,
+                note,
+            } => {
+                let (config, mut ledger) = open(o)?;
+                let s = admin::record_service(
+                    &config,
+                    &mut ledger,
+                    &machine,
+                    &plan,
+                    &by,
+                    &note,
+                    now_ms(),
+                )?;
+                println!(
+                    "service of {} on {} recorded by {} at {:.3} busy hours",
+                    s.plan,
+                    s.machine,
+                    s.by,
+                    s.busy_s_at as f64 / 3600.0
+                );
+            }
+            MaintenanceCommand::OutOfOrder {
+                o,
+                machine,
+                reason,
+                by,
+            } => {
+                let (config, mut ledger) = open(o)?;
+                if admin::out_of_order(&config, &mut ledger, &machine, &reason, &by, now_ms())? {
+                    println!("{machine} is out of order: {reason}");
+                } else {
+                    println!("{machine} was already out of order; nothing changed");
+                }
+            }
+            MaintenanceCommand::BackInService { o, machine } => {
+                let (config, mut ledger) = open(o)?;
+                if admin::back_in_service(&config, &mut ledger, &machine, now_ms())? {
+                    println!("{machine} is back in service");
+                } else {
+                    println!("{machine} was not out of order; nothing changed");
+                }
+            }
+            MaintenanceCommand::Status(o) => {
+                let (config, ledger) = open(o)?;
+                let now = now_ms();
+                let machines = task::status(&config, &ledger, now)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "now_ms": now, "machines": machines })
+                    )?
+                );
+            }
+        }
+        Ok(())
     }
 }
