@@ -1,10 +1,68 @@
 //! Maintenance records in the SQLite ledger: services, out-of-order periods, alerted states.
 //! The plan logic itself is pure and lives in `crate::maintenance`.
 
-use rusqlite::params;
+use fabmeter_protocol::decode;
+use fabmeter_protocol::message::Event;
+use rusqlite::{params, OptionalExtension};
 
 use super::{i64_of, u64_of, SqliteLedger};
 use crate::ledger::{Ledger, LedgerError, MaintenanceRecords, Outage, ServiceRecord};
+
+/// The boot offset of the machine's latest box (0 until a box reused boot numbers).
+pub(super) fn boot_offset(
+    tx: &rusqlite::Connection,
+    site: &str,
+    machine: &str,
+) -> Result<u32, LedgerError> {
+    Ok(tx
+        .prepare_cached("SELECT MAX(boot_offset) FROM boot_epochs WHERE site=?1 AND machine=?2")?
+        .query_row(params![site, machine], |r| r.get::<_, Option<u32>>(0))?
+        .unwrap_or(0))
+}
+
+/// The ledger boot of an incoming event: the device's boot plus the machine's current offset.
+/// When that key is already stored with another event (not a resend: a resend differs in
+/// `sent_uptime_ms` only), a new box is counting its boots again from where the old one had been:
+/// a new epoch starts past the machine's highest boot, so both boxes' events are kept and the
+/// machine's counters go on.
+pub(super) fn ledger_boot(
+    tx: &rusqlite::Connection,
+    site: &str,
+    machine: &str,
+    event: &Event,
+    max_boot: Option<u32>,
+    received_ms: u64,
+) -> Result<u32, LedgerError> {
+    let boot = event.boot.saturating_add(boot_offset(tx, site, machine)?);
+    let stored: Option<String> = tx
+        .prepare_cached(
+            "SELECT payload FROM events WHERE site=?1 AND machine=?2 AND boot=?3 AND seq=?4",
+        )?
+        .query_row(params![site, machine, boot, event.seq], |r| r.get(0))
+        .optional()?;
+    let Some(stored) = stored else {
+        return Ok(boot);
+    };
+    let same = decode::<Event>(stored.as_bytes()).is_ok_and(|s| {
+        s.uptime_ms == event.uptime_ms && s.ts == event.ts && s.event == event.event
+    });
+    if same {
+        return Ok(boot);
+    }
+    let offset = max_boot.unwrap_or(0);
+    tracing::warn!(
+        machine,
+        device_boot = event.boot,
+        ledger_boot = event.boot.saturating_add(offset),
+        "another box reuses this machine's boot numbers (a replacement?): its boots are counted after the machine's {offset}"
+    );
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO boot_epochs (site, machine, boot_offset, since_ms)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![site, machine, offset, i64_of(received_ms)])?;
+    Ok(event.boot.saturating_add(offset))
+}
 
 pub(super) fn record_service(
     l: &mut SqliteLedger,
@@ -166,7 +224,7 @@ mod tests {
     use fabmeter_protocol::message::{DenyReason, Event, EventBody, MachineState};
     use fabmeter_protocol::{encode_to_vec, BadgeHash, Id};
 
-    use crate::ledger::{Ledger, MachineInfo, Record, SqliteLedger, OUT_OF_ORDER};
+    use crate::ledger::{Ledger, MachineInfo, Outcome, Record, SqliteLedger, OUT_OF_ORDER};
 
     const T0: u64 = 1_764_000_000_000;
 
@@ -279,6 +337,59 @@ mod tests {
         );
         assert_eq!(one.registered_ms, T0);
         assert!(l.maintenance_records("nope").expect("read").is_none());
+    }
+
+    #[test]
+    fn a_replacement_box_counting_boots_from_one_again_adds_to_the_machine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = open(&dir);
+        l.commit(&busy_for("laser-1", 1, 600)).expect("commit");
+        l.commit(&busy_for("laser-1", 2, 300)).expect("commit");
+        // The new box starts at boot 1 again, with other uptimes: the same keys, other events.
+        let new_box = busy_for("laser-1", 1, 1200)
+            .into_iter()
+            .map(|r| match r {
+                Record::Event {
+                    machine,
+                    mut event,
+                    received_ms,
+                    ..
+                } => {
+                    event.uptime_ms += 500;
+                    event.sent_uptime_ms += 500;
+                    Record::Event {
+                        machine,
+                        payload: encode_to_vec(&event).expect("encode"),
+                        event,
+                        received_ms,
+                    }
+                }
+                other => other,
+            })
+            .collect::<Vec<_>>();
+        let outcomes = l.commit(&new_box).expect("commit");
+        assert!(
+            outcomes.iter().all(|c| c.outcome == Outcome::Accepted),
+            "not taken for duplicates: {outcomes:?}"
+        );
+        // Its resends are duplicates, as ever.
+        let again = l.commit(&new_box).expect("commit");
+        assert!(again.iter().all(|c| c.outcome == Outcome::Duplicate));
+        let r = l
+            .maintenance_records("laser-1")
+            .expect("read")
+            .expect("known");
+        assert_eq!(r.counters.busy_s, 600 + 300 + 1200);
+        assert_eq!(r.counters.boots, 3);
+        let view = l.machines().expect("machines");
+        assert_eq!(
+            view[0].boot,
+            Some(3),
+            "the new box's boot 1 is the machine's boot 3"
+        );
+        // Its next boot follows.
+        l.commit(&busy_for("laser-1", 2, 60)[..1]).expect("commit");
+        assert_eq!(l.machines().expect("machines")[0].boot, Some(4));
     }
 
     #[test]

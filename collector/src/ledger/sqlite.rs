@@ -132,6 +132,14 @@ const MIGRATIONS: &[&str] = &[
         from_ms INTEGER NOT NULL, to_ms INTEGER  -- NULL while it lasts
     );
     CREATE UNIQUE INDEX outages_open ON outages (site, machine, source) WHERE to_ms IS NULL;
+    -- A box that replaced another on a machine and counts its boots from 1 again: its boot b is
+    -- stored as b + boot_offset of the latest epoch, so that its events do not collide with the
+    -- old box's and the machine's counts go on.
+    CREATE TABLE boot_epochs (
+        site TEXT NOT NULL, machine TEXT NOT NULL,
+        boot_offset INTEGER NOT NULL, since_ms INTEGER NOT NULL,
+        PRIMARY KEY (site, machine, boot_offset)
+    ) WITHOUT ROWID;
     CREATE TABLE maintenance_alerts (
         site TEXT NOT NULL, machine TEXT NOT NULL, plan TEXT NOT NULL,
         state TEXT NOT NULL, changed_ms INTEGER NOT NULL,
@@ -360,6 +368,20 @@ impl Ledger for SqliteLedger {
                     let max_boot: Option<u32> = tx
                         .prepare_cached("SELECT MAX(boot) FROM boots WHERE site=?1 AND machine=?2")?
                         .query_row(params![self.site, machine], |r| r.get(0))?;
+                    // The ledger's boot: the device's, shifted past the boots of the boxes that
+                    // served this machine before (see maintenance::ledger_boot).
+                    let boot = maintenance::ledger_boot(
+                        &tx,
+                        &self.site,
+                        machine,
+                        event,
+                        max_boot,
+                        *received_ms,
+                    )?;
+                    let event = &fabmeter_protocol::message::Event {
+                        boot,
+                        ..event.clone()
+                    };
                     let candidate = received_ms.saturating_sub(event.sent_uptime_ms);
                     tx.prepare_cached(
                         "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms,
@@ -455,7 +477,9 @@ impl Ledger for SqliteLedger {
                     .execute(params![
                         self.site,
                         machine.as_str(),
-                        status.boot,
+                        status
+                            .boot
+                            .saturating_add(maintenance::boot_offset(&tx, &self.site, machine.as_str())?),
                         status.status == Presence::Online,
                         status.fw.as_ref().map(|f| f.as_str()),
                         status.config_hash.map(|h| h.to_hex().as_str().to_owned()),
