@@ -139,6 +139,11 @@ fn a_threshold_alerts_locks_the_device_a_service_releases_it_and_counters_surviv
     let stop = CancellationToken::new();
     let collector = rt.spawn(app.run(stop.clone()));
 
+    // Subscribed before the device publishes its first event (a fresh broker keeps no session).
+    wait_until(Duration::from_secs(30), "the collector is ready", || {
+        fabmeter_e2e::http::get("127.0.0.1", http, "/readyz").is_ok_and(|r| r.is_success())
+    });
+
     // The device: the firmware's core in the simulator, taking its config from the collector.
     let mut s = SimConfig::demo(SITE, broker.port());
     s.machines = vec![SimMachine {
@@ -283,10 +288,19 @@ fn a_threshold_alerts_locks_the_device_a_service_releases_it_and_counters_surviv
         .expect("simulator ran");
     assert_eq!(report.journal_left(), 0, "the old box delivered everything");
     let counters = |p: u16| get_json(p, &format!("/api/machines/{MACHINE}/counters"));
-    wait_until(
+    let mut stored = None;
+    let all_in = fabmeter_e2e::try_wait_until(
         Duration::from_secs(30),
         "the ledger has every event of the old box",
-        || counters(http)["events"].as_u64() == Some(report.events_distinct()),
+        || {
+            stored = counters(http)["events"].as_u64();
+            stored == Some(report.events_distinct())
+        },
+    );
+    assert!(
+        all_in.is_ok(),
+        "the ledger holds {stored:?} events of the old box, it sent {} distinct: {report:?}",
+        report.events_distinct(),
     );
     let before = counters(http);
     let since_before = laser(http)["plans"][0]["busy_h_since"]
