@@ -39,6 +39,9 @@ pub struct Config {
     /// The MQTT broker.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The broker accounts this site manages (`fabmeter-collector provision`, docs/SECURITY.md).
+    #[serde(default)]
+    pub broker: BrokerConfig,
     /// The ledger (system of record).
     #[serde(default)]
     pub ledger: LedgerConfig,
@@ -107,6 +110,20 @@ impl Default for MqttConfig {
             shared_group: None,
         }
     }
+}
+
+/// `[broker]`: the Mosquitto files that `fabmeter-collector provision` maintains.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Mosquitto `password_file` (mosquitto_passwd format); created if missing.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto `acl_file`, rewritten from the machines of the site file.
+    pub acl_file: Option<PathBuf>,
+    /// The broker URL as devices reach it (written into their credentials); absent: `mqtt.url`.
+    pub device_url: Option<String>,
+    /// The CA file devices verify the broker with (written into their credentials).
+    pub device_ca_file: Option<PathBuf>,
 }
 
 /// `[ledger]`
@@ -226,6 +243,7 @@ impl Config {
                 auto_register: false,
             },
             mqtt: MqttConfig::default(),
+            broker: BrokerConfig::default(),
             ledger: LedgerConfig::default(),
             timeseries: None,
             http: HttpConfig::default(),
@@ -284,6 +302,17 @@ impl Config {
                 format!("{url:?} has no host:port"),
                 "\"mqtt://127.0.0.1:1883\"",
             ));
+        }
+        if let Some(u) = &self.broker.device_url {
+            if !(u.starts_with("mqtt://") || u.starts_with("mqtts://"))
+                || mqtt_host_port(u).is_none()
+            {
+                return Err(err(
+                    "broker.device_url",
+                    format!("{u:?} is not an mqtt://host:port or mqtts://host:port URL"),
+                    "\"mqtts://workshop.example:8883\"",
+                ));
+            }
         }
         if self.mqtt.keep_alive_s < 5 {
             return Err(err("mqtt.keep_alive_s", "must be at least 5 seconds", "30"));

@@ -11,6 +11,7 @@ pub mod config;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;
+pub mod provision;
 pub mod series;
 pub mod session;
 pub mod timeseries;

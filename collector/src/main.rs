@@ -31,6 +31,33 @@ enum Command {
     CreditNote(CreditNoteArgs),
     /// Recompute every issued invoice from the ledger; exit 1 on any difference.
     Audit(Overrides),
+    /// Broker accounts: device credentials, Mosquitto's password and ACL files (docs/SECURITY.md).
+    #[command(subcommand)]
+    Provision(ProvisionCommand),
+}
+
+/// `provision` subcommands.
+#[derive(Subcommand, Debug)]
+enum ProvisionCommand {
+    /// Create (or renew) the broker account of a machine's device and write its credentials.
+    Device(ProvisionDeviceArgs),
+    /// Create (or renew) the collector's own broker account.
+    Collector(Overrides),
+    /// Rewrite the ACL file from the machines of the site file.
+    Acl(Overrides),
+}
+
+/// `provision device` arguments.
+#[derive(Args, Debug)]
+struct ProvisionDeviceArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// The machine the device serves (an id of the site file).
+    #[arg(long)]
+    machine: String,
+    /// Write the credentials to this file (mode 0600) instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// `invoice` arguments.
@@ -175,6 +202,7 @@ fn main() -> anyhow::Result<()> {
         Command::Invoice(a) => billing::invoice(a),
         Command::CreditNote(a) => billing::credit_note(a),
         Command::Audit(o) => billing::audit(o),
+        Command::Provision(p) => provision(p),
         Command::Run(o) => {
             let config = o.load()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -194,6 +222,48 @@ async fn run(config: Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     app.run(shutdown).await?;
+    Ok(())
+}
+
+fn provision(p: ProvisionCommand) -> anyhow::Result<()> {
+    use fabmeter_collector::provision as pv;
+    const RELOAD: &str =
+        "reload the broker to apply: `systemctl reload mosquitto` (or send it SIGHUP)";
+    match p {
+        ProvisionCommand::Device(a) => {
+            let config = a.o.load()?;
+            let creds = pv::provision_device(&config, &a.machine)?;
+            match &a.out {
+                Some(path) => {
+                    pv::write_atomic(path, &creds.to_toml(), 0o600)?;
+                    println!(
+                        "device account {} created; credentials written to {} (copy them to the device, then delete them)",
+                        creds.username,
+                        path.display()
+                    );
+                }
+                None => print!("{}", creds.to_toml()),
+            }
+            eprintln!("{RELOAD}");
+        }
+        ProvisionCommand::Collector(o) => {
+            let config = o.load()?;
+            let (user, password) = pv::provision_collector(&config)?;
+            println!("# add to the [mqtt] section of the site file (or FABMETER_MQTT_USERNAME / FABMETER_MQTT_PASSWORD):");
+            println!("username = \"{user}\"\npassword = \"{password}\"");
+            eprintln!("{RELOAD}");
+        }
+        ProvisionCommand::Acl(o) => {
+            let config = o.load()?;
+            let path = pv::write_acl(&config)?;
+            println!(
+                "ACL for {} machines written to {}",
+                config.machines.len(),
+                path.display()
+            );
+            eprintln!("{RELOAD}");
+        }
+    }
     Ok(())
 }
 
