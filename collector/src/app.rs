@@ -47,6 +47,9 @@ pub enum StartError {
     /// The time-series settings are invalid.
     #[error("timeseries: {0}")]
     TimeSeries(String),
+    /// The API tokens file cannot be read.
+    #[error("http.tokens_file: {0}")]
+    Tokens(#[from] crate::provision::ProvisionError),
 }
 
 /// A collector, built and bound, not yet running.
@@ -243,9 +246,26 @@ impl Application {
             site: (config.site.id.clone(), config.site.name.clone()),
             billing: crate::billing::invoice::Billing::from_config(&config)?.map(Arc::new),
         };
+        let app = match &config.http.tokens_file {
+            Some(path) => {
+                let tokens = Arc::new(crate::auth::Tokens::new(path.clone())?);
+                api::router(state).layer(axum::middleware::from_fn_with_state(
+                    tokens,
+                    crate::auth::require_token,
+                ))
+            }
+            None => {
+                if !config.http.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        listen = %config.http.listen,
+                        "the HTTP API is open to the network without tokens: set http.tokens_file (docs/SECURITY.md)"
+                    );
+                }
+                api::router(state)
+            }
+        };
         let http_shutdown = writer_done.clone();
         let http = tokio::spawn(async move {
-            let app = api::router(state);
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(http_shutdown.cancelled_owned())
                 .await

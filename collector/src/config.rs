@@ -184,12 +184,16 @@ fn default_backlog_mib() -> u64 {
 pub struct HttpConfig {
     /// Listen address; port 0 picks a free port (printed at start).
     pub listen: SocketAddr,
+    /// API tokens (hashes), managed by `fabmeter-collector token`; when set, the API requires a
+    /// bearer token (docs/SECURITY.md). Absent: the API is open.
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens_file: None,
         }
     }
 }

@@ -6,6 +6,7 @@ pub use fabmeter_protocol as protocol;
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod ingest;

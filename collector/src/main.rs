@@ -34,6 +34,46 @@ enum Command {
     /// Broker accounts: device credentials, Mosquitto's password and ACL files (docs/SECURITY.md).
     #[command(subcommand)]
     Provision(ProvisionCommand),
+    /// HTTP API tokens: create (shown once), list, revoke (docs/SECURITY.md).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `token` subcommands.
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token and print it (only its hash is kept).
+    Create(TokenCreateArgs),
+    /// List the tokens (names, roles, members; never the tokens).
+    List(Overrides),
+    /// Revoke a token by name.
+    Revoke(TokenRevokeArgs),
+}
+
+/// `token create` arguments.
+#[derive(Args, Debug)]
+struct TokenCreateArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// Who or what uses it, unique (e.g. "claire", "prometheus", "alice-phone").
+    #[arg(long)]
+    name: String,
+    /// manager (everything), member (own statement) or monitor (metrics).
+    #[arg(long)]
+    role: fabmeter_collector::auth::Role,
+    /// The member a `member` token may read.
+    #[arg(long)]
+    member: Option<String>,
+}
+
+/// `token revoke` arguments.
+#[derive(Args, Debug)]
+struct TokenRevokeArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// The token's name.
+    #[arg(long)]
+    name: String,
 }
 
 /// `provision` subcommands.
@@ -203,6 +243,7 @@ fn main() -> anyhow::Result<()> {
         Command::CreditNote(a) => billing::credit_note(a),
         Command::Audit(o) => billing::audit(o),
         Command::Provision(p) => provision(p),
+        Command::Token(t) => token(t),
         Command::Run(o) => {
             let config = o.load()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -222,6 +263,65 @@ async fn run(config: Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     app.run(shutdown).await?;
+    Ok(())
+}
+
+fn tokens_path(config: &Config) -> anyhow::Result<PathBuf> {
+    config.http.tokens_file.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "http.tokens_file is not set: add `tokens_file = \"/var/lib/fabmeter/api-tokens.toml\"` under [http] in the site file"
+        )
+    })
+}
+
+fn token(t: TokenCommand) -> anyhow::Result<()> {
+    use fabmeter_collector::auth::TokenFile;
+    match t {
+        TokenCommand::Create(a) => {
+            let config = a.o.load()?;
+            let path = tokens_path(&config)?;
+            if let Some(m) = &a.member {
+                anyhow::ensure!(
+                    config.members.iter().any(|x| &x.id == m),
+                    "unknown member {m:?}: members are listed under [[members]] in the site file"
+                );
+            }
+            let mut file = TokenFile::load(&path)?;
+            let now = fabmeter_collector::api::format_utc(fabmeter_collector::ingest::now_ms());
+            let token = file
+                .create(&a.name, a.role, a.member.as_deref(), &now)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            file.save(&path)?;
+            eprintln!("token {:?} created; it is shown only now:", a.name);
+            println!("{token}");
+        }
+        TokenCommand::List(o) => {
+            let config = o.load()?;
+            let file = TokenFile::load(&tokens_path(&config)?)?;
+            for t in &file.tokens {
+                println!(
+                    "{}\t{:?}\t{}\t{}",
+                    t.name,
+                    t.role,
+                    t.member.as_deref().unwrap_or("-"),
+                    t.created
+                );
+            }
+            println!("{} tokens", file.tokens.len());
+        }
+        TokenCommand::Revoke(a) => {
+            let config = a.o.load()?;
+            let path = tokens_path(&config)?;
+            let mut file = TokenFile::load(&path)?;
+            anyhow::ensure!(
+                file.revoke(&a.name),
+                "no token named {:?} (see `token list`)",
+                a.name
+            );
+            file.save(&path)?;
+            println!("token {:?} revoked", a.name);
+        }
+    }
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use fabmeter_collector::ledger::{Ledger, SqliteLedger};
 use fabmeter_e2e::{wait_until, Mosquitto};
 use fabmeter_protocol::message::{EndReason, Event, EventBody, MachineState};
 use fabmeter_protocol::{encode_to_vec, BadgeHash, BadgeKey, Id};
-use helpers::{publish_all, publish_parallel, Msg, Rng, TestCollector, SITE};
+use helpers::{collector_cli, publish_all, publish_parallel, Msg, Rng, TestCollector, SITE};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -400,29 +400,6 @@ fn ledger_events(path: &Path) -> u64 {
         .map_or(0, |t| t.events)
 }
 
-struct Cli<'a> {
-    config: &'a Path,
-}
-
-impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
-            .args(args)
-            .arg("--config")
-            .arg(self.config)
-            .output()
-            .expect("run fabmeter-collector");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
-}
-
 /// The invoices written by `invoice --out`, by member.
 fn read_docs(dir: &Path) -> Vec<serde_json::Value> {
     let mut docs: Vec<serde_json::Value> = std::fs::read_dir(dir)
@@ -449,8 +426,9 @@ fn a_workshop_month_through_the_broker_becomes_exact_invoices() {
     let config_file = dir.path().join("site.toml");
     std::fs::write(&config_file, c.to_toml()).expect("write config");
     let ledger = c.ledger.path.clone();
-    let cli = Cli {
-        config: &config_file,
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = collector_cli(&config_file, args);
+        (ok, format!("{out}{err}"))
     };
 
     let (mut per_client, sessions) = generate(2026);
@@ -506,7 +484,7 @@ fn a_workshop_month_through_the_broker_becomes_exact_invoices() {
     // Invoices, by the command a manager runs.
     let out = dir.path().join("sep");
     let out_s = out.to_str().expect("utf-8");
-    let (ok, text) = cli.run(&["invoice", "--period", "2026-09", "--out", out_s]);
+    let (ok, text) = cli(&["invoice", "--period", "2026-09", "--out", out_s]);
     assert!(ok, "{text}");
     let docs = read_docs(&out);
     let year = &api::format_utc(fabmeter_collector::ingest::now_ms())[..4];
@@ -553,7 +531,7 @@ fn a_workshop_month_through_the_broker_becomes_exact_invoices() {
     assert_eq!(billed.len(), billable);
 
     // Issuing twice creates nothing.
-    let (ok, text) = cli.run(&["invoice", "--period", "2026-09"]);
+    let (ok, text) = cli(&["invoice", "--period", "2026-09"]);
     assert!(ok && text.contains("already invoiced"), "{text}");
     let l = SqliteLedger::open(&ledger, &Id::new(SITE).expect("id"), c.badge_directory())
         .expect("ledger");
@@ -566,7 +544,7 @@ fn a_workshop_month_through_the_broker_becomes_exact_invoices() {
         ledger_events(&ledger) == total as u64
     });
     let out = dir.path().join("oct");
-    let (ok, text) = cli.run(&[
+    let (ok, text) = cli(&[
         "invoice",
         "--period",
         "2026-10",
@@ -594,7 +572,7 @@ fn a_workshop_month_through_the_broker_becomes_exact_invoices() {
     assert_eq!(d["totals"]["excl_cents"].as_i64(), Some(late_cents));
 
     // The audit recomputes every invoice from the raw events: no difference.
-    let (ok, text) = cli.run(&["audit"]);
+    let (ok, text) = cli(&["audit"]);
     assert!(ok, "{text}");
     assert!(
         text.contains(&format!(
@@ -631,7 +609,7 @@ fn a_workshop_month_through_the_broker_becomes_exact_invoices() {
         )
         .expect("tamper");
     assert_eq!(n, 1, "one event row changed");
-    let (ok, text) = cli.run(&["audit"]);
+    let (ok, text) = cli(&["audit"]);
     assert!(!ok, "a difference makes audit fail\n{text}");
     let key = format!("{}/{}/{}", victim.machine, victim.boot, victim.session);
     let cents = |c: i64| format!("{}.{:02}", c / 100, c % 100);

@@ -14,26 +14,12 @@ use fabmeter_collector::config::Config;
 use fabmeter_e2e::{wait_until, Mosquitto};
 use fabmeter_protocol::encode_to_vec;
 use fabmeter_protocol::message::{Event, EventBody, MachineState};
-use helpers::{TestCollector, SITE};
+use helpers::{collector_cli, TestCollector, SITE};
 use rumqttc::{
     Client, ConnectReturnCode, Connection, Event as MqttEvent, MqttOptions, Packet, QoS,
 };
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn run(config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run fabmeter-collector");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Value of `key = "..."` in TOML-like text.
 fn value_of(text: &str, key: &str) -> String {
@@ -139,14 +125,14 @@ fn generated_accounts_confine_each_device_to_its_own_topics() {
     std::fs::write(&file, c.to_toml()).expect("write config");
 
     // Accounts, as an installer makes them.
-    let (ok, out, err) = run(&file, &["provision", "collector"]);
+    let (ok, out, err) = collector_cli(&file, &["provision", "collector"]);
     assert!(ok, "{out}{err}");
     let (coll_user, coll_pw) = (value_of(&out, "username"), value_of(&out, "password"));
     assert_eq!(coll_user, "_collector@atelier");
     let mut creds = Vec::new();
     for m in ["laser-1", "laser-2"] {
         let path = d.join(format!("{m}.toml"));
-        let (ok, out, err) = run(
+        let (ok, out, err) = collector_cli(
             &file,
             &[
                 "provision",
@@ -173,7 +159,7 @@ fn generated_accounts_confine_each_device_to_its_own_topics() {
         }
         creds.push((value_of(&text, "username"), value_of(&text, "password")));
     }
-    let (ok, _, err) = run(&file, &["provision", "device", "--machine", "nope"]);
+    let (ok, _, err) = collector_cli(&file, &["provision", "device", "--machine", "nope"]);
     assert!(!ok && err.contains("unknown machine \"nope\""), "{err}");
     let passwd = std::fs::read_to_string(d.join("passwd")).expect("passwd");
     assert_eq!(passwd.lines().count(), 3);
