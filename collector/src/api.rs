@@ -13,6 +13,9 @@
 //! | `GET /healthz` | the process answers |
 //! | `GET /readyz` | connected to the broker and the ledger answers |
 //!
+//! With `http.tokens_file` set, every route but `/`, `/healthz` and `/readyz` needs a bearer token
+//! whose role covers it (`crate::auth`).
+//!
 //! `from` and `to` take a date (`2026-11-01`), a UTC date-time (`2026-11-01T08:00:00Z`) or unix
 //! milliseconds.
 

@@ -48,6 +48,9 @@ pub enum StartError {
     /// The time-series settings are invalid.
     #[error("timeseries: {0}")]
     TimeSeries(String),
+    /// The API tokens file cannot be read.
+    #[error("http.tokens_file: {0}")]
+    Tokens(#[from] crate::provision::ProvisionError),
 }
 
 /// A collector, built and bound, not yet running.
@@ -247,9 +250,27 @@ impl Application {
             billing: crate::billing::invoice::Billing::from_config(&config)?.map(Arc::new),
         };
         let maintenance_routes = api::maintenance_router(state.ledger.clone(), config.clone());
+        let routes = api::router(state).merge(maintenance_routes);
+        let app = match &config.http.tokens_file {
+            Some(path) => {
+                let tokens = Arc::new(crate::auth::Tokens::new(path.clone())?);
+                routes.layer(axum::middleware::from_fn_with_state(
+                    tokens,
+                    crate::auth::require_token,
+                ))
+            }
+            None => {
+                if !config.http.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        listen = %config.http.listen,
+                        "the HTTP API is open to the network without tokens: set http.tokens_file (docs/SECURITY.md)"
+                    );
+                }
+                routes
+            }
+        };
         let http_shutdown = writer_done.clone();
         let http = tokio::spawn(async move {
-            let app = api::router(state).merge(maintenance_routes);
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(http_shutdown.cancelled_owned())
                 .await

@@ -39,6 +39,9 @@ pub struct Config {
     /// The MQTT broker.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The broker accounts this site manages (`fabmeter-collector provision`, docs/SECURITY.md).
+    #[serde(default)]
+    pub broker: BrokerConfig,
     /// The ledger (system of record).
     #[serde(default)]
     pub ledger: LedgerConfig,
@@ -200,6 +203,20 @@ impl Default for MqttConfig {
     }
 }
 
+/// `[broker]`: the Mosquitto files that `fabmeter-collector provision` maintains.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Mosquitto `password_file` (mosquitto_passwd format); created if missing.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto `acl_file`, rewritten from the machines of the site file.
+    pub acl_file: Option<PathBuf>,
+    /// The broker URL as devices reach it (written into their credentials); absent: `mqtt.url`.
+    pub device_url: Option<String>,
+    /// The CA file devices verify the broker with (written into their credentials).
+    pub device_ca_file: Option<PathBuf>,
+}
+
 /// `[ledger]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -258,12 +275,16 @@ fn default_backlog_mib() -> u64 {
 pub struct HttpConfig {
     /// Listen address; port 0 picks a free port (printed at start).
     pub listen: SocketAddr,
+    /// API tokens (hashes), managed by `fabmeter-collector token`; when set, the API requires a
+    /// bearer token (docs/SECURITY.md). Absent: the API is open.
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens_file: None,
         }
     }
 }
@@ -317,6 +338,7 @@ impl Config {
                 auto_register: false,
             },
             mqtt: MqttConfig::default(),
+            broker: BrokerConfig::default(),
             ledger: LedgerConfig::default(),
             timeseries: None,
             http: HttpConfig::default(),
@@ -377,6 +399,17 @@ impl Config {
                 format!("{url:?} has no host:port"),
                 "\"mqtt://127.0.0.1:1883\"",
             ));
+        }
+        if let Some(u) = &self.broker.device_url {
+            if !(u.starts_with("mqtt://") || u.starts_with("mqtts://"))
+                || mqtt_host_port(u).is_none()
+            {
+                return Err(err(
+                    "broker.device_url",
+                    format!("{u:?} is not an mqtt://host:port or mqtts://host:port URL"),
+                    "\"mqtts://workshop.example:8883\"",
+                ));
+            }
         }
         if self.mqtt.keep_alive_s < 5 {
             return Err(err("mqtt.keep_alive_s", "must be at least 5 seconds", "30"));

@@ -13,7 +13,7 @@ use super::{
     Committed, DeadLetter, Ledger, LedgerError, LedgerTotals, MachineCounters, MachineInfo,
     MachineView, MaintenanceRecords, Outcome, Record, ServiceRecord, SessionQuery, SessionView,
 };
-use crate::session::{fold, SessionEvent};
+use crate::session::{fold, SessionEvent, SessionFold};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
 /// Never edit a released migration: add a new one.
@@ -214,59 +214,10 @@ impl SqliteLedger {
         session: u32,
         newer_boot: bool,
     ) -> Result<(), LedgerError> {
-        let anchor: Option<i64> = tx
-            .query_row(
-                "SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3",
-                params![site, machine, boot],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let anchor = anchor.map_or_else(ClockAnchor::new, |a| {
-            ClockAnchor::from_boot_wall_ms(u64_of(a))
-        });
-        let mut stmt = tx.prepare_cached(
-            "SELECT seq, uptime_ms, ts_ms, payload FROM events
-             WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
-        )?;
-        let rows = stmt.query_map(params![site, machine, boot, session], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut events = Vec::new();
-        for row in rows {
-            let (seq, uptime, ts, payload) = row?;
-            // Stored payloads were validated on the way in; one that no longer decodes (a
-            // future schema?) is skipped rather than failing the batch.
-            let Ok(ev) = decode::<fabmeter_protocol::message::Event>(payload.as_bytes()) else {
-                tracing::warn!(
-                    machine,
-                    boot,
-                    seq,
-                    "stored event no longer decodes; skipped"
-                );
-                continue;
-            };
-            let uptime_ms = u64_of(uptime);
-            events.push(SessionEvent {
-                seq,
-                uptime_ms,
-                wall_ms: ts.map(u64_of).or_else(|| anchor.wall_time(uptime_ms)),
-                body: ev.event,
-            });
-        }
-        let Some(f) = fold(session, &events, newer_boot) else {
+        let Some(f) = fold_stored(tx, site, machine, boot, session, newer_boot)? else {
             return Ok(());
         };
-        let member = f.badge.as_ref().map(|b| {
-            badges
-                .get(b)
-                .cloned()
-                .unwrap_or_else(|| format!("badge:{b}"))
-        });
+        let member = f.badge.as_deref().map(|b| member_of(badges, b));
         tx.prepare_cached(
             "INSERT INTO sessions (site, machine, boot, session, badge, member, start_ms, end_ms,
                 busy_s, idle_s, energy_wh, status, reason, last_seq)
@@ -295,6 +246,71 @@ impl SqliteLedger {
         ])?;
         Ok(())
     }
+}
+
+/// The member a badge hash (hex) belongs to, or `badge:<hash>` when the badge is unknown.
+pub(super) fn member_of(badges: &HashMap<String, String>, badge: &str) -> String {
+    badges
+        .get(badge)
+        .cloned()
+        .unwrap_or_else(|| format!("badge:{badge}"))
+}
+
+/// Folds one session from its stored raw events (see `crate::session`). `newer_boot`: the
+/// machine has a later boot. `None` when no stored event names the session.
+pub(super) fn fold_stored(
+    conn: &Connection,
+    site: &str,
+    machine: &str,
+    boot: u32,
+    session: u32,
+    newer_boot: bool,
+) -> Result<Option<SessionFold>, LedgerError> {
+    let anchor: Option<i64> = conn
+        .query_row(
+            "SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3",
+            params![site, machine, boot],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let anchor = anchor.map_or_else(ClockAnchor::new, |a| {
+        ClockAnchor::from_boot_wall_ms(u64_of(a))
+    });
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, uptime_ms, ts_ms, payload FROM events
+         WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
+    )?;
+    let rows = stmt.query_map(params![site, machine, boot, session], |r| {
+        Ok((
+            r.get::<_, u32>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, uptime, ts, payload) = row?;
+        // Stored payloads were validated on the way in; one that no longer decodes (a
+        // future schema?) is skipped rather than failing the batch.
+        let Ok(ev) = decode::<fabmeter_protocol::message::Event>(payload.as_bytes()) else {
+            tracing::warn!(
+                machine,
+                boot,
+                seq,
+                "stored event no longer decodes; skipped"
+            );
+            continue;
+        };
+        let uptime_ms = u64_of(uptime);
+        events.push(SessionEvent {
+            seq,
+            uptime_ms,
+            wall_ms: ts.map(u64_of).or_else(|| anchor.wall_time(uptime_ms)),
+            body: ev.event,
+        });
+    }
+    Ok(fold(session, &events, newer_boot))
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
