@@ -59,6 +59,8 @@ pub fn collector_config(mqtt_port: u16, http: SocketAddr, data_dir: &std::path::
     c.mqtt.url = format!("mqtt://127.0.0.1:{mqtt_port}");
     c.ledger.path = data_dir.join("ledger.sqlite");
     c.http.listen = http;
+    // The simulator publishes the machines' configs itself (per-kind allow-lists).
+    c.devices.publish_configs = false;
     c.machines = sim::demo_machines()
         .into_iter()
         .map(|(id, name, kind)| MachineConfig {
@@ -77,8 +79,63 @@ pub fn collector_config(mqtt_port: u16, http: SocketAddr, data_dir: &std::path::
             badges: vec![badge],
         })
         .collect();
+    c.billing = Config::from_toml(&format!("[site]\nid = \"{SITE}\"\n{DEMO_BILLING}"))
+        .ok()
+        .and_then(|b| b.billing);
     c
 }
+
+/// The demo's tariffs (docs/BILLING.md): one per machine kind, residents 20 % off with 10 h of
+/// laser a month included; everyone else pays the visitor prices.
+const DEMO_BILLING: &str = r#"
+[billing]
+invoice_prefix = "DEMO"
+timezone = "Europe/Paris"
+default_plan = "visitor"
+[billing.seller]
+name = "fabmeter demo workshop"
+[[billing.tariffs]]
+name = "printer-3d"
+valid_from = "2025-01-01"
+busy_per_min = "0.02"
+setup = "0.50"
+label = "3D printing"
+[[billing.tariffs]]
+name = "laser"
+valid_from = "2025-01-01"
+busy_per_min = "0.50"
+increment_min = 5
+minimum = "2.00"
+daily_cap = "40.00"
+label = "Laser cutting"
+[[billing.tariffs]]
+name = "cnc"
+valid_from = "2025-01-01"
+busy_per_min = "0.80"
+idle_per_min = "0.05"
+minimum = "5.00"
+label = "CNC routing"
+[[billing.tariffs]]
+name = "saw"
+valid_from = "2025-01-01"
+busy_per_min = "0.20"
+increment_min = 15
+label = "Woodworking"
+[[billing.plans]]
+name = "resident"
+discount_percent = 20
+allowances = [{ tariff = "laser", minutes = 600 }]
+[[billing.plans]]
+name = "visitor"
+[[billing.memberships]]
+member = "alice"
+plan = "resident"
+valid_from = "2025-01-01"
+[[billing.memberships]]
+member = "bruno"
+plan = "resident"
+valid_from = "2025-01-01"
+"#;
 
 fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -168,4 +225,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.data_dir.join("ledger.sqlite").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_site_is_valid_and_bills_every_machine_kind() {
+        let c = collector_config(
+            1883,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            std::path::Path::new("/tmp"),
+        );
+        assert_eq!(c.validate(), Ok(()));
+        let billing = c.billing.as_ref().expect("the demo bills");
+        for m in &c.machines {
+            assert!(
+                billing.tariffs.iter().any(|t| t.name == m.kind),
+                "no tariff for {}",
+                m.kind
+            );
+        }
+        let b = fabmeter_collector::billing::invoice::Billing::from_config(&c);
+        assert!(matches!(b, Ok(Some(_))), "{b:?}");
+    }
 }

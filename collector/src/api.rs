@@ -8,9 +8,13 @@
 //! | `GET /api/machines/{id}/counters` | lifetime counters of a machine |
 //! | `GET /api/dead-letters?limit` | the latest refused messages, with their reasons |
 //! | `GET /api/members/{id}/statement?period` | usage and charges so far this period (docs/BILLING.md) |
+//! | `GET /api/maintenance` | every machine's plans (hours left, due date, state), lock, availability |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | the process answers |
 //! | `GET /readyz` | connected to the broker and the ledger answers |
+//!
+//! With `http.tokens_file` set, every route but `/`, `/healthz` and `/readyz` needs a bearer token
+//! whose role covers it (`crate::auth`).
 //!
 //! `from` and `to` take a date (`2026-11-01`), a UTC date-time (`2026-11-01T08:00:00Z`) or unix
 //! milliseconds.
@@ -61,6 +65,27 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// A shared read connection to the ledger.
+pub type SharedLedger = Arc<Mutex<Box<dyn Ledger>>>;
+
+/// The maintenance routes (`GET /api/maintenance`), merged into [`router`]'s by the application.
+pub fn maintenance_router(ledger: SharedLedger, config: Arc<crate::config::Config>) -> Router {
+    Router::new()
+        .route("/api/maintenance", get(maintenance))
+        .with_state((ledger, config))
+}
+
+async fn maintenance(
+    State((ledger, config)): State<(SharedLedger, Arc<crate::config::Config>)>,
+) -> Result<Response, ApiError> {
+    let now = crate::ingest::now_ms();
+    let machines = read_ledger(ledger, move |l| {
+        crate::maintenance::task::status(&config, l, now)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "now_ms": now, "machines": machines })).into_response())
+}
+
 /// An API error: a status and a message naming the problem and the fix.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
@@ -85,7 +110,13 @@ async fn read<T: Send + 'static>(
     state: &ApiState,
     f: impl FnOnce(&dyn Ledger) -> Result<T, LedgerError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let ledger = state.ledger.clone();
+    read_ledger(state.ledger.clone(), f).await
+}
+
+async fn read_ledger<T: Send + 'static>(
+    ledger: SharedLedger,
+    f: impl FnOnce(&dyn Ledger) -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(move || {
         let guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
         f(guard.as_ref())

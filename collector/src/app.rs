@@ -16,6 +16,7 @@ use crate::api::{self, ApiState};
 use crate::config::{mqtt_host_port, Config, ConfigError};
 use crate::ingest::{self, SiteRules, Writer};
 use crate::ledger::{Ledger, LedgerError, MachineInfo, SqliteLedger};
+use crate::maintenance::task::MaintenanceTask;
 use crate::metrics::Metrics;
 use crate::timeseries::{TimeSeries, TimeSeriesConfig, TimeSeriesHandle};
 
@@ -47,6 +48,9 @@ pub enum StartError {
     /// The time-series settings are invalid.
     #[error("timeseries: {0}")]
     TimeSeries(String),
+    /// The API tokens file cannot be read.
+    #[error("http.tokens_file: {0}")]
+    Tokens(#[from] crate::provision::ProvisionError),
 }
 
 /// A collector, built and bound, not yet running.
@@ -56,6 +60,7 @@ pub struct Application {
     http_addr: SocketAddr,
     writer_ledger: SqliteLedger,
     reader_ledger: SqliteLedger,
+    maintenance_ledger: SqliteLedger,
     metrics: Arc<Metrics>,
     series: TimeSeriesHandle,
     series_task: Option<tokio::task::JoinHandle<crate::timeseries::TimeSeriesStats>>,
@@ -69,22 +74,9 @@ impl Application {
         let site = config.site_id()?;
         let badges = config.badge_directory();
         let mut writer_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
-        let machines: Vec<MachineInfo> = config
-            .machines
-            .iter()
-            .map(|m| MachineInfo {
-                id: m.id.clone(),
-                name: if m.name.is_empty() {
-                    m.id.clone()
-                } else {
-                    m.name.clone()
-                },
-                kind: m.kind.clone(),
-                source: "config".into(),
-            })
-            .collect();
-        writer_ledger.register_machines(&machines, ingest::now_ms())?;
-        let reader_ledger = SqliteLedger::open(&config.ledger.path, &site, badges)?;
+        register_configured_machines(&config, &mut writer_ledger)?;
+        let reader_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
+        let maintenance_ledger = SqliteLedger::open(&config.ledger.path, &site, badges)?;
 
         let (series, series_task) = match &config.timeseries {
             Some(ts) => {
@@ -126,6 +118,7 @@ impl Application {
             http_addr,
             writer_ledger,
             reader_ledger,
+            maintenance_ledger,
             metrics: Arc::new(Metrics::default()),
             series,
             series_task,
@@ -188,11 +181,13 @@ impl Application {
             listener,
             writer_ledger,
             reader_ledger,
+            maintenance_ledger,
             metrics,
             series,
             series_task,
             ..
         } = self;
+        let config = Arc::new(config);
         let site = config.site_id()?;
         let topics = ingest::subscriptions(&site, config.mqtt.shared_group.as_deref());
         let (client, eventloop) = AsyncClient::new(options, 10_000);
@@ -226,6 +221,17 @@ impl Application {
                 source,
             })?;
 
+        let maintenance = tokio::spawn(
+            MaintenanceTask {
+                config: config.clone(),
+                ledger: Box::new(maintenance_ledger),
+                client: client.clone(),
+                metrics: metrics.clone(),
+                now_ms: ingest::now_ms,
+            }
+            .run(shutdown.clone()),
+        );
+
         let mqtt = tokio::spawn(ingest::run_mqtt(
             client,
             eventloop,
@@ -243,9 +249,28 @@ impl Application {
             site: (config.site.id.clone(), config.site.name.clone()),
             billing: crate::billing::invoice::Billing::from_config(&config)?.map(Arc::new),
         };
+        let maintenance_routes = api::maintenance_router(state.ledger.clone(), config.clone());
+        let routes = api::router(state).merge(maintenance_routes);
+        let app = match &config.http.tokens_file {
+            Some(path) => {
+                let tokens = Arc::new(crate::auth::Tokens::new(path.clone())?);
+                routes.layer(axum::middleware::from_fn_with_state(
+                    tokens,
+                    crate::auth::require_token,
+                ))
+            }
+            None => {
+                if !config.http.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        listen = %config.http.listen,
+                        "the HTTP API is open to the network without tokens: set http.tokens_file (docs/SECURITY.md)"
+                    );
+                }
+                routes
+            }
+        };
         let http_shutdown = writer_done.clone();
         let http = tokio::spawn(async move {
-            let app = api::router(state);
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(http_shutdown.cancelled_owned())
                 .await
@@ -254,6 +279,7 @@ impl Application {
             }
         });
 
+        let _ = maintenance.await;
         let _ = mqtt.await;
         // The MQTT task ends after the writer finished (or the connection is gone).
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
@@ -272,6 +298,28 @@ impl Application {
         tracing::info!("collector stopped");
         Ok(())
     }
+}
+
+/// Registers (or updates) the machines of the configuration in the ledger.
+pub fn register_configured_machines(
+    config: &Config,
+    ledger: &mut dyn Ledger,
+) -> Result<(), LedgerError> {
+    let machines: Vec<MachineInfo> = config
+        .machines
+        .iter()
+        .map(|m| MachineInfo {
+            id: m.id.clone(),
+            name: if m.name.is_empty() {
+                m.id.clone()
+            } else {
+                m.name.clone()
+            },
+            kind: m.kind.clone(),
+            source: "config".into(),
+        })
+        .collect();
+    ledger.register_machines(&machines, ingest::now_ms())
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the signal to stop gracefully (for the binaries).

@@ -39,6 +39,9 @@ pub struct Config {
     /// The MQTT broker.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The broker accounts this site manages (`fabmeter-collector provision`, docs/SECURITY.md).
+    #[serde(default)]
+    pub broker: BrokerConfig,
     /// The ledger (system of record).
     #[serde(default)]
     pub ledger: LedgerConfig,
@@ -57,6 +60,97 @@ pub struct Config {
     /// Billing (tariffs, plans, invoices: docs/BILLING.md); absent: no billing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing: Option<crate::billing::BillingConfig>,
+    /// The retained configs the collector publishes to devices.
+    #[serde(default)]
+    pub devices: DevicesConfig,
+    /// Service plans, alerts and locks (docs/MAINTENANCE.md).
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+}
+
+/// `[devices]`: what goes into each machine's retained `config` (docs/PROTOCOL.md "config").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Publish each configured machine's retained config (sensing, allow-list, lock). Off when
+    /// something else (e.g. the simulator) publishes configs.
+    pub publish_configs: bool,
+    /// Seconds between `session_progress` events (1 to 3600).
+    pub progress_s: u32,
+    /// Idle seconds that end a session; 0: never.
+    pub idle_timeout_s: u32,
+    /// Longest session, seconds; 0: never.
+    pub max_session_s: u32,
+    /// Seconds between telemetry samples; 0: none.
+    pub telemetry_s: u32,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            publish_configs: true,
+            progress_s: 60,
+            idle_timeout_s: 900,
+            max_session_s: 43_200,
+            telemetry_s: 0,
+        }
+    }
+}
+
+/// `[maintenance]`: service plans, alerts and the webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Seconds between two evaluations of every plan (also re-evaluated after each commit).
+    pub check_s: u64,
+    /// URL that receives each alert as a JSON POST; absent: MQTT alerts only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Attempts per alert before the webhook gives up (backoff doubles from 1 s, at most 60 s).
+    pub webhook_attempts: u32,
+    /// The service plans.
+    pub plans: Vec<PlanConfig>,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            check_s: 30,
+            webhook_url: None,
+            webhook_attempts: 5,
+            plans: Vec::new(),
+        }
+    }
+}
+
+/// `[[maintenance.plans]]`: a service every N busy hours and/or every N days.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Plan name, e.g. `lens-cleaning` (same rules as ids).
+    pub name: String,
+    /// The machines it applies to (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<String>,
+    /// The kinds it applies to (every machine of these kinds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// Due after this many busy hours since the last service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_busy_h: Option<f64>,
+    /// Due this many days after the last service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_days: Option<f64>,
+    /// "Due soon" once this fraction of an interval is left (0.1: the last 10 %).
+    #[serde(default = "default_warn_before")]
+    pub warn_before: f64,
+    /// When overdue, lock the machine (new sessions refused with `maintenance_lock`).
+    #[serde(default)]
+    pub lock_when_overdue: bool,
+}
+
+fn default_warn_before() -> f64 {
+    0.1
 }
 
 /// `[site]`
@@ -107,6 +201,20 @@ impl Default for MqttConfig {
             shared_group: None,
         }
     }
+}
+
+/// `[broker]`: the Mosquitto files that `fabmeter-collector provision` maintains.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Mosquitto `password_file` (mosquitto_passwd format); created if missing.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto `acl_file`, rewritten from the machines of the site file.
+    pub acl_file: Option<PathBuf>,
+    /// The broker URL as devices reach it (written into their credentials); absent: `mqtt.url`.
+    pub device_url: Option<String>,
+    /// The CA file devices verify the broker with (written into their credentials).
+    pub device_ca_file: Option<PathBuf>,
 }
 
 /// `[ledger]`
@@ -167,12 +275,16 @@ fn default_backlog_mib() -> u64 {
 pub struct HttpConfig {
     /// Listen address; port 0 picks a free port (printed at start).
     pub listen: SocketAddr,
+    /// API tokens (hashes), managed by `fabmeter-collector token`; when set, the API requires a
+    /// bearer token (docs/SECURITY.md). Absent: the API is open.
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens_file: None,
         }
     }
 }
@@ -226,12 +338,15 @@ impl Config {
                 auto_register: false,
             },
             mqtt: MqttConfig::default(),
+            broker: BrokerConfig::default(),
             ledger: LedgerConfig::default(),
             timeseries: None,
             http: HttpConfig::default(),
             machines: Vec::new(),
             members: Vec::new(),
             billing: None,
+            devices: DevicesConfig::default(),
+            maintenance: MaintenanceConfig::default(),
         }
     }
 
@@ -284,6 +399,17 @@ impl Config {
                 format!("{url:?} has no host:port"),
                 "\"mqtt://127.0.0.1:1883\"",
             ));
+        }
+        if let Some(u) = &self.broker.device_url {
+            if !(u.starts_with("mqtt://") || u.starts_with("mqtts://"))
+                || mqtt_host_port(u).is_none()
+            {
+                return Err(err(
+                    "broker.device_url",
+                    format!("{u:?} is not an mqtt://host:port or mqtts://host:port URL"),
+                    "\"mqtts://workshop.example:8883\"",
+                ));
+            }
         }
         if self.mqtt.keep_alive_s < 5 {
             return Err(err("mqtt.keep_alive_s", "must be at least 5 seconds", "30"));
@@ -377,7 +503,128 @@ impl Config {
         if self.billing.is_some() {
             self.billing_rules()?;
         }
+        self.validate_devices()?;
+        self.validate_maintenance()
+    }
+
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        let d = &self.devices;
+        if !(1..=3600).contains(&d.progress_s) {
+            return Err(err("devices.progress_s", "must be 1 to 3600 seconds", "60"));
+        }
+        let badges: usize = self.members.iter().map(|m| m.badges.len()).sum();
+        let max = fabmeter_protocol::message::MAX_ALLOW_LIST;
+        if d.publish_configs && badges > max {
+            return Err(err(
+                "members",
+                format!("{badges} badges, but a device allow-list holds at most {max}"),
+                "fewer badges, or devices.publish_configs = false",
+            ));
+        }
         Ok(())
+    }
+
+    fn validate_maintenance(&self) -> Result<(), ConfigError> {
+        let m = &self.maintenance;
+        if m.check_s == 0 {
+            return Err(err(
+                "maintenance.check_s",
+                "must be at least 1 second",
+                "30",
+            ));
+        }
+        if let Some(url) = &m.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(err(
+                    "maintenance.webhook_url",
+                    format!("{url:?} is not an http(s) URL"),
+                    "\"https://hooks.example.org/fabmeter\"",
+                ));
+            }
+        }
+        if m.webhook_attempts == 0 {
+            return Err(err(
+                "maintenance.webhook_attempts",
+                "must be at least 1",
+                "5",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, p) in m.plans.iter().enumerate() {
+            let key = |k: &str| format!("maintenance.plans[{i}].{k}");
+            Id::new(&p.name)
+                .map_err(|e| err(key("name"), format!("plan name {e}"), "\"lens-cleaning\""))?;
+            if !names.insert(p.name.as_str()) {
+                return Err(err(
+                    key("name"),
+                    format!("{:?} is listed twice", p.name),
+                    "a distinct name per plan",
+                ));
+            }
+            if p.machines.is_empty() && p.kinds.is_empty() {
+                return Err(err(
+                    key("machines"),
+                    "the plan applies to no machine: give machines or kinds",
+                    "machines = [\"laser-1\"] or kinds = [\"laser\"]",
+                ));
+            }
+            for (j, id) in p.machines.iter().enumerate() {
+                if self.machine(id).is_none() {
+                    return Err(err(
+                        format!("maintenance.plans[{i}].machines[{j}]"),
+                        format!("{id:?} is not a configured machine"),
+                        "an id from [[machines]]",
+                    ));
+                }
+            }
+            for (j, k) in p.kinds.iter().enumerate() {
+                if !self.machines.iter().any(|x| &x.kind == k) {
+                    return Err(err(
+                        format!("maintenance.plans[{i}].kinds[{j}]"),
+                        format!("no configured machine has kind {k:?}"),
+                        "a kind from [[machines]]",
+                    ));
+                }
+            }
+            if p.every_busy_h.is_none() && p.every_days.is_none() {
+                return Err(err(
+                    key("every_busy_h"),
+                    "the plan has no interval: give every_busy_h, every_days or both",
+                    "every_busy_h = 200.0",
+                ));
+            }
+            for (k, v) in [
+                ("every_busy_h", p.every_busy_h),
+                ("every_days", p.every_days),
+            ] {
+                if let Some(v) = v {
+                    if !(v.is_finite() && v > 0.0) {
+                        return Err(err(
+                            key(k),
+                            format!("{v} is not a positive number"),
+                            "200.0",
+                        ));
+                    }
+                }
+            }
+            if !(p.warn_before.is_finite() && (0.0..1.0).contains(&p.warn_before)) {
+                return Err(err(
+                    key("warn_before"),
+                    format!("{} is not a fraction in [0, 1)", p.warn_before),
+                    "0.1 (due soon in the last 10 % of the interval)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plans that apply to a machine (by id or by kind), in configuration order.
+    pub fn plans_of(&self, machine: &MachineConfig) -> Vec<&PlanConfig> {
+        self.maintenance
+            .plans
+            .iter()
+            .filter(|p| p.machines.contains(&machine.id) || p.kinds.contains(&machine.kind))
+            .collect()
     }
 
     /// The parsed billing rules; `Ok(None)` without a `[billing]` section.
@@ -525,6 +772,42 @@ badges = ["ba279e0c1e5c2464"]
     }
 
     #[test]
+    fn maintenance_plans_are_checked_against_the_machines() {
+        let with = |plan: &str| {
+            let c = Config::from_toml(&format!("{GOOD}\n[[maintenance.plans]]\n{plan}"))
+                .expect("parses");
+            c.validate()
+        };
+        assert_eq!(
+            with("name = \"lens\"\nkinds = [\"laser\"]\nevery_busy_h = 40.0\nlock_when_overdue = true"),
+            Ok(())
+        );
+        let e = with("name = \"lens\"\nmachines = [\"cnc-9\"]\nevery_days = 7.0").unwrap_err();
+        assert_eq!(e.key, "maintenance.plans[0].machines[0]");
+        assert!(
+            e.problem.contains("\"cnc-9\" is not a configured machine"),
+            "{e}"
+        );
+        let e = with("name = \"lens\"\nkinds = [\"laser\"]").unwrap_err();
+        assert_eq!(e.key, "maintenance.plans[0].every_busy_h");
+        let e = with("name = \"lens\"\nevery_days = 7.0").unwrap_err();
+        assert!(e.problem.contains("applies to no machine"), "{e}");
+        let e =
+            with("name = \"Lens Cleaning\"\nkinds = [\"laser\"]\nevery_days = 7.0").unwrap_err();
+        assert_eq!(e.key, "maintenance.plans[0].name");
+        let e = with("name = \"lens\"\nkinds = [\"laser\"]\nevery_days = -1.0").unwrap_err();
+        assert_eq!(e.key, "maintenance.plans[0].every_days");
+        let e = with("name = \"lens\"\nkinds = [\"laser\"]\nevery_days = 7.0\nwarn_before = 1.5")
+            .unwrap_err();
+        assert_eq!(e.key, "maintenance.plans[0].warn_before");
+        let e = Config::from_toml(&format!("{GOOD}\n[maintenance]\nwebhook_url = \"ftp://x\""))
+            .expect("parses")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "maintenance.webhook_url");
+    }
+
+    #[test]
     fn mqtt_urls() {
         assert_eq!(
             mqtt_host_port("mqtt://h:1884"),
@@ -548,5 +831,11 @@ mod example_file {
         assert_eq!(c.machines.len(), 3);
         assert!(c.machines[0].sensing.is_some() && c.timeseries.is_some());
         assert!(c.billing.is_some(), "the example shows billing too");
+        assert_eq!(c.maintenance.plans.len(), 2, "and maintenance plans");
+        assert_eq!(
+            c.plans_of(&c.machines[0]).len(),
+            1,
+            "laser-1 gets the laser plan"
+        );
     }
 }

@@ -6,11 +6,14 @@ pub use fabmeter_protocol as protocol;
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod ingest;
 pub mod ledger;
+pub mod maintenance;
 pub mod metrics;
+pub mod provision;
 pub mod series;
 pub mod session;
 pub mod timeseries;

@@ -31,6 +31,123 @@ enum Command {
     CreditNote(CreditNoteArgs),
     /// Recompute every issued invoice from the ledger; exit 1 on any difference.
     Audit(Overrides),
+    /// Maintenance: record a service, mark a machine out of order or back in service, show status
+    /// (docs/MAINTENANCE.md). Works while the collector runs.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
+    /// Broker accounts: device credentials, Mosquitto's password and ACL files (docs/SECURITY.md).
+    #[command(subcommand)]
+    Provision(ProvisionCommand),
+    /// HTTP API tokens: create (shown once), list, revoke (docs/SECURITY.md).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `maintenance` subcommands.
+#[derive(Subcommand, Debug)]
+enum MaintenanceCommand {
+    /// Record a service: the plan's count restarts (and its lock, if any, is released).
+    Done {
+        #[command(flatten)]
+        o: Overrides,
+        /// The machine, e.g. laser-1.
+        #[arg(long)]
+        machine: String,
+        /// The plan, e.g. lens-cleaning.
+        #[arg(long)]
+        plan: String,
+        /// Who did it.
+        #[arg(long)]
+        by: String,
+        /// What was done.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Mark a machine out of order: its device refuses new sessions until back in service.
+    OutOfOrder {
+        #[command(flatten)]
+        o: Overrides,
+        /// The machine.
+        #[arg(long)]
+        machine: String,
+        /// Why (shown to members who badge).
+        #[arg(long)]
+        reason: String,
+        /// Who marks it.
+        #[arg(long, default_value = "staff")]
+        by: String,
+    },
+    /// End a machine's out-of-order mark.
+    BackInService {
+        #[command(flatten)]
+        o: Overrides,
+        /// The machine.
+        #[arg(long)]
+        machine: String,
+    },
+    /// Print every machine's plans, lock and availability (the JSON of GET /api/maintenance).
+    Status(Overrides),
+}
+
+/// `token` subcommands.
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token and print it (only its hash is kept).
+    Create(TokenCreateArgs),
+    /// List the tokens (names, roles, members; never the tokens).
+    List(Overrides),
+    /// Revoke a token by name.
+    Revoke(TokenRevokeArgs),
+}
+
+/// `token create` arguments.
+#[derive(Args, Debug)]
+struct TokenCreateArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// Who or what uses it, unique (e.g. "claire", "prometheus", "alice-phone").
+    #[arg(long)]
+    name: String,
+    /// manager (everything), member (own statement) or monitor (metrics).
+    #[arg(long)]
+    role: fabmeter_collector::auth::Role,
+    /// The member a `member` token may read.
+    #[arg(long)]
+    member: Option<String>,
+}
+
+/// `token revoke` arguments.
+#[derive(Args, Debug)]
+struct TokenRevokeArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// The token's name.
+    #[arg(long)]
+    name: String,
+}
+
+/// `provision` subcommands.
+#[derive(Subcommand, Debug)]
+enum ProvisionCommand {
+    /// Create (or renew) the broker account of a machine's device and write its credentials.
+    Device(ProvisionDeviceArgs),
+    /// Create (or renew) the collector's own broker account.
+    Collector(Overrides),
+    /// Rewrite the ACL file from the machines of the site file.
+    Acl(Overrides),
+}
+
+/// `provision device` arguments.
+#[derive(Args, Debug)]
+struct ProvisionDeviceArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// The machine the device serves (an id of the site file).
+    #[arg(long)]
+    machine: String,
+    /// Write the credentials to this file (mode 0600) instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// `invoice` arguments.
@@ -175,6 +292,9 @@ fn main() -> anyhow::Result<()> {
         Command::Invoice(a) => billing::invoice(a),
         Command::CreditNote(a) => billing::credit_note(a),
         Command::Audit(o) => billing::audit(o),
+        Command::Maintenance(c) => maintenance::run(c),
+        Command::Provision(p) => provision(p),
+        Command::Token(t) => token(t),
         Command::Run(o) => {
             let config = o.load()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -194,6 +314,107 @@ async fn run(config: Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     app.run(shutdown).await?;
+    Ok(())
+}
+
+fn tokens_path(config: &Config) -> anyhow::Result<PathBuf> {
+    config.http.tokens_file.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "http.tokens_file is not set: add `tokens_file = \"/var/lib/fabmeter/api-tokens.toml\"` under [http] in the site file"
+        )
+    })
+}
+
+fn token(t: TokenCommand) -> anyhow::Result<()> {
+    use fabmeter_collector::auth::TokenFile;
+    match t {
+        TokenCommand::Create(a) => {
+            let config = a.o.load()?;
+            let path = tokens_path(&config)?;
+            if let Some(m) = &a.member {
+                anyhow::ensure!(
+                    config.members.iter().any(|x| &x.id == m),
+                    "unknown member {m:?}: members are listed under [[members]] in the site file"
+                );
+            }
+            let mut file = TokenFile::load(&path)?;
+            let now = fabmeter_collector::api::format_utc(fabmeter_collector::ingest::now_ms());
+            let token = file
+                .create(&a.name, a.role, a.member.as_deref(), &now)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            file.save(&path)?;
+            eprintln!("token {:?} created; it is shown only now:", a.name);
+            println!("{token}");
+        }
+        TokenCommand::List(o) => {
+            let config = o.load()?;
+            let file = TokenFile::load(&tokens_path(&config)?)?;
+            for t in &file.tokens {
+                println!(
+                    "{}\t{:?}\t{}\t{}",
+                    t.name,
+                    t.role,
+                    t.member.as_deref().unwrap_or("-"),
+                    t.created
+                );
+            }
+            println!("{} tokens", file.tokens.len());
+        }
+        TokenCommand::Revoke(a) => {
+            let config = a.o.load()?;
+            let path = tokens_path(&config)?;
+            let mut file = TokenFile::load(&path)?;
+            anyhow::ensure!(
+                file.revoke(&a.name),
+                "no token named {:?} (see `token list`)",
+                a.name
+            );
+            file.save(&path)?;
+            println!("token {:?} revoked", a.name);
+        }
+    }
+    Ok(())
+}
+
+fn provision(p: ProvisionCommand) -> anyhow::Result<()> {
+    use fabmeter_collector::provision as pv;
+    const RELOAD: &str =
+        "reload the broker to apply: `systemctl reload mosquitto` (or send it SIGHUP)";
+    match p {
+        ProvisionCommand::Device(a) => {
+            let config = a.o.load()?;
+            let creds = pv::provision_device(&config, &a.machine)?;
+            match &a.out {
+                Some(path) => {
+                    pv::write_atomic(path, &creds.to_toml(), 0o600)?;
+                    println!(
+                        "device account {} created; credentials written to {} (copy them to the device, then delete them)",
+                        creds.username,
+                        path.display()
+                    );
+                }
+                None => print!("{}", creds.to_toml()),
+            }
+            eprintln!("{RELOAD}");
+        }
+        ProvisionCommand::Collector(o) => {
+            let config = o.load()?;
+            let (user, password) = pv::provision_collector(&config)?;
+            println!("# add to the [mqtt] section of the site file (or FABMETER_MQTT_USERNAME / FABMETER_MQTT_PASSWORD):");
+            println!("username = \"{user}\"\npassword = \"{password}\"");
+            eprintln!("{RELOAD}");
+        }
+        ProvisionCommand::Acl(o) => {
+            let config = o.load()?;
+            let path = pv::write_acl(&config)?;
+            println!(
+                "ACL for {} machines written to {}",
+                config.machines.len(),
+                path.display()
+            );
+            eprintln!("{RELOAD}");
+        }
+    }
     Ok(())
 }
 
@@ -323,5 +544,90 @@ mod billing {
         } else {
             std::process::exit(1)
         }
+    }
+}
+
+/// The maintenance subcommands: check against the site file, write to the ledger.
+mod maintenance {
+    use super::*;
+    use fabmeter_collector::ledger::SqliteLedger;
+    use fabmeter_collector::maintenance::{admin, task};
+
+    fn open(o: Overrides) -> anyhow::Result<(Config, SqliteLedger)> {
+        let config = o.load()?;
+        let mut ledger = SqliteLedger::open(
+            &config.ledger.path,
+            &config.site_id()?,
+            config.badge_directory(),
+        )?;
+        fabmeter_collector::app::register_configured_machines(&config, &mut ledger)?;
+        Ok((config, ledger))
+    }
+
+    fn now_ms() -> u64 {
+        fabmeter_collector::ingest::now_ms()
+    }
+
+    pub(super) fn run(c: MaintenanceCommand) -> anyhow::Result<()> {
+        match c {
+            MaintenanceCommand::Done {
+                o,
+                machine,
+                plan,
+                by,
+                note,
+            } => {
+                let (config, mut ledger) = open(o)?;
+                let s = admin::record_service(
+                    &config,
+                    &mut ledger,
+                    &machine,
+                    &plan,
+                    &by,
+                    &note,
+                    now_ms(),
+                )?;
+                println!(
+                    "service of {} on {} recorded by {} at {:.3} busy hours",
+                    s.plan,
+                    s.machine,
+                    s.by,
+                    s.busy_s_at as f64 / 3600.0
+                );
+            }
+            MaintenanceCommand::OutOfOrder {
+                o,
+                machine,
+                reason,
+                by,
+            } => {
+                let (config, mut ledger) = open(o)?;
+                if admin::out_of_order(&config, &mut ledger, &machine, &reason, &by, now_ms())? {
+                    println!("{machine} is out of order: {reason}");
+                } else {
+                    println!("{machine} was already out of order; nothing changed");
+                }
+            }
+            MaintenanceCommand::BackInService { o, machine } => {
+                let (config, mut ledger) = open(o)?;
+                if admin::back_in_service(&config, &mut ledger, &machine, now_ms())? {
+                    println!("{machine} is back in service");
+                } else {
+                    println!("{machine} was not out of order; nothing changed");
+                }
+            }
+            MaintenanceCommand::Status(o) => {
+                let (config, ledger) = open(o)?;
+                let now = now_ms();
+                let machines = task::status(&config, &ledger, now)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "now_ms": now, "machines": machines })
+                    )?
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -82,6 +82,16 @@ pub struct Metrics {
     /// Whether the site's subscriptions are in place on this connection (SUBACK received, or the
     /// broker kept the session).
     pub subscribed: AtomicBool,
+    /// Device configs published (retained) by the collector.
+    pub configs_published: AtomicU64,
+    /// Maintenance alerts published on MQTT.
+    pub alerts_published: AtomicU64,
+    /// Alerts delivered to the webhook.
+    pub webhook_delivered: AtomicU64,
+    /// Webhook attempts that failed (each is retried until the attempts run out).
+    pub webhook_errors: AtomicU64,
+    /// Alerts the webhook never took (attempts exhausted, or the queue was full).
+    pub webhook_dropped: AtomicU64,
     /// Rejections by reason (dead letters).
     rejected: Mutex<BTreeMap<String, u64>>,
     /// Reception to acknowledgement.
@@ -167,6 +177,36 @@ impl Metrics {
             "fabmeter_mqtt_connection_errors_total",
             "failed or broken MQTT connections",
             self.connection_errors.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_configs_published_total",
+            "device configs published by the collector",
+            self.configs_published.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_alerts_published_total",
+            "maintenance alerts published on MQTT",
+            self.alerts_published.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_webhook_delivered_total",
+            "alerts delivered to the webhook",
+            self.webhook_delivered.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_webhook_errors_total",
+            "failed webhook attempts (retried)",
+            self.webhook_errors.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_webhook_dropped_total",
+            "alerts the webhook never took (attempts exhausted or queue full)",
+            self.webhook_dropped.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -328,15 +328,46 @@ fn a_month_of_invoices_late_sessions_credit_notes_and_audit() {
     let json: serde_json::Value = serde_json::from_str(&docs[0].to_json()).expect("json");
     assert_eq!(json["number"], "ATL-2026-000001");
 
-    // Audit: all recomputes, then a tampered session shows its exact difference.
+    // Audit: all recomputes from the raw events.
     assert_eq!(l.audit(&billing).expect("audit"), vec![]);
+    // A tampered derived session row: the events still price the invoice as issued, and the
+    // audit names the row that no longer says what its events say.
     raw.execute(
         "UPDATE sessions SET busy_s = 1560 WHERE machine = 'laser-1' AND boot = 1 AND session = 1",
         [],
     )
-    .expect("tamper");
+    .expect("tamper session");
     let diffs = l.audit(&billing).expect("audit");
-    assert_eq!(diffs.len(), 2, "{diffs:#?}");
+    assert_eq!(diffs.len(), 1, "{diffs:#?}");
+    assert_eq!(
+        (diffs[0].number.as_str(), diffs[0].field.as_str()),
+        ("ATL-2026-000001", "session")
+    );
+    assert_eq!(diffs[0].line.as_deref(), Some("laser-1/1/1"));
+    assert_eq!(
+        (diffs[0].issued.as_str(), diffs[0].recomputed.as_str()),
+        (
+            "member alice, start 2026-11-03T09:00:00Z, busy 1560 s, idle 300 s",
+            "member alice, start 2026-11-03T09:00:00Z, busy 1260 s, idle 300 s"
+        )
+    );
+    raw.execute(
+        "UPDATE sessions SET busy_s = 1260 WHERE machine = 'laser-1' AND boot = 1 AND session = 1",
+        [],
+    )
+    .expect("restore session");
+    assert_eq!(l.audit(&billing).expect("audit"), vec![]);
+    // A tampered raw event: the invoice recomputed from the events differs by exactly that.
+    let n = raw
+        .execute(
+            "UPDATE events SET payload = replace(payload, '\"busy_s\":1260', '\"busy_s\":1560')
+             WHERE machine = 'laser-1' AND boot = 1 AND seq = 2",
+            [],
+        )
+        .expect("tamper event");
+    assert_eq!(n, 1);
+    let diffs = l.audit(&billing).expect("audit");
+    assert_eq!(diffs.len(), 3, "{diffs:#?}");
     assert_eq!(diffs[0].number, "ATL-2026-000001");
     assert_eq!(diffs[0].field, "amount");
     assert_eq!(diffs[0].line.as_deref(), Some("Session laser-1/1/1"));
@@ -346,6 +377,8 @@ fn a_month_of_invoices_late_sessions_credit_notes_and_audit() {
         ("13.00", "15.50")
     );
     assert_eq!(diffs[1].field, "parts");
+    assert_eq!(diffs[2].field, "session");
+    assert!(diffs[2].recomputed.contains("busy 1560 s"), "{diffs:#?}");
 
     // A tampered document breaks its hash and the chain after it.
     raw.execute("DROP TRIGGER invoices_never_change", [])

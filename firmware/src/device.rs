@@ -42,15 +42,7 @@ pub struct DeviceInfo {
 }
 
 /// Sensing used before any config was received: a clamp with common thresholds.
-pub const DEFAULT_SENSING: Sensing = Sensing::Current {
-    idle_ma: 300,
-    busy_ma: 2000,
-    hysteresis_ma: 150,
-    dwell_ms: 3000,
-    window_ms: 200,
-    ma_per_v: 30_000,
-    mains_v: 230,
-};
+pub const DEFAULT_SENSING: Sensing = Sensing::DEFAULT;
 
 /// Why the device could not start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

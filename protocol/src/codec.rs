@@ -307,6 +307,18 @@ impl Message for Telemetry {
 const MAX_DWELL_MS: u32 = 600_000;
 
 impl Sensing {
+    /// The sensing of a device without a config, and of a machine whose site file names none: a
+    /// 30 A current clamp with the thresholds of docs/PROTOCOL.md's config example.
+    pub const DEFAULT: Sensing = Sensing::Current {
+        idle_ma: 300,
+        busy_ma: 2000,
+        hysteresis_ma: 150,
+        dwell_ms: 3000,
+        window_ms: 200,
+        ma_per_v: 30_000,
+        mains_v: 230,
+    };
+
     /// Checks the sensing rules of docs/PROTOCOL.md "config" (bounds, `busy_ma` above `idle_ma`,
     /// the hysteresis below both); the error names the field by its path in a config
     /// (`sensing.current.busy_ma`). [`DeviceConfig`]'s validation runs it.

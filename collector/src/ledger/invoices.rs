@@ -2,12 +2,12 @@
 //! site and year, hash-chained, immutable), credit notes, and the audit that recomputes every
 //! issued document. The pricing itself is the pure engine of `crate::billing`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{i64_of, u64_of, SqliteLedger};
+use super::{fold_stored, i64_of, member_of, u64_of, SqliteLedger};
 use crate::billing::calendar::Period;
 use crate::billing::engine::{price, BillableSession, PricedLine, SessionKey};
 use crate::billing::invoice::{apply_prepaid, Billing, DocKind, Invoice, Totals, GENESIS};
@@ -79,6 +79,15 @@ pub struct AuditDifference {
     pub recomputed: String,
 }
 
+/// The session key in columns `i`, `i + 1`, `i + 2` (machine, boot, session) of a row.
+fn key_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<SessionKey> {
+    Ok(SessionKey {
+        machine: r.get(i)?,
+        boot: r.get(i + 1)?,
+        session: r.get(i + 2)?,
+    })
+}
+
 /// A stored session as billing reads it.
 #[derive(Debug, Clone)]
 struct Row {
@@ -125,6 +134,70 @@ fn load_sessions(conn: &Connection, site: &str) -> Result<Vec<Row>, rusqlite::Er
         });
     }
     Ok(out)
+}
+
+/// The billable sessions folded again from the raw events (not from the derived `sessions`
+/// table), as the audit sees them.
+fn refold_sessions(
+    conn: &Connection,
+    site: &str,
+    badges: &HashMap<String, String>,
+) -> Result<Vec<Row>, LedgerError> {
+    let latest: HashMap<String, u32> = {
+        let mut stmt =
+            conn.prepare("SELECT machine, MAX(boot) FROM boots WHERE site=?1 GROUP BY machine")?;
+        let v = stmt
+            .query_map(params![site], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        v
+    };
+    let keys: Vec<SessionKey> = {
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT machine, boot, session FROM events
+             WHERE site=?1 AND session IS NOT NULL ORDER BY machine, boot, session",
+        )?;
+        let v = stmt
+            .query_map(params![site], |r| key_at(r, 0))?
+            .collect::<Result<_, _>>()?;
+        v
+    };
+    let mut out = Vec::new();
+    for key in keys {
+        let newer = latest.get(&key.machine).is_some_and(|b| *b > key.boot);
+        let Some(f) = fold_stored(conn, site, &key.machine, key.boot, key.session, newer)? else {
+            continue;
+        };
+        let (Some(start_ms), Some(badge)) = (f.start_ms, f.badge.as_deref()) else {
+            continue;
+        };
+        let member = member_of(badges, badge);
+        if member.starts_with("badge:") {
+            continue;
+        }
+        out.push(Row {
+            s: BillableSession {
+                key,
+                member,
+                start_ms,
+                busy_s: f.busy_s,
+                idle_s: f.idle_s,
+            },
+            open: f.status == crate::session::SessionStatus::Open,
+        });
+    }
+    Ok(out)
+}
+
+/// How a session reads in a difference: member, start, busy and idle seconds, open or not.
+fn describe(r: &Row) -> String {
+    format!(
+        "member {}, start {}, busy {} s, idle {} s{}",
+        r.s.member,
+        crate::api::format_utc(r.s.start_ms),
+        r.s.busy_s,
+        r.s.idle_s,
+        if r.open { ", open" } else { "" }
+    )
 }
 
 fn load_documents(conn: &Connection, site: &str) -> Result<Vec<(i64, Invoice)>, BillingError> {
@@ -287,13 +360,7 @@ impl SqliteLedger {
             let mut stmt =
                 tx.prepare("SELECT machine, boot, session FROM billed_sessions WHERE site=?1")?;
             let v = stmt
-                .query_map(params![site], |r| {
-                    Ok(SessionKey {
-                        machine: r.get(0)?,
-                        boot: r.get(1)?,
-                        session: r.get(2)?,
-                    })
-                })?
+                .query_map(params![site], |r| key_at(r, 0))?
                 .collect::<Result<BTreeSet<_>, _>>()?;
             v
         };
@@ -412,27 +479,20 @@ impl SqliteLedger {
             .collect())
     }
 
-    /// Recomputes every issued document from the sessions stored in the ledger and checks the
-    /// hash chain and the numbering; returns each difference (none: all is well).
+    /// Recomputes every issued document from the raw events stored in the ledger (each session
+    /// folded again, not read from the derived `sessions` table), checks the hash chain and the
+    /// numbering, and compares the derived session rows with the events; returns each difference
+    /// (none: all is well).
     pub fn audit(&self, b: &Billing) -> Result<Vec<AuditDifference>, BillingError> {
         let docs = load_documents(&self.conn, &self.site)?;
-        let rows = load_sessions(&self.conn, &self.site)?;
+        let rows = refold_sessions(&self.conn, &self.site, &self.badges)?;
         let settled: Vec<(i64, SessionKey)> = {
             let mut stmt = self.conn.prepare(
                 "SELECT chain, machine, boot, session FROM billed_sessions
                  WHERE site=?1 AND number IS NULL",
             )?;
             let v = stmt
-                .query_map(params![self.site], |r| {
-                    Ok((
-                        r.get(0)?,
-                        SessionKey {
-                            machine: r.get(1)?,
-                            boot: r.get(2)?,
-                            session: r.get(3)?,
-                        },
-                    ))
-                })?
+                .query_map(params![self.site], |r| Ok((r.get(0)?, key_at(r, 1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             v
         };
@@ -592,6 +652,26 @@ impl SqliteLedger {
                         billed.insert(k, d.number.clone());
                     }
                 }
+            }
+        }
+        // The derived session rows (what invoicing reads) must say what the events say.
+        let stored: BTreeMap<SessionKey, Row> = load_sessions(&self.conn, &self.site)?
+            .into_iter()
+            .map(|r| (r.s.key.clone(), r))
+            .collect();
+        let folded: BTreeMap<&SessionKey, &Row> = by_key;
+        let all: BTreeSet<&SessionKey> = stored.keys().chain(folded.keys().copied()).collect();
+        for k in all {
+            let was = stored.get(k).map_or_else(|| "absent".to_owned(), describe);
+            let is = folded
+                .get(k)
+                .map_or_else(|| "absent".to_owned(), |r| describe(r));
+            if was != is {
+                let number = billed
+                    .get(k)
+                    .filter(|n| !n.is_empty())
+                    .map_or("-", String::as_str);
+                diff(number, "session", Some(k.to_string()), was, is);
             }
         }
         Ok(diffs)

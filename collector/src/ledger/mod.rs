@@ -231,6 +231,60 @@ pub struct DeadLetter {
     pub detail: String,
 }
 
+/// A recorded service of one plan on one machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceRecord {
+    /// Machine id.
+    pub machine: String,
+    /// Plan name.
+    pub plan: String,
+    /// When it was recorded, unix ms.
+    pub done_ms: u64,
+    /// Who did it.
+    pub by: String,
+    /// Free text.
+    pub note: String,
+    /// The machine's lifetime busy seconds when it was recorded: the plan's busy hours count from
+    /// here.
+    pub busy_s_at: u64,
+}
+
+/// The outage source of a machine marked out of order by a person.
+pub const OUT_OF_ORDER: &str = "out_of_order";
+
+/// A downtime period of a machine: marked out of order, or locked by an overdue plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outage {
+    /// Machine id.
+    pub machine: String,
+    /// [`OUT_OF_ORDER`] or `plan:{name}`.
+    pub source: String,
+    /// Why.
+    pub reason: String,
+    /// Who marked it.
+    pub by: String,
+    /// Start, unix ms.
+    pub from_ms: u64,
+    /// End, unix ms; `None` while the machine is still out of order.
+    pub to_ms: Option<u64>,
+}
+
+/// What the ledger holds about one machine's maintenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceRecords {
+    /// Lifetime counters of the machine.
+    pub counters: MachineCounters,
+    /// Services, oldest first.
+    pub services: Vec<ServiceRecord>,
+    /// Downtime periods, oldest first.
+    pub outages: Vec<Outage>,
+    /// When the machine was registered in the ledger, unix ms (calendar intervals start here
+    /// before the first service).
+    pub registered_ms: u64,
+    /// Badges the device refused with `maintenance_lock`.
+    pub refused_locked: u64,
+}
+
 /// Totals of the ledger's tables.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LedgerTotals {
@@ -264,6 +318,49 @@ pub trait Ledger: Send {
     fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, LedgerError>;
     /// Table totals.
     fn totals(&self) -> Result<LedgerTotals, LedgerError>;
+    /// Records a service of `plan` on `machine` at `at_ms`, with the machine's busy counter then;
+    /// `None` if the machine is unknown.
+    fn record_service(
+        &mut self,
+        machine: &str,
+        plan: &str,
+        by: &str,
+        note: &str,
+        at_ms: u64,
+    ) -> Result<Option<ServiceRecord>, LedgerError>;
+    /// Opens a downtime period of a machine from `at_ms`: `source` is [`OUT_OF_ORDER`] (marked by
+    /// a person) or `plan:{name}` (locked because the plan is overdue). `false` if one of this
+    /// source is already open (nothing changes).
+    fn open_outage(
+        &mut self,
+        machine: &str,
+        source: &str,
+        reason: &str,
+        by: &str,
+        at_ms: u64,
+    ) -> Result<bool, LedgerError>;
+    /// Closes the open downtime period of this source at `at_ms`; `false` if none was open.
+    fn close_outage(
+        &mut self,
+        machine: &str,
+        source: &str,
+        at_ms: u64,
+    ) -> Result<bool, LedgerError>;
+    /// Counters, services and outages of a machine; `None` if unknown.
+    fn maintenance_records(&self, machine: &str)
+        -> Result<Option<MaintenanceRecords>, LedgerError>;
+    /// The config hash (16 hex digits) the machine's device reported in its latest birth, if any.
+    fn reported_config_hash(&self, machine: &str) -> Result<Option<String>, LedgerError>;
+    /// The last alerted state of every (machine, plan), so that a restart does not alert again.
+    fn alert_states(&self) -> Result<Vec<(String, String, String)>, LedgerError>;
+    /// Stores the last alerted state of a (machine, plan).
+    fn set_alert_state(
+        &mut self,
+        machine: &str,
+        plan: &str,
+        state: &str,
+        at_ms: u64,
+    ) -> Result<(), LedgerError>;
 }
 
 #[cfg(test)]

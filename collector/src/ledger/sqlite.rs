@@ -11,9 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     Committed, DeadLetter, Ledger, LedgerError, LedgerTotals, MachineCounters, MachineInfo,
-    MachineView, Outcome, Record, SessionQuery, SessionView,
+    MachineView, MaintenanceRecords, Outcome, Record, ServiceRecord, SessionQuery, SessionView,
 };
-use crate::session::{fold, SessionEvent};
+use crate::session::{fold, SessionEvent, SessionFold};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
 /// Never edit a released migration: add a new one.
@@ -114,6 +114,38 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (site, period)
     ) WITHOUT ROWID;
     "#,
+    // 3: maintenance (docs/MAINTENANCE.md): services recorded, out-of-order periods, and the last
+    // state alerted per (machine, plan) so that a restart does not alert twice.
+    r#"
+    CREATE TABLE services (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL, machine TEXT NOT NULL, plan TEXT NOT NULL,
+        done_ms INTEGER NOT NULL, done_by TEXT NOT NULL, note TEXT NOT NULL,
+        busy_s_at INTEGER NOT NULL           -- the machine's lifetime busy seconds then
+    );
+    CREATE INDEX services_machine ON services (site, machine, plan, done_ms);
+    CREATE TABLE outages (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL, machine TEXT NOT NULL,
+        source TEXT NOT NULL,                -- 'out_of_order' (marked by a person) or 'plan:{name}' (locked, overdue)
+        reason TEXT NOT NULL, marked_by TEXT NOT NULL,
+        from_ms INTEGER NOT NULL, to_ms INTEGER  -- NULL while it lasts
+    );
+    CREATE UNIQUE INDEX outages_open ON outages (site, machine, source) WHERE to_ms IS NULL;
+    -- A box that replaced another on a machine and counts its boots from 1 again: its boot b is
+    -- stored as b + boot_offset of the latest epoch, so that its events do not collide with the
+    -- old box's and the machine's counts go on.
+    CREATE TABLE boot_epochs (
+        site TEXT NOT NULL, machine TEXT NOT NULL,
+        boot_offset INTEGER NOT NULL, since_ms INTEGER NOT NULL,
+        PRIMARY KEY (site, machine, boot_offset)
+    ) WITHOUT ROWID;
+    CREATE TABLE maintenance_alerts (
+        site TEXT NOT NULL, machine TEXT NOT NULL, plan TEXT NOT NULL,
+        state TEXT NOT NULL, changed_ms INTEGER NOT NULL,
+        PRIMARY KEY (site, machine, plan)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The SQLite implementation of [`Ledger`]. Open one for the writer and one per reader thread:
@@ -182,59 +214,10 @@ impl SqliteLedger {
         session: u32,
         newer_boot: bool,
     ) -> Result<(), LedgerError> {
-        let anchor: Option<i64> = tx
-            .query_row(
-                "SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3",
-                params![site, machine, boot],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let anchor = anchor.map_or_else(ClockAnchor::new, |a| {
-            ClockAnchor::from_boot_wall_ms(u64_of(a))
-        });
-        let mut stmt = tx.prepare_cached(
-            "SELECT seq, uptime_ms, ts_ms, payload FROM events
-             WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
-        )?;
-        let rows = stmt.query_map(params![site, machine, boot, session], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut events = Vec::new();
-        for row in rows {
-            let (seq, uptime, ts, payload) = row?;
-            // Stored payloads were validated on the way in; one that no longer decodes (a
-            // future schema?) is skipped rather than failing the batch.
-            let Ok(ev) = decode::<fabmeter_protocol::message::Event>(payload.as_bytes()) else {
-                tracing::warn!(
-                    machine,
-                    boot,
-                    seq,
-                    "stored event no longer decodes; skipped"
-                );
-                continue;
-            };
-            let uptime_ms = u64_of(uptime);
-            events.push(SessionEvent {
-                seq,
-                uptime_ms,
-                wall_ms: ts.map(u64_of).or_else(|| anchor.wall_time(uptime_ms)),
-                body: ev.event,
-            });
-        }
-        let Some(f) = fold(session, &events, newer_boot) else {
+        let Some(f) = fold_stored(tx, site, machine, boot, session, newer_boot)? else {
             return Ok(());
         };
-        let member = f.badge.as_ref().map(|b| {
-            badges
-                .get(b)
-                .cloned()
-                .unwrap_or_else(|| format!("badge:{b}"))
-        });
+        let member = f.badge.as_deref().map(|b| member_of(badges, b));
         tx.prepare_cached(
             "INSERT INTO sessions (site, machine, boot, session, badge, member, start_ms, end_ms,
                 busy_s, idle_s, energy_wh, status, reason, last_seq)
@@ -263,6 +246,71 @@ impl SqliteLedger {
         ])?;
         Ok(())
     }
+}
+
+/// The member a badge hash (hex) belongs to, or `badge:<hash>` when the badge is unknown.
+pub(super) fn member_of(badges: &HashMap<String, String>, badge: &str) -> String {
+    badges
+        .get(badge)
+        .cloned()
+        .unwrap_or_else(|| format!("badge:{badge}"))
+}
+
+/// Folds one session from its stored raw events (see `crate::session`). `newer_boot`: the
+/// machine has a later boot. `None` when no stored event names the session.
+pub(super) fn fold_stored(
+    conn: &Connection,
+    site: &str,
+    machine: &str,
+    boot: u32,
+    session: u32,
+    newer_boot: bool,
+) -> Result<Option<SessionFold>, LedgerError> {
+    let anchor: Option<i64> = conn
+        .query_row(
+            "SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3",
+            params![site, machine, boot],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let anchor = anchor.map_or_else(ClockAnchor::new, |a| {
+        ClockAnchor::from_boot_wall_ms(u64_of(a))
+    });
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, uptime_ms, ts_ms, payload FROM events
+         WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
+    )?;
+    let rows = stmt.query_map(params![site, machine, boot, session], |r| {
+        Ok((
+            r.get::<_, u32>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, uptime, ts, payload) = row?;
+        // Stored payloads were validated on the way in; one that no longer decodes (a
+        // future schema?) is skipped rather than failing the batch.
+        let Ok(ev) = decode::<fabmeter_protocol::message::Event>(payload.as_bytes()) else {
+            tracing::warn!(
+                machine,
+                boot,
+                seq,
+                "stored event no longer decodes; skipped"
+            );
+            continue;
+        };
+        let uptime_ms = u64_of(uptime);
+        events.push(SessionEvent {
+            seq,
+            uptime_ms,
+            wall_ms: ts.map(u64_of).or_else(|| anchor.wall_time(uptime_ms)),
+            body: ev.event,
+        });
+    }
+    Ok(fold(session, &events, newer_boot))
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
@@ -336,6 +384,20 @@ impl Ledger for SqliteLedger {
                     let max_boot: Option<u32> = tx
                         .prepare_cached("SELECT MAX(boot) FROM boots WHERE site=?1 AND machine=?2")?
                         .query_row(params![self.site, machine], |r| r.get(0))?;
+                    // The ledger's boot: the device's, shifted past the boots of the boxes that
+                    // served this machine before (see maintenance::ledger_boot).
+                    let boot = maintenance::ledger_boot(
+                        &tx,
+                        &self.site,
+                        machine,
+                        event,
+                        max_boot,
+                        *received_ms,
+                    )?;
+                    let event = &fabmeter_protocol::message::Event {
+                        boot,
+                        ..event.clone()
+                    };
                     let candidate = received_ms.saturating_sub(event.sent_uptime_ms);
                     tx.prepare_cached(
                         "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms,
@@ -431,7 +493,9 @@ impl Ledger for SqliteLedger {
                     .execute(params![
                         self.site,
                         machine.as_str(),
-                        status.boot,
+                        status
+                            .boot
+                            .saturating_add(maintenance::boot_offset(&tx, &self.site, machine.as_str())?),
                         status.status == Presence::Online,
                         status.fw.as_ref().map(|f| f.as_str()),
                         status.config_hash.map(|h| h.to_hex().as_str().to_owned()),
@@ -686,6 +750,67 @@ impl Ledger for SqliteLedger {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    fn record_service(
+        &mut self,
+        machine: &str,
+        plan: &str,
+        by: &str,
+        note: &str,
+        at_ms: u64,
+    ) -> Result<Option<ServiceRecord>, LedgerError> {
+        maintenance::record_service(self, machine, plan, by, note, at_ms)
+    }
+
+    fn open_outage(
+        &mut self,
+        machine: &str,
+        source: &str,
+        reason: &str,
+        by: &str,
+        at_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        maintenance::open_outage(self, machine, source, reason, by, at_ms)
+    }
+
+    fn close_outage(
+        &mut self,
+        machine: &str,
+        source: &str,
+        at_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        maintenance::close_outage(self, machine, source, at_ms)
+    }
+
+    fn maintenance_records(
+        &self,
+        machine: &str,
+    ) -> Result<Option<MaintenanceRecords>, LedgerError> {
+        maintenance::records(self, machine)
+    }
+
+    fn reported_config_hash(&self, machine: &str) -> Result<Option<String>, LedgerError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT config_hash FROM presence WHERE site=?1 AND machine=?2")?
+            .query_row(params![self.site, machine], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    fn alert_states(&self) -> Result<Vec<(String, String, String)>, LedgerError> {
+        maintenance::alert_states(self)
+    }
+
+    fn set_alert_state(
+        &mut self,
+        machine: &str,
+        plan: &str,
+        state: &str,
+        at_ms: u64,
+    ) -> Result<(), LedgerError> {
+        maintenance::set_alert_state(self, machine, plan, state, at_ms)
+    }
+
     fn totals(&self) -> Result<LedgerTotals, LedgerError> {
         let count = |sql: &str| -> Result<u64, LedgerError> {
             Ok(u64_of(self.conn.query_row(sql, [], |r| r.get(0))?))
@@ -704,3 +829,6 @@ fn online_known(changed: Option<i64>) -> bool {
 
 #[path = "invoices.rs"]
 pub(super) mod invoices;
+
+#[path = "maintenance.rs"]
+mod maintenance;

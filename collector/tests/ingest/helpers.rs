@@ -315,3 +315,20 @@ pub fn publish_parallel(broker_port: u16, per_client: Vec<(String, Vec<Msg>)>) {
 pub fn ledger_path(dir: &std::path::Path) -> PathBuf {
     dir.join("ledger.sqlite")
 }
+
+/// Runs the `fabmeter-collector` binary with `args` and `--config config`: (success, stdout,
+/// stderr). (Used by the test crates that include this file, not by `ingest` itself.)
+#[allow(dead_code)]
+pub fn collector_cli(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run fabmeter-collector");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -400,13 +400,22 @@ fn fault_details_name_what_was_refused() {
             _ => None,
         })
         .collect();
+    // The device's decoder (serde-json-core) names the problem; when a workspace build unifies
+    // the protocol's `std` feature into this host test, serde_json also names the field.
+    assert_eq!(details.len(), 3, "{details:?}");
+    assert_eq!(details[0].0, FaultCode::ConfigRejected);
+    assert!(
+        details[0]
+            .1
+            .starts_with("a value does not fit its field: a fraction, an exponent, a sign ")
+            || details[0]
+                .1
+                .starts_with("sensing.current.idle_ma invalid type: floating point"),
+        "{details:?}"
+    );
     assert_eq!(
-        details,
+        details[1..],
         [
-            (
-                FaultCode::ConfigRejected,
-                "a value does not fit its field: a fraction, an exponent, a sign ".into()
-            ),
             (
                 FaultCode::ConfigRejected,
                 "expected a string key at byte 7".into()

@@ -76,6 +76,17 @@ fn the_demo_shows_machines_changing_state_within_30_seconds() {
         page.text().contains("/api/machines"),
         "the page polls the API"
     );
+    // The demo bills: a member's statement of the month so far, as the page shows it.
+    assert!(
+        page.text().contains("/statement"),
+        "the page shows statements"
+    );
+    let st = fabmeter_e2e::http::get("127.0.0.1", port, "/api/members/alice/statement")
+        .expect("statement");
+    assert_eq!(st.status, 200, "{}", st.text());
+    let st: serde_json::Value = serde_json::from_str(&st.text()).expect("statement json");
+    assert_eq!(st["member"], "alice");
+    assert!(st["totals"]["excl_cents"].is_i64(), "{st}");
 
     send_signal(child.0.id(), Signal::Term).expect("SIGTERM");
     let status = wait_for_exit(&mut child.0, Duration::from_secs(30)).expect("the demo stops");

@@ -50,39 +50,84 @@ fn qemu_bin() -> PathBuf {
         })
 }
 
+/// Builds `fabmeter-qemu` with the `firmware` profile and these features into
+/// `target/{dir}` (one directory per feature set: the tests run in parallel); returns the ELF.
+fn build_image(dir: &str, features: &[&str]) -> PathBuf {
+    let ws = workspace();
+    let target_dir = ws.join("target").join(dir);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut args = vec![
+        "build",
+        "--profile",
+        "firmware",
+        "-p",
+        "fabmeter-firmware",
+        "--bin",
+        "fabmeter-qemu",
+        "--target",
+        "thumbv7m-none-eabi",
+    ];
+    let features = features.join(",");
+    if !features.is_empty() {
+        args.extend(["--features", features.as_str()]);
+    }
+    let out = Command::new(cargo)
+        .current_dir(&ws)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args(&args)
+        .output()
+        .expect("run cargo build for the firmware image");
+    assert!(
+        out.status.success(),
+        "building the firmware image failed (is the rustup target installed? \
+         `rustup target add thumbv7m-none-eabi`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target_dir.join("thumbv7m-none-eabi/firmware/fabmeter-qemu")
+}
+
 /// Builds the scenario image once per test binary.
 fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let ws = workspace();
-        let target_dir = ws.join("target").join("qemu");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(&ws)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "build",
-                "--profile",
-                "firmware",
-                "-p",
-                "fabmeter-firmware",
-                "--bin",
-                "fabmeter-qemu",
-                "--target",
-                "thumbv7m-none-eabi",
-                "--features",
-                "scenario,semihosting",
-            ])
-            .output()
-            .expect("run cargo build for the firmware image");
-        assert!(
-            out.status.success(),
-            "building the firmware image failed (is the rustup target installed? \
-             `rustup target add thumbv7m-none-eabi`):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target_dir.join("thumbv7m-none-eabi/firmware/fabmeter-qemu")
-    })
+    IMAGE.get_or_init(|| build_image("qemu", &["scenario", "semihosting"]))
+}
+
+/// The release image (no test features) keeps to the budget of issue #4 and docs/BENCHMARKS.md:
+/// at most 64 KiB of flash (`text`) and 16 KiB of static RAM (`bss`; `data` is the RAM stand-in
+/// for the MCU's flash on QEMU, see BENCHMARKS.md).
+#[test]
+fn the_release_image_fits_its_flash_and_ram_budget() {
+    let elf = build_image("qemu-release", &[]);
+    let size = std::env::var_os("FABMETER_SIZE_BIN").unwrap_or_else(|| "arm-none-eabi-size".into());
+    let out = Command::new(&size).arg(&elf).output().unwrap_or_else(|e| {
+        panic!("cannot run {size:?} ({e}): install the Debian package binutils-arm-none-eabi")
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Berkeley format: "text data bss dec hex filename".
+    let text = String::from_utf8_lossy(&out.stdout);
+    let figures: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [flash, _data, bss] = figures[..] else {
+        panic!("unexpected size output:\n{text}")
+    };
+    assert!(
+        flash <= 64 * 1024,
+        "flash {flash} B is over the 64 KiB budget:\n{text}"
+    );
+    assert!(
+        bss <= 16 * 1024,
+        "static RAM {bss} B is over the 16 KiB budget:\n{text}"
+    );
 }
 
 /// QEMU running the image, its UART on the broker's port; killed on drop.
