@@ -11,4 +11,5 @@
 
 pub use fabmeter_protocol as protocol;
 
+pub mod input;
 pub mod sim;

@@ -1,0 +1,190 @@
+//! Inputs of a real machine: where the agent reads use (a run signal, a current clamp, a smart
+//! plug), badges, and the relay it drives.
+//!
+//! This module is the boundary between the hardware (or the smart plugs on the network) and the
+//! runtime that hosts the firmware's device core: each source turns what it reads into a
+//! [`Reading`] for one machine; the runtime stamps it with its own clock and hands it to the
+//! device (`on_run_signal`, `on_sample`, `on_current`, `on_badge`).
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One reading from an input source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// The level of the machine's run signal (true: running).
+    RunSignal(bool),
+    /// One ADC sample of a current clamp, in volts (the device computes the RMS current).
+    Sample {
+        /// Volts at the ADC input.
+        volts: f32,
+    },
+    /// An RMS current measured by the source itself over its last `window_ms` (smart plugs).
+    Current {
+        /// Amperes.
+        amps: f32,
+        /// The span the value covers, ms.
+        window_ms: u64,
+    },
+    /// A badge UID, bytes in transmission order.
+    Badge(Vec<u8>),
+}
+
+/// A reading tagged with the index of the machine it belongs to (its position in the agent
+/// config's machine list).
+pub type Tagged = (usize, Reading);
+
+/// An input that could not be set up or failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {problem}; {fix}")]
+pub struct InputError {
+    /// Which input (e.g. `machines.laser-1.usage`).
+    pub what: String,
+    /// What went wrong.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+/// The inputs of one machine (`[machines.inputs]` of each machine in `agent.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputsConfig {
+    /// How use is sensed; none: the machine is reported off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageConfig>,
+    /// The badge reader; none: no sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub badge: Option<BadgeConfig>,
+    /// The relay that powers the machine; none: the machine is not switched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayConfig>,
+}
+
+/// Where use comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum UsageConfig {
+    /// A run signal on a GPIO line.
+    Gpio {
+        /// GPIO character device, e.g. `/dev/gpiochip0`.
+        chip: String,
+        /// Line offset on that chip.
+        line: u32,
+        /// The machine runs when the line is low.
+        #[serde(default)]
+        active_low: bool,
+    },
+    /// A current clamp read through an ADS1115 ADC on I2C.
+    Ads1115 {
+        /// I2C bus device, e.g. `/dev/i2c-1`.
+        bus: String,
+        /// 7-bit address (0x48 by default wiring).
+        address: u8,
+    },
+    /// A Shelly Gen2 plug publishing `<topic>/status/switch:0` on an MQTT broker.
+    Shelly {
+        /// The plug's topic prefix, e.g. `shellyplusplugs-a8032ab12345`.
+        topic: String,
+    },
+    /// A Tasmota plug publishing `tele/<topic>/SENSOR` on an MQTT broker.
+    Tasmota {
+        /// The plug's topic, e.g. `tasmota_4F2A1C`.
+        topic: String,
+    },
+}
+
+/// Where badges come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BadgeConfig {
+    /// A USB keyboard-wedge reader through evdev, e.g. `/dev/input/by-id/...-event-kbd`.
+    Evdev {
+        /// The input device.
+        device: String,
+    },
+    /// One UID per line in hex on standard input (tests, scripts, a wedge reader on a console).
+    Stdin,
+    /// An MFRC522 on SPI.
+    Mfrc522 {
+        /// SPI device, e.g. `/dev/spidev0.0`.
+        spi: String,
+    },
+}
+
+/// The relay output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RelayConfig {
+    /// A GPIO line driving the relay.
+    Gpio {
+        /// GPIO character device, e.g. `/dev/gpiochip0`.
+        chip: String,
+        /// Line offset on that chip.
+        line: u32,
+        /// The relay closes when the line is low.
+        #[serde(default)]
+        active_low: bool,
+    },
+}
+
+/// What sources may need from the runtime.
+#[derive(Clone, Default)]
+pub struct SourceContext {
+    /// The agent's own broker connection settings (TLS and credentials included); smart-plug
+    /// sources open their own connection with a client id of their own.
+    pub mqtt: Option<rumqttc::MqttOptions>,
+}
+
+/// Starts the sources of one machine. Each runs until `shutdown` and sends its readings, tagged
+/// with `machine`, to `tx`.
+///
+/// Skeleton: the source kinds are implemented by the inputs work (issue 5, item 1); until then
+/// this starts nothing.
+pub fn spawn_sources(
+    machine: usize,
+    cfg: &InputsConfig,
+    ctx: &SourceContext,
+    tx: mpsc::Sender<Tagged>,
+    shutdown: CancellationToken,
+) -> Result<Vec<JoinHandle<()>>, InputError> {
+    let _ = (machine, cfg, ctx, tx, shutdown);
+    Ok(Vec::new())
+}
+
+/// The relay of a machine: a GPIO line, or nothing.
+#[derive(Debug, Default)]
+pub enum Relay {
+    /// No relay: switching does nothing.
+    #[default]
+    None,
+}
+
+impl Relay {
+    /// Opens the relay output a machine's config names.
+    pub fn open(cfg: Option<&RelayConfig>) -> Result<Relay, InputError> {
+        match cfg {
+            None => Ok(Relay::None),
+            Some(c) => Err(InputError {
+                what: "relay".into(),
+                problem: format!("{c:?} is not supported yet"),
+                fix: "remove the relay section".into(),
+            }),
+        }
+    }
+}
+
+impl embedded_hal::digital::ErrorType for Relay {
+    type Error = std::convert::Infallible;
+}
+
+impl embedded_hal::digital::OutputPin for Relay {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
