@@ -1,0 +1,543 @@
+//! The fault-injection suite (issue #8): the real `fabmeter-collector` binary, a real Mosquitto and
+//! VictoriaMetrics, devices that are hand-encoded events through rumqttc or the workshop
+//! simulator, and one fault per test. Each test prints one line
+//! `tally <fault>: sent=N accepted=N duplicates=N lost=0 double-counted=0` and asserts that the
+//! fault really happened and that nothing was lost or counted twice.
+//!
+//! Run it alone with `cargo test -p fabmeter-collector --test faults -- --nocapture` (the tally
+//! lines are printed to stdout).
+
+#[allow(dead_code)]
+#[path = "../ingest/helpers.rs"]
+mod helpers;
+mod support;
+
+use fabmeter_e2e::{wait_until, Mosquitto, VictoriaMetrics};
+use helpers::*;
+use support::*;
+
+/// Each machine's messages cut into `n` consecutive parts (part i of every machine together).
+fn parts(
+    per_machine: &std::collections::BTreeMap<String, Vec<Msg>>,
+    n: usize,
+) -> Vec<Vec<(String, Vec<Msg>)>> {
+    (0..n)
+        .map(|i| {
+            per_machine
+                .iter()
+                .map(|(m, msgs)| {
+                    let size = msgs.len().div_ceil(n);
+                    let from = (i * size).min(msgs.len());
+                    let to = ((i + 1) * size).min(msgs.len());
+                    (format!("device-{m}"), msgs[from..to].to_vec())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn count(part: &[(String, Vec<Msg>)]) -> u64 {
+    part.iter().map(|(_, v)| v.len() as u64).sum()
+}
+
+#[test]
+fn duplicate_storm_one_event_100_times() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut collector =
+        CollectorProc::start(&site_config(&broker, &["m0", "m1"], dir.path()), dir.path());
+    collector.wait_ready();
+    let (per_machine, exp) = workload(&["m0", "m1"], 1, 5, 2);
+    // The storm: m0's first session start, 100 times, interleaved with every other message of
+    // both machines (m1 from its own client at the same time).
+    let m0 = &per_machine["m0"];
+    let storm = m0[1].clone();
+    let mut stream = Vec::new();
+    for (i, m) in m0.iter().enumerate() {
+        if i != 1 {
+            stream.push(m.clone());
+        }
+        stream.push(storm.clone());
+    }
+    while stream.iter().filter(|m| m.payload == storm.payload).count() < 100 {
+        stream.push(storm.clone());
+    }
+    let sent_deliveries = (stream.len() + per_machine["m1"].len()) as u64;
+    publish_parallel(
+        broker.port(),
+        vec![
+            ("device-m0".into(), stream),
+            ("device-m1".into(), per_machine["m1"].clone()),
+        ],
+    );
+    wait_until(LONG, "every delivery acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= sent_deliveries
+    });
+    assert_eq!(collector.metric("fabmeter_duplicate_total"), 99);
+    assert_eq!(
+        collector.metric("fabmeter_accepted_total"),
+        exp.keys.len() as u64
+    );
+    let view = read_ledger(dir.path());
+    let key = ("m0".to_owned(), 1, 2);
+    assert_eq!(view.keys.get(&key), Some(&1), "the storm's event once");
+    collector.stop();
+    tally("duplicate-storm", dir.path(), &exp, collector.duplicates()).check();
+}
+
+#[test]
+fn collector_sigkilled_at_10_random_points() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = ["m0", "m1", "m2", "m3"];
+    let mut collector =
+        CollectorProc::start(&site_config(&broker, &machines, dir.path()), dir.path());
+    // Subscribed once: from then on the broker keeps the collector's session and queues for it.
+    collector.wait_ready();
+    let (per_machine, exp) = workload(&machines, 2, 40, 4);
+    let parts = parts(&per_machine, 10);
+    let mut rng = Rng::new(0xfab);
+    let mut kill_points = Vec::new();
+    for part in &parts {
+        // Devices keep publishing while the collector ingests; it dies after a random number of
+        // this part's events was accepted (its first run after a restart also sees what was
+        // queued while it was down).
+        let point = 1 + rng.below(count(part));
+        kill_points.push(point);
+        std::thread::scope(|s| {
+            let publisher = s.spawn(|| publish_parallel(broker.port(), part.clone()));
+            wait_until(LONG, "the kill point", || {
+                collector.metric("fabmeter_accepted_total")
+                    + collector.metric("fabmeter_duplicate_total")
+                    >= point
+            });
+            collector.kill();
+            publisher.join().expect("publishers");
+        });
+        collector.spawn();
+    }
+    assert_eq!(collector.kills, 10, "killed 10 times at {kill_points:?}");
+    wait_until(LONG, "every distinct event in the ledger", || {
+        read_ledger(dir.path()).keys.len() == exp.keys.len()
+    });
+    collector.stop();
+    tally(
+        "collector-sigkill-x10",
+        dir.path(),
+        &exp,
+        collector.duplicates(),
+    )
+    .check();
+}
+
+#[test]
+fn broker_restart_with_persistence_keeps_what_it_queued() {
+    let mut broker = Mosquitto::builder()
+        .persistence(true)
+        .start()
+        .expect("mosquitto with persistence");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = ["m0", "m1"];
+    let mut collector =
+        CollectorProc::start(&site_config(&broker, &machines, dir.path()), dir.path());
+    collector.wait_ready();
+    let (per_machine, exp) = workload(&machines, 1, 30, 3);
+    let parts = parts(&per_machine, 3);
+    publish_parallel(broker.port(), parts[0].clone());
+    wait_until(LONG, "part 1 acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= count(&parts[0])
+    });
+    // Part 2 is queued at the broker for the stopped collector, then the broker restarts.
+    collector.stop();
+    publish_parallel(broker.port(), parts[1].clone());
+    let pid = broker.pid();
+    broker.restart().expect("restart the broker");
+    assert_ne!(broker.pid(), pid, "a new broker process");
+    collector.spawn();
+    collector.wait_ready();
+    publish_parallel(broker.port(), parts[2].clone());
+    wait_until(LONG, "every distinct event in the ledger", || {
+        read_ledger(dir.path()).keys.len() == exp.keys.len()
+    });
+    collector.stop();
+    tally(
+        "broker-restart-persistent",
+        dir.path(),
+        &exp,
+        collector.duplicates(),
+    )
+    .check();
+}
+
+#[test]
+fn broker_restart_without_persistence_loses_nothing_it_delivered() {
+    // Without persistence the broker forgets the collector's session and its queue: what it
+    // acknowledged to a device but had not delivered yet is gone (docs/COLLECTOR.md "Exactly
+    // once"). The guarantee tested here: with the collector connected, everything delivered is
+    // in the ledger, and after the restart the collector subscribes again and nothing later is
+    // lost.
+    let mut broker = Mosquitto::start().expect("mosquitto without persistence");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = ["m0", "m1"];
+    let mut collector =
+        CollectorProc::start(&site_config(&broker, &machines, dir.path()), dir.path());
+    collector.wait_ready();
+    let (per_machine, exp) = workload(&machines, 1, 30, 3);
+    let parts = parts(&per_machine, 2);
+    publish_parallel(broker.port(), parts[0].clone());
+    wait_until(LONG, "part 1 acknowledged by the collector", || {
+        collector.metric("fabmeter_acked_total") >= count(&parts[0])
+    });
+    broker.kill().expect("kill the broker");
+    broker.start_again().expect("start the broker again");
+    wait_until(
+        LONG,
+        "the collector reconnected and subscribed again",
+        || {
+            collector.metric("fabmeter_mqtt_connects_total") == 2
+                && collector.metric("fabmeter_mqtt_subscribed") == 1
+        },
+    );
+    publish_parallel(broker.port(), parts[1].clone());
+    wait_until(LONG, "every distinct event in the ledger", || {
+        read_ledger(dir.path()).keys.len() == exp.keys.len()
+    });
+    collector.stop();
+    tally(
+        "broker-restart-volatile",
+        dir.path(),
+        &exp,
+        collector.duplicates(),
+    )
+    .check();
+}
+
+#[test]
+fn timeseries_store_outage_backlog_replays() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let mut vm = VictoriaMetrics::start().expect("victoria-metrics");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = ["m0", "m1"];
+    let config = with_timeseries(site_config(&broker, &machines, dir.path()), &vm.base_url());
+    let mut collector = CollectorProc::start(&config, dir.path());
+    collector.wait_ready();
+    let (per_machine, exp) = workload(&machines, 1, 30, 3);
+    let parts = parts(&per_machine, 2);
+    let states = |vm: &VictoriaMetrics| -> usize {
+        vm.export("{__name__=\"machine_state_state\"}")
+            .iter()
+            .map(|s| s.values.len())
+            .sum()
+    };
+    publish_parallel(broker.port(), parts[0].clone());
+    wait_until(LONG, "part 1 acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= count(&parts[0])
+    });
+    wait_until(LONG, "part 1's points in the store", || {
+        vm.force_flush();
+        states(&vm) > 0 && collector.metric("fabmeter_timeseries_backlog_points") == 0
+    });
+    vm.stop().expect("stop victoria-metrics");
+    publish_parallel(broker.port(), parts[1].clone());
+    wait_until(
+        LONG,
+        "the ledger took part 2 while the store is down",
+        || read_ledger(dir.path()).keys.len() == exp.keys.len(),
+    );
+    wait_until(LONG, "the backlog holds points", || {
+        collector.metric("fabmeter_timeseries_store_up") == 0
+            && collector.metric("fabmeter_timeseries_backlog_points") > 0
+    });
+    let backlogged = collector.metric("fabmeter_timeseries_backlog_points");
+    vm.start_again().expect("start victoria-metrics again");
+    let want: usize = exp.states.values().map(Vec::len).sum();
+    wait_until(LONG, "the backlog replayed into the store", || {
+        vm.force_flush();
+        collector.metric("fabmeter_timeseries_backlog_points") == 0 && states(&vm) == want
+    });
+    let sessions: usize = vm
+        .export("{__name__=\"session_busy_s\"}")
+        .iter()
+        .map(|s| s.values.len())
+        .sum();
+    assert_eq!(
+        sessions,
+        exp.sessions.len(),
+        "one session point per session"
+    );
+    println!("timeseries-outage: {backlogged} points went through the backlog; {want} state points in the store");
+    collector.stop();
+    tally(
+        "timeseries-outage",
+        dir.path(),
+        &exp,
+        collector.duplicates(),
+    )
+    .check();
+}
+
+#[test]
+fn network_cut_between_devices_and_broker() {
+    use fabmeter_agent::sim::{self, SimConfig, SimStats};
+    const HOUR: u64 = 3_600_000;
+    let broker = Mosquitto::start().expect("mosquitto");
+    let proxy = TcpProxy::start(broker.port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = SimConfig::workshop(SITE, "127.0.0.1", proxy.port, 4, 7);
+    cfg.speed = 2880.0;
+    cfg.duration_ms = Some(8 * HOUR);
+    cfg.drain_timeout = LONG;
+    let mut config = site_config(&broker, &[], dir.path());
+    config.devices.publish_configs = false;
+    config.machines = cfg
+        .machines
+        .iter()
+        .map(|m| fabmeter_collector::config::MachineConfig {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            kind: m.kind.as_str().into(),
+            tariff: None,
+            sensing: None,
+        })
+        .collect();
+    config.members = cfg
+        .members
+        .iter()
+        .map(|m| fabmeter_collector::config::MemberConfig {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            badges: vec![cfg.badge_key.hash(&m.uid).to_hex().to_string()],
+        })
+        .collect();
+    let mut collector = CollectorProc::start(&config, dir.path());
+    collector.wait_ready();
+
+    let stats = std::sync::Arc::new(SimStats::new(cfg.machines.len()));
+    let machines = cfg.machines.len() as u64;
+    let run = {
+        let stats = stats.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("simulator runtime")
+                .block_on(sim::run_with_stats(
+                    cfg,
+                    tokio_util::sync::CancellationToken::new(),
+                    stats,
+                ))
+        })
+    };
+    wait_until(LONG, "two simulated hours", || stats.sim_ms() >= 2 * HOUR);
+    proxy.cut();
+    wait_until(LONG, "every device connection closed", || {
+        proxy.counts().2 == 0
+    });
+    let acked_before = stats
+        .events_acked
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // A simulated hour offline: the devices keep measuring into their journals.
+    wait_until(LONG, "an hour offline", || stats.sim_ms() >= 3 * HOUR);
+    let (closed, refused, _) = proxy.counts();
+    assert_eq!(
+        stats
+            .events_acked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        acked_before,
+        "nothing got through while the network was cut"
+    );
+    proxy.restore();
+    let report = run
+        .join()
+        .expect("simulator thread")
+        .expect("simulator run");
+    assert!(closed >= machines, "{closed} connections cut");
+    assert!(
+        report
+            .machines
+            .iter()
+            .all(|m| m.connects >= 2 && m.error.is_none()),
+        "every device reconnected: {:?}",
+        report.machines
+    );
+    assert_eq!(report.journal_left(), 0, "journals emptied");
+    assert!(
+        report.events_distinct() > acked_before,
+        "events after the cut"
+    );
+    wait_until(LONG, "every distinct event in the ledger", || {
+        read_ledger(dir.path()).keys.len() as u64 >= report.events_distinct()
+    });
+    // What the devices measured while cut off reached the ledger (from their journals).
+    let offline: u64 = rusqlite::Connection::open_with_flags(
+        dir.path().join("ledger.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|db| {
+        db.query_row(
+            "SELECT COUNT(*) FROM events WHERE uptime_ms > ?1 AND uptime_ms < ?2",
+            [2 * HOUR + 60_000, 3 * HOUR - 60_000],
+            |r| r.get(0),
+        )
+    })
+    .expect("count the events of the outage");
+    assert!(offline > 0, "events measured during the outage");
+    println!(
+        "network-cut: {offline} events measured while offline, {closed} connections cut, {refused} refused while cut, {} events published for {} distinct",
+        report.events_published(),
+        report.events_distinct()
+    );
+    collector.stop();
+    sim_tally("network-cut", dir.path(), &report, collector.duplicates()).check();
+}
+
+#[test]
+fn device_clock_jumps_forward_then_back_mid_session() {
+    use fabmeter_protocol::encode_to_vec;
+    use fabmeter_protocol::message::{EndReason, Event, EventBody, MachineState};
+    const DAY: u64 = 86_400_000;
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut collector =
+        CollectorProc::start(&site_config(&broker, &["m0"], dir.path()), dir.path());
+    collector.wait_ready();
+    let b = badge();
+    // (uptime s, clock offset ms, body): the clock jumps a day ahead during session 2, an NTP
+    // step brings it back, then a second step puts it an hour *behind* for session 8.
+    let script: Vec<(u64, i64, EventBody)> = vec![
+        (
+            1,
+            0,
+            EventBody::State {
+                from: MachineState::Off,
+                to: MachineState::Idle,
+            },
+        ),
+        (10, 0, EventBody::SessionStarted { badge: b }),
+        (
+            20,
+            0,
+            EventBody::State {
+                from: MachineState::Idle,
+                to: MachineState::Busy,
+            },
+        ),
+        (
+            80,
+            DAY as i64,
+            EventBody::SessionProgress {
+                session: 2,
+                busy_s: 60,
+                idle_s: 0,
+                energy_wh: 5,
+            },
+        ),
+        (
+            140,
+            0,
+            EventBody::SessionProgress {
+                session: 2,
+                busy_s: 120,
+                idle_s: 0,
+                energy_wh: 10,
+            },
+        ),
+        (
+            170,
+            0,
+            EventBody::State {
+                from: MachineState::Busy,
+                to: MachineState::Idle,
+            },
+        ),
+        (
+            200,
+            0,
+            EventBody::SessionEnded {
+                session: 2,
+                badge: b,
+                busy_s: 150,
+                idle_s: 40,
+                energy_wh: 12,
+                reason: EndReason::BadgeOut,
+            },
+        ),
+        (300, -3_600_000, EventBody::SessionStarted { badge: b }),
+        (
+            400,
+            -3_600_000,
+            EventBody::SessionEnded {
+                session: 8,
+                badge: b,
+                busy_s: 30,
+                idle_s: 70,
+                energy_wh: 2,
+                reason: EndReason::BadgeOut,
+            },
+        ),
+    ];
+    let mut exp = Expected::default();
+    let mut msgs = Vec::new();
+    let mut ts_of = std::collections::BTreeMap::new();
+    for (i, (up_s, offset, body)) in script.into_iter().enumerate() {
+        let seq = i as u32 + 1;
+        let uptime_ms = up_s * 1000;
+        let ts = (T0 + uptime_ms).checked_add_signed(offset).expect("ts");
+        ts_of.insert(seq, ts);
+        exp.keys.insert(("m0".to_owned(), 1, seq));
+        let ev = Event {
+            v: 1,
+            boot: 1,
+            seq,
+            uptime_ms,
+            sent_uptime_ms: uptime_ms,
+            ts: Some(ts),
+            event: body,
+        };
+        msgs.push(Msg {
+            topic: format!("fabmeter/v1/{SITE}/m0/event"),
+            payload: encode_to_vec(&ev).expect("valid event"),
+        });
+    }
+    exp.sessions.insert(("m0".to_owned(), 1, 2), 150);
+    exp.sessions.insert(("m0".to_owned(), 1, 8), 30);
+    publish_all(broker.port(), "device-m0", &msgs);
+    wait_until(LONG, "every event in the ledger", || {
+        read_ledger(dir.path()).keys.len() == exp.keys.len()
+    });
+    collector.stop();
+    // Busy and idle seconds come from the device's own counters (its uptime), never from `ts`;
+    // times come from `ts` when present (docs/PROTOCOL.md "Time"), jumps included.
+    let db = rusqlite::Connection::open_with_flags(
+        dir.path().join("ledger.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the ledger");
+    let times: Vec<(u32, u64, u64, u32, u32)> = db
+        .prepare("SELECT session, start_ms, end_ms, busy_s, idle_s FROM sessions ORDER BY session")
+        .and_then(|mut q| {
+            q.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+        })
+        .expect("sessions");
+    assert_eq!(
+        times,
+        vec![
+            (2, ts_of[&2], ts_of[&7], 150, 40),
+            (8, ts_of[&8], ts_of[&9], 30, 70),
+        ]
+    );
+    let walls: Vec<(u32, u64)> = db
+        .prepare("SELECT seq, wall_ms FROM events ORDER BY seq")
+        .and_then(|mut q| q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .expect("events");
+    assert_eq!(
+        walls,
+        ts_of.into_iter().collect::<Vec<_>>(),
+        "the device clock wins"
+    );
+    tally("clock-jump", dir.path(), &exp, collector.duplicates()).check();
+}
