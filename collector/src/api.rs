@@ -338,6 +338,11 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             ts.points_written as f64,
         ),
         (
+            "fabmeter_timeseries_points_dropped",
+            "time-series points dropped without reaching the store (all reasons; the log names them)",
+            ts.points_dropped as f64,
+        ),
+        (
             "fabmeter_timeseries_store_up",
             "whether the time-series store accepts writes",
             f64::from(u8::from(ts.store_up)),

@@ -273,6 +273,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,rumqttc=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or the journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::PrintConfig(o) => {

@@ -147,6 +147,11 @@ impl Backlog {
         Ok((backlog, recovery))
     }
 
+    /// The backlog directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }

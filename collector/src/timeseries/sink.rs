@@ -293,12 +293,22 @@ impl Sink {
     fn requeue_front(&mut self, chunk: &Chunk) {
         match self.backlog.push_front(chunk) {
             Ok(evicted) => self.count_evicted(&evicted),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write the time-series backlog");
-                self.counters
-                    .drop_points(DropReason::BacklogIo, chunk.lines);
-            }
+            Err(e) => self.backlog_write_failed(&e, chunk.lines),
         }
+    }
+
+    /// A backlog write failed (disk full, IO error): the points are dropped and counted, the
+    /// ledger and everything else go on; the log names the directory and the fix.
+    fn backlog_write_failed(&self, e: &std::io::Error, points: u64) {
+        tracing::error!(
+            error = %e,
+            dir = %self.backlog.dir().display(),
+            points,
+            "cannot write the time-series backlog: these points are dropped (counted in \
+             fabmeter_timeseries_points_dropped); free space on the disk of that directory, or \
+             set [timeseries] backlog_dir to a disk with room for backlog_max_mib"
+        );
+        self.counters.drop_points(DropReason::BacklogIo, points);
     }
 
     /// Moves every ready memory batch to the end of the backlog.
@@ -306,11 +316,7 @@ impl Sink {
         while let Some(chunk) = self.ready.pop_front() {
             match self.backlog.append(&chunk) {
                 Ok(evicted) => self.count_evicted(&evicted),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot write the time-series backlog");
-                    self.counters
-                        .drop_points(DropReason::BacklogIo, chunk.lines);
-                }
+                Err(e) => self.backlog_write_failed(&e, chunk.lines),
             }
         }
     }

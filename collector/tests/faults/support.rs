@@ -26,11 +26,18 @@ pub struct CollectorProc {
     duplicates_before: u64,
     /// How many times the process was SIGKILLed (and really died of it).
     pub kills: u32,
+    /// A command line the binary runs under (e.g. `unshare … sh -c …`), or empty.
+    wrapper: Vec<String>,
 }
 
 impl CollectorProc {
     /// Writes `config` as `site.toml` in `dir` and starts the binary (stderr to `collector.log`).
     pub fn start(config: &Config, dir: &Path) -> CollectorProc {
+        CollectorProc::start_wrapped(config, dir, Vec::new())
+    }
+
+    /// [`CollectorProc::start`], the binary run as the last arguments of `wrapper`.
+    pub fn start_wrapped(config: &Config, dir: &Path, wrapper: Vec<String>) -> CollectorProc {
         let config_path = dir.join("site.toml");
         std::fs::write(&config_path, config.to_toml()).expect("write the site file");
         let mut c = CollectorProc {
@@ -40,6 +47,7 @@ impl CollectorProc {
             port: 0,
             duplicates_before: 0,
             kills: 0,
+            wrapper,
         };
         c.spawn();
         c
@@ -53,8 +61,17 @@ impl CollectorProc {
             .append(true)
             .open(&self.log_path)
             .expect("open the collector log");
+        let bin = env!("CARGO_BIN_EXE_fabmeter-collector");
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         let mut child = KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
+            command
                 .args(["run", "--config"])
                 .arg(&self.config_path)
                 .env("RUST_LOG", "warn")
