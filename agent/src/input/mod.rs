@@ -5,6 +5,14 @@
 //! runtime that hosts the firmware's device core: each source turns what it reads into a
 //! [`Reading`] for one machine; the runtime stamps it with its own clock and hands it to the
 //! device (`on_run_signal`, `on_sample`, `on_current`, `on_badge`).
+//!
+//! - [`plug`]: Shelly and Tasmota smart plugs over MQTT (a pure decoder + its connection);
+//! - [`badge`]: UIDs typed as text (stdin, USB keyboard-wedge readers through evdev).
+//!
+//! `docs/AGENT-INPUTS.md` describes every source, its config and its wiring.
+
+pub mod badge;
+pub mod plug;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -93,6 +101,10 @@ pub enum UsageConfig {
     Tasmota {
         /// The plug's topic, e.g. `tasmota_4F2A1C`.
         topic: String,
+        /// On a multi-channel device, the channel (0-based) the machine is on; none: the sum of
+        /// all channels.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<usize>,
     },
 }
 
@@ -104,6 +116,9 @@ pub enum BadgeConfig {
     Evdev {
         /// The input device.
         device: String,
+        /// Byte order of 10-digit decimal UIDs (`le`, the default, or `be`).
+        #[serde(default)]
+        decimal: badge::DecimalOrder,
     },
     /// One UID per line in hex on standard input (tests, scripts, a wedge reader on a console).
     Stdin,
@@ -139,10 +154,7 @@ pub struct SourceContext {
 }
 
 /// Starts the sources of one machine. Each runs until `shutdown` and sends its readings, tagged
-/// with `machine`, to `tx`.
-///
-/// Skeleton: the source kinds are implemented by the inputs work (issue 5, item 1); until then
-/// this starts nothing.
+/// with `machine`, to `tx`. Must be called within a tokio runtime.
 pub fn spawn_sources(
     machine: usize,
     cfg: &InputsConfig,
@@ -150,8 +162,67 @@ pub fn spawn_sources(
     tx: mpsc::Sender<Tagged>,
     shutdown: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, InputError> {
-    let _ = (machine, cfg, ctx, tx, shutdown);
-    Ok(Vec::new())
+    let mut tasks = Vec::new();
+    if let Some(usage) = &cfg.usage {
+        let what = format!("machine {machine} usage");
+        let plug = match usage {
+            UsageConfig::Shelly { topic } => Some((plug::PlugKind::Shelly, topic)),
+            UsageConfig::Tasmota { topic, channel } => {
+                Some((plug::PlugKind::Tasmota { channel: *channel }, topic))
+            }
+            _ => None,
+        };
+        match plug {
+            Some((kind, topic)) => {
+                if topic.is_empty() || topic.contains(['+', '#']) {
+                    return Err(InputError {
+                        what,
+                        problem: format!("plug topic {topic:?} is empty or has a wildcard"),
+                        fix: "set topic to the plug's own topic (see docs/AGENT-INPUTS.md)".into(),
+                    });
+                }
+                let opts = plug::plug_options(&what, ctx.mqtt.as_ref(), machine)?;
+                let decoder = plug::PlugDecoder::new(kind, topic);
+                tasks.push(tokio::spawn(plug::run_plug(
+                    what,
+                    opts,
+                    decoder,
+                    machine,
+                    tx.clone(),
+                    shutdown.clone(),
+                )));
+            }
+            None => {
+                return Err(InputError {
+                    what,
+                    problem: format!("{usage:?} is not supported yet"),
+                    fix: "use a smart plug (kind = \"shelly\" or \"tasmota\")".into(),
+                })
+            }
+        }
+    }
+    if let Some(b) = &cfg.badge {
+        let what = format!("machine {machine} badge");
+        match b {
+            BadgeConfig::Stdin => {
+                let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                tasks.push(tokio::spawn(async move {
+                    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                    let stats =
+                        badge::read_badge_lines(&what, stdin, machine, &tx, &shutdown).await;
+                    tracing::info!(%what, badges = stats.badges, bad = stats.bad, "badge: stdin closed");
+                }));
+            }
+            other => {
+                return Err(InputError {
+                    what,
+                    problem: format!("{other:?} is not supported yet"),
+                    fix: "use kind = \"stdin\"".into(),
+                })
+            }
+        }
+    }
+    Ok(tasks)
 }
 
 /// The relay of a machine: a GPIO line, or nothing.

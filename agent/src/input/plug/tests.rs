@@ -1,0 +1,228 @@
+use super::*;
+
+const SHELLY: &str = "shellyplusplugs-a8032ab12345";
+const TASMOTA: &str = "tasmota_4F2A1C";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn amps(r: Option<Reading>) -> (f32, u64) {
+    match r {
+        Some(Reading::Current { amps, window_ms }) => (amps, window_ms),
+        other => panic!("expected a current, got {other:?}"),
+    }
+}
+
+#[test]
+fn topics_follow_the_plug_kind() {
+    let s = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    assert_eq!(
+        s.topics(),
+        [
+            format!("{SHELLY}/status/switch:0"),
+            format!("{SHELLY}/events/rpc")
+        ]
+    );
+    let t = PlugDecoder::new(PlugKind::Tasmota { channel: None }, TASMOTA);
+    assert_eq!(
+        t.topics(),
+        [
+            format!("tele/{TASMOTA}/SENSOR"),
+            format!("stat/{TASMOTA}/STATUS10")
+        ]
+    );
+}
+
+#[test]
+fn shelly_full_status_uses_the_reported_current() {
+    let mut d = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    let topic = format!("{SHELLY}/status/switch:0");
+    let (a, w) = amps(
+        d.decode(&topic, &fixture("shelly_status_switch0.json"), 1_000)
+            .unwrap(),
+    );
+    assert!((a - 5.241).abs() < 1e-6, "{a}");
+    assert_eq!(w, 0, "the first report covers nothing");
+    let (_, w) = amps(
+        d.decode(&topic, &fixture("shelly_status_switch0.json"), 31_000)
+            .unwrap(),
+    );
+    assert_eq!(w, 30_000);
+}
+
+#[test]
+fn shelly_notifications_overlay_the_known_status() {
+    let mut d = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    let rpc = format!("{SHELLY}/events/rpc");
+    let (a, _) = amps(
+        d.decode(&rpc, &fixture("shelly_notify_status.json"), 0)
+            .unwrap(),
+    );
+    assert!((a - 5.178).abs() < 1e-6);
+    // Power only, after a known voltage: power / voltage.
+    let msg = |sw: &str| {
+        format!(
+            r#"{{"src":"{SHELLY}","dst":"{SHELLY}/events","method":"NotifyStatus","params":{{"ts":1.0,"switch:0":{sw}}}}}"#
+        )
+    };
+    let mut d = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    d.decode(&rpc, msg(r#"{"id":0,"voltage":240.0}"#).as_bytes(), 0)
+        .unwrap();
+    let (a, _) = amps(
+        d.decode(&rpc, msg(r#"{"id":0,"apower":1200.0}"#).as_bytes(), 1_000)
+            .unwrap(),
+    );
+    assert!((a - 5.0).abs() < 1e-6, "{a}");
+    // Energy counters and temperature only: no reading, not an error.
+    let r = d
+        .decode(
+            &rpc,
+            msg(r#"{"id":0,"aenergy":{"total":1.0},"temperature":{"tC":30.0}}"#).as_bytes(),
+            2_000,
+        )
+        .unwrap();
+    assert_eq!(r, None);
+    // Switched off: 0 A whatever the last power was.
+    let (a, w) = amps(
+        d.decode(
+            &rpc,
+            msg(r#"{"id":0,"output":false,"source":"button"}"#).as_bytes(),
+            3_000,
+        )
+        .unwrap(),
+    );
+    assert_eq!((a, w), (0.0, 2_000));
+    // Another method, another component: nothing.
+    let other =
+        format!(r#"{{"src":"{SHELLY}","method":"NotifyEvent","params":{{"ts":1.0,"events":[]}}}}"#);
+    assert_eq!(d.decode(&rpc, other.as_bytes(), 4_000).unwrap(), None);
+    let wifi = format!(
+        r#"{{"src":"{SHELLY}","method":"NotifyStatus","params":{{"ts":1.0,"wifi":{{"rssi":-60}}}}}}"#
+    );
+    assert_eq!(d.decode(&rpc, wifi.as_bytes(), 5_000).unwrap(), None);
+    assert_eq!(d.malformed(), 0);
+}
+
+#[test]
+fn power_without_voltage_assumes_230_v() {
+    let mut d = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    let topic = format!("{SHELLY}/status/switch:0");
+    let (a, _) = amps(
+        d.decode(&topic, br#"{"id":0,"output":true,"apower":460.0}"#, 0)
+            .unwrap(),
+    );
+    assert!((a - 2.0).abs() < 1e-6, "{a}");
+}
+
+#[test]
+fn tasmota_single_and_multi_channel() {
+    let tele = format!("tele/{TASMOTA}/SENSOR");
+    let mut d = PlugDecoder::new(PlugKind::Tasmota { channel: None }, TASMOTA);
+    let (a, _) = amps(d.decode(&tele, &fixture("tasmota_sensor.json"), 0).unwrap());
+    assert!((a - 5.322).abs() < 1e-6);
+    // Two channels, none configured: the sum.
+    let (a, _) = amps(
+        d.decode(&tele, &fixture("tasmota_sensor_dual.json"), 10_000)
+            .unwrap(),
+    );
+    assert!((a - (5.110 + 0.109)).abs() < 1e-5, "{a}");
+    // Channel 1 configured: that channel only.
+    let mut d1 = PlugDecoder::new(PlugKind::Tasmota { channel: Some(1) }, TASMOTA);
+    let (a, _) = amps(
+        d1.decode(&tele, &fixture("tasmota_sensor_dual.json"), 0)
+            .unwrap(),
+    );
+    assert!((a - 0.109).abs() < 1e-6, "{a}");
+    // Power only, arrays, no voltage: power / 230 V per channel.
+    let (a, _) = amps(
+        d.decode(&tele, &fixture("tasmota_sensor_power_only.json"), 20_000)
+            .unwrap(),
+    );
+    assert!((a - 5.0).abs() < 1e-5, "{a}");
+    // STATUS10 answers carry the same ENERGY object.
+    let stat = format!("stat/{TASMOTA}/STATUS10");
+    let (a, w) = amps(
+        d.decode(&stat, &fixture("tasmota_status10.json"), 22_000)
+            .unwrap(),
+    );
+    assert!((a - 5.323).abs() < 1e-6);
+    assert_eq!(w, 2_000);
+    // A sensor report without ENERGY (a temperature probe): nothing.
+    let r = d
+        .decode(
+            &tele,
+            br#"{"Time":"2026-12-01T14:00:00","DS18B20":{"Temperature":21.5}}"#,
+            23_000,
+        )
+        .unwrap();
+    assert_eq!(r, None);
+}
+
+#[test]
+fn a_missing_channel_names_what_the_device_reports() {
+    let tele = format!("tele/{TASMOTA}/SENSOR");
+    let mut d = PlugDecoder::new(PlugKind::Tasmota { channel: Some(3) }, TASMOTA);
+    let e = d
+        .decode(&tele, &fixture("tasmota_sensor_dual.json"), 0)
+        .unwrap_err();
+    assert!(e.contains("no channel 3") && e.contains("reports 2"), "{e}");
+    assert_eq!(d.malformed(), 1);
+}
+
+#[test]
+fn malformed_payloads_are_counted_and_keep_the_state() {
+    let tele = format!("tele/{TASMOTA}/SENSOR");
+    let mut d = PlugDecoder::new(PlugKind::Tasmota { channel: None }, TASMOTA);
+    amps(d.decode(&tele, &fixture("tasmota_sensor.json"), 0).unwrap());
+    let bad: [(&[u8], &str); 5] = [
+        (b"not json", "not JSON"),
+        (br#"{"ENERGY":{"Power":"lots"}}"#, "Power"),
+        (br#"{"ENERGY":{"Power":-5}}"#, "non-negative"),
+        (br#"{"ENERGY":{"Total":1.0}}"#, "neither Current nor Power"),
+        (br#"{"ENERGY":[1,2]}"#, "not an object"),
+    ];
+    for (i, (payload, problem)) in bad.iter().enumerate() {
+        let e = d.decode(&tele, payload, 1_000 + i as u64).unwrap_err();
+        assert!(e.contains(problem), "{e} should mention {problem}");
+    }
+    assert_eq!(d.malformed(), 5);
+    // The next good report's window runs from the last good one.
+    let (_, w) = amps(
+        d.decode(&tele, &fixture("tasmota_sensor.json"), 10_000)
+            .unwrap(),
+    );
+    assert_eq!(w, 10_000);
+    let mut s = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    let e = s
+        .decode(
+            &format!("{SHELLY}/status/switch:0"),
+            br#"{"id":0,"output":"yes"}"#,
+            0,
+        )
+        .unwrap_err();
+    assert!(e.contains("output"), "{e}");
+    assert_eq!(s.malformed(), 1);
+}
+
+#[test]
+fn windows_are_bounded() {
+    let tele = format!("tele/{TASMOTA}/SENSOR");
+    let mut d = PlugDecoder::new(PlugKind::Tasmota { channel: None }, TASMOTA);
+    amps(d.decode(&tele, &fixture("tasmota_sensor.json"), 0).unwrap());
+    let (_, w) = amps(
+        d.decode(&tele, &fixture("tasmota_sensor.json"), 3_600_000)
+            .unwrap(),
+    );
+    assert_eq!(w, MAX_WINDOW_MS);
+}
+
+#[test]
+fn a_plug_needs_the_agents_broker() {
+    let e = plug_options("machines.laser.usage", None, 0).unwrap_err();
+    assert!(e.to_string().contains("no broker"), "{e}");
+    let base = MqttOptions::new("agent-7", "localhost", 1883);
+    let o = plug_options("x", Some(&base), 2).unwrap();
+    assert_eq!(o.client_id(), "agent-7-plug-2");
+}
