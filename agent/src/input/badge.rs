@@ -39,7 +39,7 @@ pub fn parse_uid(line: &str) -> Result<Vec<u8>, String> {
             *bad as char
         ));
     }
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!(
             "{} hex digits: a UID has two digits per byte",
             digits.len()

@@ -21,9 +21,16 @@
 //!   channels when none is configured (the machine draws what all channels draw).
 //!
 //! Conversion: the reported current when present, else power / voltage (230 V when no voltage is
-//! reported); a switched-off output is 0 A. `window_ms` is the time since the previous report of
-//! the plug, at most [`MAX_WINDOW_MS`] (a plug that was silent for an hour does not book an hour of
-//! its last power); the first report covers nothing (0 ms).
+//! reported); a switched-off output, or a plug that went offline (its last will: Shelly
+//! `<topic>/online` `false`, Tasmota `tele/<topic>/LWT` `Offline`), is 0 A.
+//!
+//! Plugs report on change (Shelly) or every `TelePeriod` (Tasmota), and a reported value holds
+//! until the next report. So a report first closes the previous value's span — a reading of the
+//! previous current over the time since the previous report, at most [`MAX_WINDOW_MS`] (a plug
+//! silent for a day does not book a day of its last power) — then opens the new value with a
+//! reading of 0 ms (for the state, no energy yet). The device's energy is then the reported power
+//! integrated over time, and a state change is seen at the report that shows it. Shelly's
+//! `aenergy`-only notifications (every minute) close the span of the unchanged value.
 
 use std::time::Duration;
 
@@ -34,8 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{InputError, Reading, Tagged};
 
-/// The longest span one report may cover, ms.
-pub const MAX_WINDOW_MS: u64 = 60_000;
+/// The longest span one value may cover, ms (10 minutes: a Tasmota's `TelePeriod` is at most 1 h
+/// but 300 s by default; docs/AGENT-INPUTS.md recommends 10 to 60 s).
+pub const MAX_WINDOW_MS: u64 = 600_000;
 
 /// Mains voltage assumed when a plug reports power without voltage.
 pub const DEFAULT_MAINS_V: f32 = 230.0;
@@ -57,7 +65,8 @@ pub enum PlugKind {
 pub struct PlugDecoder {
     kind: PlugKind,
     topic: String,
-    last_at: Option<u64>,
+    /// When the last value was reported, and that value (amperes).
+    last: Option<(u64, f32)>,
     /// Shelly: the last known `switch:0` status, overlaid by partial notifications.
     shelly: ShellyStatus,
     malformed: u64,
@@ -77,7 +86,7 @@ impl PlugDecoder {
         PlugDecoder {
             kind,
             topic: topic.trim_matches('/').to_string(),
-            last_at: None,
+            last: None,
             shelly: ShellyStatus::default(),
             malformed: 0,
         }
@@ -87,10 +96,16 @@ impl PlugDecoder {
     pub fn topics(&self) -> Vec<String> {
         let t = &self.topic;
         match self.kind {
-            PlugKind::Shelly => vec![format!("{t}/status/switch:0"), format!("{t}/events/rpc")],
-            PlugKind::Tasmota { .. } => {
-                vec![format!("tele/{t}/SENSOR"), format!("stat/{t}/STATUS10")]
-            }
+            PlugKind::Shelly => vec![
+                format!("{t}/status/switch:0"),
+                format!("{t}/events/rpc"),
+                format!("{t}/online"),
+            ],
+            PlugKind::Tasmota { .. } => vec![
+                format!("tele/{t}/SENSOR"),
+                format!("stat/{t}/STATUS10"),
+                format!("tele/{t}/LWT"),
+            ],
         }
     }
 
@@ -99,37 +114,52 @@ impl PlugDecoder {
         self.malformed
     }
 
-    /// Decodes one message received at `received_at` (ms, any monotonic origin).
+    /// Decodes one message received at `received_at` (ms, any monotonic origin) into the readings
+    /// it implies: none, the previous value over its span, and/or the new value (0 ms).
     ///
-    /// `Ok(None)`: a valid message that carries no power (another topic, a notification about
-    /// another component, a sensor without `ENERGY`). `Err`: the payload is malformed; it is
+    /// Empty: a valid message that carries no power (another component, a sensor without
+    /// `ENERGY`, a status before any power is known). `Err`: the payload is malformed; it is
     /// counted, and the previous state is kept.
     pub fn decode(
         &mut self,
         topic: &str,
         payload: &[u8],
         received_at: u64,
-    ) -> Result<Option<Reading>, String> {
+    ) -> Result<Vec<Reading>, String> {
         let amps = match self.amps(topic, payload) {
             Ok(Some(a)) => a,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Vec::new()),
             Err(e) => {
                 self.malformed += 1;
                 return Err(e);
             }
         };
-        let window_ms = self.last_at.map_or(0, |prev| {
-            received_at.saturating_sub(prev).min(MAX_WINDOW_MS)
-        });
-        self.last_at = Some(received_at);
-        Ok(Some(Reading::Current { amps, window_ms }))
+        let mut out = Vec::with_capacity(2);
+        if let Some((at, prev)) = self.last {
+            out.push(Reading::Current {
+                amps: prev,
+                window_ms: received_at.saturating_sub(at).min(MAX_WINDOW_MS),
+            });
+        }
+        if self.last.map(|(_, prev)| prev) != Some(amps) {
+            out.push(Reading::Current { amps, window_ms: 0 });
+        }
+        self.last = Some((received_at, amps));
+        Ok(out)
     }
 
     fn amps(&mut self, topic: &str, payload: &[u8]) -> Result<Option<f32>, String> {
         let t = &self.topic;
         match self.kind {
             PlugKind::Shelly => {
-                if topic == format!("{t}/status/switch:0") {
+                if topic == format!("{t}/online") {
+                    // The last will (`false`) or the birth (`true`).
+                    if payload.trim_ascii() == b"false" {
+                        self.shelly = ShellyStatus::default();
+                        return Ok(Some(0.0));
+                    }
+                    Ok(None)
+                } else if topic == format!("{t}/status/switch:0") {
                     let v = json(payload)?;
                     // A full status: what it lacks is not known any more.
                     self.shelly = ShellyStatus::default();
@@ -143,18 +173,19 @@ impl PlugDecoder {
                     let Some(sw) = v.get("params").and_then(|p| p.get("switch:0")) else {
                         return Ok(None);
                     };
-                    let before = self.shelly;
+                    // Any notification of switch:0 (power, or the minute's energy) reports the
+                    // value as it stands.
                     self.shelly_overlay(sw)?;
-                    let changed = self.shelly.output != before.output
-                        || sw.get("apower").is_some()
-                        || sw.get("current").is_some();
-                    Ok(if changed { self.shelly_amps() } else { None })
+                    Ok(self.shelly_amps())
                 } else {
                     Ok(None)
                 }
             }
             PlugKind::Tasmota { channel } => {
-                let energy = if topic == format!("tele/{t}/SENSOR") {
+                let energy = if topic == format!("tele/{t}/LWT") {
+                    // The last will (`Offline`) or the birth (`Online`).
+                    return Ok((payload.trim_ascii() == b"Offline").then_some(0.0));
+                } else if topic == format!("tele/{t}/SENSOR") {
                     let v = json(payload)?;
                     v.get("ENERGY").cloned()
                 } else if topic == format!("stat/{t}/STATUS10") {
@@ -282,7 +313,7 @@ pub async fn run_plug(
     let topics = decoder.topics();
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let mut backoff = Duration::from_millis(200);
-    loop {
+    'run: loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             e = eventloop.poll() => e,
@@ -296,12 +327,13 @@ pub async fn run_plug(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let now = origin.elapsed().as_millis() as u64;
                 match decoder.decode(&p.topic, &p.payload, now) {
-                    Ok(Some(r)) => {
-                        if tx.send((machine, r)).await.is_err() {
-                            break;
+                    Ok(readings) => {
+                        for r in readings {
+                            if tx.send((machine, r)).await.is_err() {
+                                break 'run;
+                            }
                         }
                     }
-                    Ok(None) => {}
                     Err(problem) => tracing::warn!(
                         %what,
                         topic = %p.topic,

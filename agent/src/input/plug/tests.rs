@@ -8,11 +8,16 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn amps(r: Option<Reading>) -> (f32, u64) {
+fn current(r: &Reading) -> (f32, u64) {
     match r {
-        Some(Reading::Current { amps, window_ms }) => (amps, window_ms),
+        Reading::Current { amps, window_ms } => (*amps, *window_ms),
         other => panic!("expected a current, got {other:?}"),
     }
+}
+
+/// The value a report leaves in force: (amperes, window of the last reading).
+fn amps(r: Vec<Reading>) -> (f32, u64) {
+    current(r.last().expect("at least one reading"))
 }
 
 #[test]
@@ -22,7 +27,8 @@ fn topics_follow_the_plug_kind() {
         s.topics(),
         [
             format!("{SHELLY}/status/switch:0"),
-            format!("{SHELLY}/events/rpc")
+            format!("{SHELLY}/events/rpc"),
+            format!("{SHELLY}/online"),
         ]
     );
     let t = PlugDecoder::new(PlugKind::Tasmota { channel: None }, TASMOTA);
@@ -30,7 +36,8 @@ fn topics_follow_the_plug_kind() {
         t.topics(),
         [
             format!("tele/{TASMOTA}/SENSOR"),
-            format!("stat/{TASMOTA}/STATUS10")
+            format!("stat/{TASMOTA}/STATUS10"),
+            format!("tele/{TASMOTA}/LWT"),
         ]
     );
 }
@@ -45,10 +52,13 @@ fn shelly_full_status_uses_the_reported_current() {
     );
     assert!((a - 5.241).abs() < 1e-6, "{a}");
     assert_eq!(w, 0, "the first report covers nothing");
-    let (_, w) = amps(
-        d.decode(&topic, &fixture("shelly_status_switch0.json"), 31_000)
-            .unwrap(),
-    );
+    // The same value again: one reading, the value over the time since the last report.
+    let r = d
+        .decode(&topic, &fixture("shelly_status_switch0.json"), 31_000)
+        .unwrap();
+    assert_eq!(r.len(), 1, "{r:?}");
+    let (a, w) = current(&r[0]);
+    assert!((a - 5.241).abs() < 1e-6);
     assert_eq!(w, 30_000);
 }
 
@@ -75,7 +85,7 @@ fn shelly_notifications_overlay_the_known_status() {
             .unwrap(),
     );
     assert!((a - 5.0).abs() < 1e-6, "{a}");
-    // Energy counters and temperature only: no reading, not an error.
+    // Energy counters and temperature only: the unchanged value over its span.
     let r = d
         .decode(
             &rpc,
@@ -83,26 +93,47 @@ fn shelly_notifications_overlay_the_known_status() {
             2_000,
         )
         .unwrap();
-    assert_eq!(r, None);
-    // Switched off: 0 A whatever the last power was.
-    let (a, w) = amps(
-        d.decode(
+    assert_eq!(
+        r,
+        vec![Reading::Current {
+            amps: 5.0,
+            window_ms: 1_000
+        }]
+    );
+    // Switched off: the 5 A span closes, then 0 A whatever the last power was.
+    let r = d
+        .decode(
             &rpc,
             msg(r#"{"id":0,"output":false,"source":"button"}"#).as_bytes(),
             3_000,
         )
-        .unwrap(),
+        .unwrap();
+    assert_eq!(
+        r,
+        vec![
+            Reading::Current {
+                amps: 5.0,
+                window_ms: 1_000
+            },
+            Reading::Current {
+                amps: 0.0,
+                window_ms: 0
+            }
+        ]
     );
-    assert_eq!((a, w), (0.0, 2_000));
     // Another method, another component: nothing.
     let other =
         format!(r#"{{"src":"{SHELLY}","method":"NotifyEvent","params":{{"ts":1.0,"events":[]}}}}"#);
-    assert_eq!(d.decode(&rpc, other.as_bytes(), 4_000).unwrap(), None);
+    assert_eq!(d.decode(&rpc, other.as_bytes(), 4_000).unwrap(), vec![]);
     let wifi = format!(
         r#"{{"src":"{SHELLY}","method":"NotifyStatus","params":{{"ts":1.0,"wifi":{{"rssi":-60}}}}}}"#
     );
-    assert_eq!(d.decode(&rpc, wifi.as_bytes(), 5_000).unwrap(), None);
+    assert_eq!(d.decode(&rpc, wifi.as_bytes(), 5_000).unwrap(), vec![]);
     assert_eq!(d.malformed(), 0);
+    // Before any power is known, a status carries no value.
+    let mut fresh = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    let on = msg(r#"{"id":0,"output":true,"source":"button"}"#);
+    assert_eq!(fresh.decode(&rpc, on.as_bytes(), 0).unwrap(), vec![]);
 }
 
 #[test]
@@ -143,12 +174,14 @@ fn tasmota_single_and_multi_channel() {
     assert!((a - 5.0).abs() < 1e-5, "{a}");
     // STATUS10 answers carry the same ENERGY object.
     let stat = format!("stat/{TASMOTA}/STATUS10");
-    let (a, w) = amps(
-        d.decode(&stat, &fixture("tasmota_status10.json"), 22_000)
-            .unwrap(),
-    );
+    let r = d
+        .decode(&stat, &fixture("tasmota_status10.json"), 22_000)
+        .unwrap();
+    let (prev, w) = current(&r[0]);
+    assert!((prev - 5.0).abs() < 1e-5 && w == 2_000, "{r:?}");
+    let (a, w) = amps(r);
     assert!((a - 5.323).abs() < 1e-6);
-    assert_eq!(w, 2_000);
+    assert_eq!(w, 0);
     // A sensor report without ENERGY (a temperature probe): nothing.
     let r = d
         .decode(
@@ -157,7 +190,35 @@ fn tasmota_single_and_multi_channel() {
             23_000,
         )
         .unwrap();
-    assert_eq!(r, None);
+    assert_eq!(r, vec![]);
+}
+
+#[test]
+fn a_plug_going_offline_is_zero_amperes() {
+    let mut t = PlugDecoder::new(PlugKind::Tasmota { channel: None }, TASMOTA);
+    let lwt = format!("tele/{TASMOTA}/LWT");
+    assert_eq!(t.decode(&lwt, b"Online", 0).unwrap(), vec![]);
+    amps(
+        t.decode(
+            &format!("tele/{TASMOTA}/SENSOR"),
+            &fixture("tasmota_sensor.json"),
+            0,
+        )
+        .unwrap(),
+    );
+    assert_eq!(amps(t.decode(&lwt, b"Offline", 5_000).unwrap()), (0.0, 0));
+    let mut s = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    amps(
+        s.decode(
+            &format!("{SHELLY}/status/switch:0"),
+            &fixture("shelly_status_switch0.json"),
+            0,
+        )
+        .unwrap(),
+    );
+    let online = format!("{SHELLY}/online");
+    assert_eq!(s.decode(&online, b"true", 1_000).unwrap(), vec![]);
+    assert_eq!(amps(s.decode(&online, b"false", 2_000).unwrap()), (0.0, 0));
 }
 
 #[test]
@@ -193,7 +254,7 @@ fn malformed_payloads_are_counted_and_keep_the_state() {
         d.decode(&tele, &fixture("tasmota_sensor.json"), 10_000)
             .unwrap(),
     );
-    assert_eq!(w, 10_000);
+    assert_eq!(w, 10_000, "one reading: the unchanged value over 10 s");
     let mut s = PlugDecoder::new(PlugKind::Shelly, SHELLY);
     let e = s
         .decode(
@@ -212,7 +273,7 @@ fn windows_are_bounded() {
     let mut d = PlugDecoder::new(PlugKind::Tasmota { channel: None }, TASMOTA);
     amps(d.decode(&tele, &fixture("tasmota_sensor.json"), 0).unwrap());
     let (_, w) = amps(
-        d.decode(&tele, &fixture("tasmota_sensor.json"), 3_600_000)
+        d.decode(&tele, &fixture("tasmota_sensor.json"), 86_400_000)
             .unwrap(),
     );
     assert_eq!(w, MAX_WINDOW_MS);
