@@ -230,3 +230,85 @@ impl WedgeDecoder {
 
 #[cfg(test)]
 mod tests;
+
+/// Opens a keyboard-wedge reader and grabs it exclusively (its typing reaches no console or
+/// other program). The error names the device and the fix.
+pub fn open_wedge(what: &str, device: &str) -> Result<evdev::Device, super::InputError> {
+    let err = |problem: String, fix: &str| super::InputError {
+        what: what.into(),
+        problem,
+        fix: fix.into(),
+    };
+    let mut dev = evdev::Device::open(device).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => err(
+            format!("{device} does not exist"),
+            "plug the reader in and name its stable path, \
+             e.g. /dev/input/by-id/usb-…-event-kbd (ls /dev/input/by-id/)",
+        ),
+        std::io::ErrorKind::PermissionDenied => err(
+            format!("{device}: permission denied"),
+            "add the agent's user to the input group (sudo usermod -aG input <user>) \
+             or install the udev rule of docs/AGENT-INPUTS.md",
+        ),
+        _ => err(
+            format!("{device}: {e}"),
+            "check that it is an evdev input device (/dev/input/event*)",
+        ),
+    })?;
+    dev.grab().map_err(|e| {
+        err(
+            format!("{device}: exclusive grab failed: {e}"),
+            "stop the program that holds the reader (another agent, a kiosk)",
+        )
+    })?;
+    Ok(dev)
+}
+
+/// Reads badges from a grabbed keyboard-wedge reader until `shutdown`; a read error ends the
+/// source (the runtime logs it; the device is gone, e.g. unplugged).
+pub async fn run_wedge(
+    what: String,
+    dev: evdev::Device,
+    order: DecimalOrder,
+    machine: usize,
+    tx: mpsc::Sender<Tagged>,
+    shutdown: CancellationToken,
+) {
+    let mut stream = match dev.into_event_stream() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%what, error = %e, "badge: reader cannot be polled");
+            return;
+        }
+    };
+    let mut decoder = WedgeDecoder::new(order);
+    let mut bad = 0u64;
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = stream.next_event() => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::error!(%what, error = %e, "badge: reader lost (unplugged?); badges stop");
+                break;
+            }
+        };
+        if ev.event_type() != evdev::EventType::KEY {
+            continue;
+        }
+        match decoder.on_key(ev.code(), ev.value()) {
+            Some(Ok(uid)) => {
+                if tx.send((machine, Reading::Badge(uid))).await.is_err() {
+                    break;
+                }
+            }
+            Some(Err(problem)) => {
+                bad += 1;
+                tracing::warn!(%what, %problem, bad, "badge: typed line is not a UID, skipped");
+            }
+            None => {}
+        }
+    }
+}

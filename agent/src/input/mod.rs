@@ -213,11 +213,22 @@ pub fn spawn_sources(
                     tracing::info!(%what, badges = stats.badges, bad = stats.bad, "badge: stdin closed");
                 }));
             }
+            BadgeConfig::Evdev { device, decimal } => {
+                let dev = badge::open_wedge(&what, device)?;
+                tasks.push(tokio::spawn(badge::run_wedge(
+                    what,
+                    dev,
+                    *decimal,
+                    machine,
+                    tx.clone(),
+                    shutdown.clone(),
+                )));
+            }
             other => {
                 return Err(InputError {
                     what,
                     problem: format!("{other:?} is not supported yet"),
-                    fix: "use kind = \"stdin\"".into(),
+                    fix: "use kind = \"stdin\" or \"evdev\"".into(),
                 })
             }
         }

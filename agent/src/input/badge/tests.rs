@@ -178,3 +178,18 @@ fn wedge_hex_uids_with_shift_and_repeats() {
     );
     assert_eq!(got[1], Ok(vec![10, 11, 12, 13]));
 }
+
+#[test]
+fn a_missing_wedge_reader_names_the_path_and_the_fix() {
+    let e = open_wedge(
+        "machine 0 badge",
+        "/dev/input/by-id/no-such-reader-event-kbd",
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("/dev/input/by-id/no-such-reader-event-kbd does not exist"),
+        "{text}"
+    );
+    assert!(text.contains("ls /dev/input/by-id/"), "{text}");
+}
