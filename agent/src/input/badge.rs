@@ -298,17 +298,17 @@ pub async fn run_wedge(
         if ev.event_type() != evdev::EventType::KEY {
             continue;
         }
-        match decoder.on_key(ev.code(), ev.value()) {
-            Some(Ok(uid)) => {
-                if tx.send((machine, Reading::Badge(uid))).await.is_err() {
-                    break;
-                }
-            }
+        let uid = match decoder.on_key(ev.code(), ev.value()) {
+            Some(Ok(uid)) => uid,
             Some(Err(problem)) => {
                 bad += 1;
                 tracing::warn!(%what, %problem, bad, "badge: typed line is not a UID, skipped");
+                continue;
             }
-            None => {}
+            None => continue,
+        };
+        if tx.send((machine, Reading::Badge(uid))).await.is_err() {
+            break;
         }
     }
 }

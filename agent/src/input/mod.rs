@@ -7,11 +7,14 @@
 //! device (`on_run_signal`, `on_sample`, `on_current`, `on_badge`).
 //!
 //! - [`plug`]: Shelly and Tasmota smart plugs over MQTT (a pure decoder + its connection);
-//! - [`badge`]: UIDs typed as text (stdin, USB keyboard-wedge readers through evdev).
+//! - [`badge`]: UIDs typed as text (stdin, USB keyboard-wedge readers through evdev);
+//! - [`hw`]: GPIO run signal, ADS1115 current clamp, MFRC522 badge reader and the relay, through
+//!   linux-embedded-hal and the firmware's drivers.
 //!
 //! `docs/AGENT-INPUTS.md` describes every source, its config and its wiring.
 
 pub mod badge;
+pub mod hw;
 pub mod plug;
 
 use serde::{Deserialize, Serialize};
@@ -192,13 +195,29 @@ pub fn spawn_sources(
                     shutdown.clone(),
                 )));
             }
-            None => {
-                return Err(InputError {
-                    what,
-                    problem: format!("{usage:?} is not supported yet"),
-                    fix: "use a smart plug (kind = \"shelly\" or \"tasmota\")".into(),
-                })
-            }
+            None => match usage {
+                UsageConfig::Gpio {
+                    chip,
+                    line,
+                    active_low,
+                } => {
+                    let pin = hw::open_line(&what, chip, *line, false, *active_low)?;
+                    let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        hw::run_signal_thread(what, pin, machine, tx, shutdown)
+                    }));
+                }
+                UsageConfig::Ads1115 { bus, address } => {
+                    let adc = hw::open_ads1115(&what, bus, *address)?;
+                    let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        hw::ads1115_thread(what, adc, machine, tx, shutdown)
+                    }));
+                }
+                UsageConfig::Shelly { .. } | UsageConfig::Tasmota { .. } => {
+                    unreachable!("plugs are handled above")
+                }
+            },
         }
     }
     if let Some(b) = &cfg.badge {
@@ -224,12 +243,12 @@ pub fn spawn_sources(
                     shutdown.clone(),
                 )));
             }
-            other => {
-                return Err(InputError {
-                    what,
-                    problem: format!("{other:?} is not supported yet"),
-                    fix: "use kind = \"stdin\" or \"evdev\"".into(),
-                })
+            BadgeConfig::Mfrc522 { spi } => {
+                let reader = hw::open_mfrc522(&what, spi)?;
+                let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    hw::mfrc522_thread(what, reader, machine, tx, shutdown)
+                }));
             }
         }
     }
@@ -237,36 +256,128 @@ pub fn spawn_sources(
 }
 
 /// The relay of a machine: a GPIO line, or nothing.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub enum Relay {
     /// No relay: switching does nothing.
     #[default]
     None,
+    /// A GPIO output line (requested active-low when configured so: `set_high` closes the relay).
+    Gpio(linux_embedded_hal::CdevPin),
 }
 
 impl Relay {
-    /// Opens the relay output a machine's config names.
+    /// Opens the relay output a machine's config names; the relay starts open (inactive).
     pub fn open(cfg: Option<&RelayConfig>) -> Result<Relay, InputError> {
         match cfg {
             None => Ok(Relay::None),
-            Some(c) => Err(InputError {
-                what: "relay".into(),
-                problem: format!("{c:?} is not supported yet"),
-                fix: "remove the relay section".into(),
-            }),
+            Some(RelayConfig::Gpio {
+                chip,
+                line,
+                active_low,
+            }) => hw::open_relay_line("relay", chip, *line, *active_low).map(Relay::Gpio),
         }
     }
 }
 
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Relay::None => f.write_str("Relay::None"),
+            Relay::Gpio(pin) => write!(f, "Relay::Gpio(line {})", pin.0.line().offset()),
+        }
+    }
+}
+
+/// A relay output that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("relay: {0}")]
+pub struct RelayError(String);
+
+impl embedded_hal::digital::Error for RelayError {
+    fn kind(&self) -> embedded_hal::digital::ErrorKind {
+        embedded_hal::digital::ErrorKind::Other
+    }
+}
+
 impl embedded_hal::digital::ErrorType for Relay {
-    type Error = std::convert::Infallible;
+    type Error = RelayError;
 }
 
 impl embedded_hal::digital::OutputPin for Relay {
     fn set_low(&mut self) -> Result<(), Self::Error> {
-        Ok(())
+        match self {
+            Relay::None => Ok(()),
+            Relay::Gpio(pin) => pin.set_low().map_err(|e| RelayError(e.to_string())),
+        }
     }
     fn set_high(&mut self) -> Result<(), Self::Error> {
-        Ok(())
+        match self {
+            Relay::None => Ok(()),
+            Relay::Gpio(pin) => pin.set_high().map_err(|e| RelayError(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_examples_parse() {
+        let cfg: InputsConfig = toml::from_str(
+            r#"
+            usage = { kind = "tasmota", topic = "tasmota_4F2A1C", channel = 1 }
+            badge = { kind = "evdev", device = "/dev/input/by-id/usb-reader-event-kbd", decimal = "be" }
+            relay = { kind = "gpio", chip = "/dev/gpiochip0", line = 23, active_low = true }
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(
+            cfg.usage,
+            Some(UsageConfig::Tasmota {
+                topic: "tasmota_4F2A1C".into(),
+                channel: Some(1)
+            })
+        );
+        assert_eq!(
+            cfg.badge,
+            Some(BadgeConfig::Evdev {
+                device: "/dev/input/by-id/usb-reader-event-kbd".into(),
+                decimal: badge::DecimalOrder::Be
+            })
+        );
+        let cfg: InputsConfig = toml::from_str(
+            r#"
+            usage = { kind = "shelly", topic = "shellyplusplugs-a8032ab12345" }
+            badge = { kind = "evdev", device = "/dev/input/event3" }
+            "#,
+        )
+        .expect("parses");
+        assert!(matches!(
+            cfg.badge,
+            Some(BadgeConfig::Evdev {
+                decimal: badge::DecimalOrder::Le,
+                ..
+            })
+        ));
+        let e = toml::from_str::<InputsConfig>(
+            r#"usage = { kind = "shelly", topic = "x", colour = 1 }"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_relay_chip_is_named() {
+        let e = Relay::open(Some(&RelayConfig::Gpio {
+            chip: "/dev/gpiochip-none".into(),
+            line: 23,
+            active_low: false,
+        }))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("/dev/gpiochip-none does not exist"),
+            "{e}"
+        );
     }
 }
