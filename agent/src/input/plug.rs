@@ -162,8 +162,7 @@ impl PlugDecoder {
                 } else if topic == format!("{t}/status/switch:0") {
                     let v = json(payload)?;
                     // A full status: what it lacks is not known any more.
-                    self.shelly = ShellyStatus::default();
-                    self.shelly_overlay(&v)?;
+                    self.shelly = shelly_overlay(ShellyStatus::default(), &v)?;
                     Ok(self.shelly_amps())
                 } else if topic == format!("{t}/events/rpc") {
                     let v = json(payload)?;
@@ -175,7 +174,7 @@ impl PlugDecoder {
                     };
                     // Any notification of switch:0 (power, or the minute's energy) reports the
                     // value as it stands.
-                    self.shelly_overlay(sw)?;
+                    self.shelly = shelly_overlay(self.shelly, sw)?;
                     Ok(self.shelly_amps())
                 } else {
                     Ok(None)
@@ -202,25 +201,6 @@ impl PlugDecoder {
         }
     }
 
-    fn shelly_overlay(&mut self, sw: &Value) -> Result<(), String> {
-        if !sw.is_object() {
-            return Err("switch:0 is not an object".into());
-        }
-        if let Some(o) = sw.get("output") {
-            self.shelly.output = Some(o.as_bool().ok_or("output is not a boolean")?);
-        }
-        for (key, slot) in [
-            ("apower", &mut self.shelly.apower),
-            ("voltage", &mut self.shelly.voltage),
-            ("current", &mut self.shelly.current),
-        ] {
-            if let Some(x) = sw.get(key) {
-                *slot = Some(number(x, key)?);
-            }
-        }
-        Ok(())
-    }
-
     fn shelly_amps(&self) -> Option<f32> {
         let s = self.shelly;
         if s.output == Some(false) {
@@ -231,6 +211,26 @@ impl PlugDecoder {
         }
         s.apower.map(|p| amps_of(p, s.voltage))
     }
+}
+
+/// `status` with the fields `sw` carries; unchanged on error (a malformed payload changes nothing).
+fn shelly_overlay(mut status: ShellyStatus, sw: &Value) -> Result<ShellyStatus, String> {
+    if !sw.is_object() {
+        return Err("switch:0 is not an object".into());
+    }
+    if let Some(o) = sw.get("output") {
+        status.output = Some(o.as_bool().ok_or("output is not a boolean")?);
+    }
+    for (key, slot) in [
+        ("apower", &mut status.apower),
+        ("voltage", &mut status.voltage),
+        ("current", &mut status.current),
+    ] {
+        if let Some(x) = sw.get(key) {
+            *slot = Some(number(x, key)?);
+        }
+    }
+    Ok(status)
 }
 
 fn json(payload: &[u8]) -> Result<Value, String> {

@@ -256,15 +256,25 @@ fn malformed_payloads_are_counted_and_keep_the_state() {
     );
     assert_eq!(w, 10_000, "one reading: the unchanged value over 10 s");
     let mut s = PlugDecoder::new(PlugKind::Shelly, SHELLY);
+    let status = format!("{SHELLY}/status/switch:0");
+    amps(
+        s.decode(&status, &fixture("shelly_status_switch0.json"), 0)
+            .unwrap(),
+    );
     let e = s
-        .decode(
-            &format!("{SHELLY}/status/switch:0"),
-            br#"{"id":0,"output":"yes"}"#,
-            0,
-        )
+        .decode(&status, br#"{"id":0,"output":"yes"}"#, 500)
         .unwrap_err();
     assert!(e.contains("output"), "{e}");
-    assert_eq!(s.malformed(), 1);
+    // A partial update whose second field is bad changes nothing, not even its first field.
+    let rpc = format!("{SHELLY}/events/rpc");
+    let bad = r#"{"method":"NotifyStatus","params":{"switch:0":{"output":false,"apower":"x"}}}"#;
+    let e = s.decode(&rpc, bad.as_bytes(), 700).unwrap_err();
+    assert!(e.contains("apower"), "{e}");
+    assert_eq!(s.malformed(), 2);
+    // The status known before the bad payloads still holds.
+    let aenergy = r#"{"method":"NotifyStatus","params":{"switch:0":{"aenergy":{"total":1.0}}}}"#;
+    let (a, w) = amps(s.decode(&rpc, aenergy.as_bytes(), 1_000).unwrap());
+    assert!((a - 5.241).abs() < 1e-6 && w == 1_000, "{a} {w}");
 }
 
 #[test]
