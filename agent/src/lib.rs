@@ -4,8 +4,12 @@
 //!   each machine the firmware's device core behind a real MQTT connection. Used by
 //!   `fabmeter-agent simulate` and by the one-command demo.
 //!
-//! The real-device agent (`fabmeter-agent run`: GPIO, ADC, badge readers, smart plugs, disk
-//! journal) is not implemented yet.
+//! - [`input`]: the inputs of a real machine (smart plugs over MQTT, GPIO run signal, ADS1115 clamp,
+//!   badge readers: stdin, keyboard-wedge through evdev, MFRC522; the relay), each a source of
+//!   readings for the device core (docs/AGENT-INPUTS.md).
+//!
+//! The real-device runtime (`fabmeter-agent run`: config file, disk journal, MQTT) is not
+//! implemented yet.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -5,6 +5,17 @@
 //! runtime that hosts the firmware's device core: each source turns what it reads into a
 //! [`Reading`] for one machine; the runtime stamps it with its own clock and hands it to the
 //! device (`on_run_signal`, `on_sample`, `on_current`, `on_badge`).
+//!
+//! - [`plug`]: Shelly and Tasmota smart plugs over MQTT (a pure decoder + its connection);
+//! - [`badge`]: UIDs typed as text (stdin, USB keyboard-wedge readers through evdev);
+//! - [`hw`]: GPIO run signal, ADS1115 current clamp, MFRC522 badge reader and the relay, through
+//!   linux-embedded-hal and the firmware's drivers.
+//!
+//! `docs/AGENT-INPUTS.md` describes every source, its config and its wiring.
+
+pub mod badge;
+pub mod hw;
+pub mod plug;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -93,6 +104,10 @@ pub enum UsageConfig {
     Tasmota {
         /// The plug's topic, e.g. `tasmota_4F2A1C`.
         topic: String,
+        /// On a multi-channel device, the channel (0-based) the machine is on; none: the sum of
+        /// all channels.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<usize>,
     },
 }
 
@@ -104,6 +119,9 @@ pub enum BadgeConfig {
     Evdev {
         /// The input device.
         device: String,
+        /// Byte order of 10-digit decimal UIDs (`le`, the default, or `be`).
+        #[serde(default)]
+        decimal: badge::DecimalOrder,
     },
     /// One UID per line in hex on standard input (tests, scripts, a wedge reader on a console).
     Stdin,
@@ -139,10 +157,7 @@ pub struct SourceContext {
 }
 
 /// Starts the sources of one machine. Each runs until `shutdown` and sends its readings, tagged
-/// with `machine`, to `tx`.
-///
-/// Skeleton: the source kinds are implemented by the inputs work (issue 5, item 1); until then
-/// this starts nothing.
+/// with `machine`, to `tx`. Must be called within a tokio runtime.
 pub fn spawn_sources(
     machine: usize,
     cfg: &InputsConfig,
@@ -150,41 +165,219 @@ pub fn spawn_sources(
     tx: mpsc::Sender<Tagged>,
     shutdown: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, InputError> {
-    let _ = (machine, cfg, ctx, tx, shutdown);
-    Ok(Vec::new())
+    let mut tasks = Vec::new();
+    if let Some(usage) = &cfg.usage {
+        let what = format!("machine {machine} usage");
+        let plug = match usage {
+            UsageConfig::Shelly { topic } => Some((plug::PlugKind::Shelly, topic)),
+            UsageConfig::Tasmota { topic, channel } => {
+                Some((plug::PlugKind::Tasmota { channel: *channel }, topic))
+            }
+            _ => None,
+        };
+        match plug {
+            Some((kind, topic)) => {
+                if topic.is_empty() || topic.contains(['+', '#']) {
+                    return Err(InputError {
+                        what,
+                        problem: format!("plug topic {topic:?} is empty or has a wildcard"),
+                        fix: "set topic to the plug's own topic (see docs/AGENT-INPUTS.md)".into(),
+                    });
+                }
+                let opts = plug::plug_options(&what, ctx.mqtt.as_ref(), machine)?;
+                let decoder = plug::PlugDecoder::new(kind, topic);
+                tasks.push(tokio::spawn(plug::run_plug(
+                    what,
+                    opts,
+                    decoder,
+                    machine,
+                    tx.clone(),
+                    shutdown.clone(),
+                )));
+            }
+            None => match usage {
+                UsageConfig::Gpio {
+                    chip,
+                    line,
+                    active_low,
+                } => {
+                    let pin = hw::open_line(&what, chip, *line, false, *active_low)?;
+                    let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        hw::run_signal_thread(what, pin, machine, tx, shutdown)
+                    }));
+                }
+                UsageConfig::Ads1115 { bus, address } => {
+                    let adc = hw::open_ads1115(&what, bus, *address)?;
+                    let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        hw::ads1115_thread(what, adc, machine, tx, shutdown)
+                    }));
+                }
+                UsageConfig::Shelly { .. } | UsageConfig::Tasmota { .. } => {
+                    unreachable!("plugs are handled above")
+                }
+            },
+        }
+    }
+    if let Some(b) = &cfg.badge {
+        let what = format!("machine {machine} badge");
+        match b {
+            BadgeConfig::Stdin => {
+                let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                tasks.push(tokio::spawn(async move {
+                    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                    let stats =
+                        badge::read_badge_lines(&what, stdin, machine, &tx, &shutdown).await;
+                    tracing::info!(%what, badges = stats.badges, bad = stats.bad, "badge: stdin closed");
+                }));
+            }
+            BadgeConfig::Evdev { device, decimal } => {
+                let dev = badge::open_wedge(&what, device)?;
+                tasks.push(tokio::spawn(badge::run_wedge(
+                    what,
+                    dev,
+                    *decimal,
+                    machine,
+                    tx.clone(),
+                    shutdown.clone(),
+                )));
+            }
+            BadgeConfig::Mfrc522 { spi } => {
+                let reader = hw::open_mfrc522(&what, spi)?;
+                let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    hw::mfrc522_thread(what, reader, machine, tx, shutdown)
+                }));
+            }
+        }
+    }
+    Ok(tasks)
 }
 
 /// The relay of a machine: a GPIO line, or nothing.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub enum Relay {
     /// No relay: switching does nothing.
     #[default]
     None,
+    /// A GPIO output line (requested active-low when configured so: `set_high` closes the relay).
+    Gpio(linux_embedded_hal::CdevPin),
 }
 
 impl Relay {
-    /// Opens the relay output a machine's config names.
+    /// Opens the relay output a machine's config names; the relay starts open (inactive).
     pub fn open(cfg: Option<&RelayConfig>) -> Result<Relay, InputError> {
         match cfg {
             None => Ok(Relay::None),
-            Some(c) => Err(InputError {
-                what: "relay".into(),
-                problem: format!("{c:?} is not supported yet"),
-                fix: "remove the relay section".into(),
-            }),
+            Some(RelayConfig::Gpio {
+                chip,
+                line,
+                active_low,
+            }) => hw::open_relay_line("relay", chip, *line, *active_low).map(Relay::Gpio),
         }
     }
 }
 
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Relay::None => f.write_str("Relay::None"),
+            Relay::Gpio(pin) => write!(f, "Relay::Gpio(line {})", pin.0.line().offset()),
+        }
+    }
+}
+
+/// A relay output that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("relay: {0}")]
+pub struct RelayError(String);
+
+impl embedded_hal::digital::Error for RelayError {
+    fn kind(&self) -> embedded_hal::digital::ErrorKind {
+        embedded_hal::digital::ErrorKind::Other
+    }
+}
+
 impl embedded_hal::digital::ErrorType for Relay {
-    type Error = std::convert::Infallible;
+    type Error = RelayError;
 }
 
 impl embedded_hal::digital::OutputPin for Relay {
     fn set_low(&mut self) -> Result<(), Self::Error> {
-        Ok(())
+        match self {
+            Relay::None => Ok(()),
+            Relay::Gpio(pin) => pin.set_low().map_err(|e| RelayError(e.to_string())),
+        }
     }
     fn set_high(&mut self) -> Result<(), Self::Error> {
-        Ok(())
+        match self {
+            Relay::None => Ok(()),
+            Relay::Gpio(pin) => pin.set_high().map_err(|e| RelayError(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_examples_parse() {
+        let cfg: InputsConfig = toml::from_str(
+            r#"
+            usage = { kind = "tasmota", topic = "tasmota_4F2A1C", channel = 1 }
+            badge = { kind = "evdev", device = "/dev/input/by-id/usb-reader-event-kbd", decimal = "be" }
+            relay = { kind = "gpio", chip = "/dev/gpiochip0", line = 23, active_low = true }
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(
+            cfg.usage,
+            Some(UsageConfig::Tasmota {
+                topic: "tasmota_4F2A1C".into(),
+                channel: Some(1)
+            })
+        );
+        assert_eq!(
+            cfg.badge,
+            Some(BadgeConfig::Evdev {
+                device: "/dev/input/by-id/usb-reader-event-kbd".into(),
+                decimal: badge::DecimalOrder::Be
+            })
+        );
+        let cfg: InputsConfig = toml::from_str(
+            r#"
+            usage = { kind = "shelly", topic = "shellyplusplugs-a8032ab12345" }
+            badge = { kind = "evdev", device = "/dev/input/event3" }
+            "#,
+        )
+        .expect("parses");
+        assert!(matches!(
+            cfg.badge,
+            Some(BadgeConfig::Evdev {
+                decimal: badge::DecimalOrder::Le,
+                ..
+            })
+        ));
+        let e = toml::from_str::<InputsConfig>(
+            r#"usage = { kind = "shelly", topic = "x", colour = 1 }"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_relay_chip_is_named() {
+        let e = Relay::open(Some(&RelayConfig::Gpio {
+            chip: "/dev/gpiochip-none".into(),
+            line: 23,
+            active_low: false,
+        }))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("/dev/gpiochip-none does not exist"),
+            "{e}"
+        );
     }
 }
