@@ -227,6 +227,7 @@ impl Application {
                 ledger: Box::new(maintenance_ledger),
                 client: client.clone(),
                 metrics: metrics.clone(),
+                series: series.clone(),
                 now_ms: ingest::now_ms,
             }
             .run(shutdown.clone()),
