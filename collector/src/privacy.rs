@@ -18,6 +18,9 @@ pub enum PrivacyError {
     /// The member is not in the site configuration.
     #[error("unknown member {0:?}: members are the [[members]] of the site configuration")]
     UnknownMember(String),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),

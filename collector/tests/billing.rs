@@ -608,3 +608,40 @@ fn member_export_holds_the_members_sessions_events_and_invoices_only() {
     );
     assert!(!out.exists());
 }
+
+#[tokio::test]
+async fn the_member_export_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    open(&c)
+        .commit(&session(
+            "laser-1",
+            1,
+            1,
+            ALICE,
+            "2026-10-03T09:00:00Z",
+            600,
+            0,
+        ))
+        .expect("commit");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = api::privacy_router(Arc::new(c));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let get = |path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            fabmeter_e2e::http::get("127.0.0.1", port, path).expect("GET")
+        })
+    };
+    let r = get("/api/members/alice/export").await.expect("join");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_str(&r.text()).expect("json");
+    assert_eq!(v["member"]["id"], "alice");
+    assert_eq!(v["sessions"][0]["busy_s"], 600);
+    assert_eq!(v["sessions"][0]["events"].as_array().map(Vec::len), Some(2));
+    let r = get("/api/members/carol/export").await.expect("join");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("unknown member"), "{}", r.text());
+}
