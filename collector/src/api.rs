@@ -8,6 +8,7 @@
 //! | `GET /api/machines/{id}/counters` | lifetime counters of a machine |
 //! | `GET /api/dead-letters?limit` | the latest refused messages, with their reasons |
 //! | `GET /api/members/{id}/statement?period` | usage and charges so far this period (docs/BILLING.md) |
+//! | `GET /api/members/{id}/export` | everything held about the member (docs/SECURITY.md "Personal data") |
 //! | `GET /api/maintenance` | every machine's plans (hours left, due date, state), lock, availability |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | the process answers |
@@ -84,6 +85,42 @@ async fn maintenance(
     })
     .await?;
     Ok(Json(serde_json::json!({ "now_ms": now, "machines": machines })).into_response())
+}
+
+/// `GET /api/members/{id}/export`: everything held about one member (docs/SECURITY.md "Personal
+/// data"), read on a ledger connection of its own, opened for the request.
+pub fn privacy_router(config: Arc<crate::config::Config>) -> Router {
+    Router::new()
+        .route("/api/members/{id}/export", get(member_export))
+        .with_state(config)
+}
+
+async fn member_export(
+    State(config): State<Arc<crate::config::Config>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::privacy::{export_member, PrivacyError};
+    let now = crate::ingest::now_ms();
+    let doc = tokio::task::spawn_blocking(move || {
+        let ledger = crate::ledger::SqliteLedger::open(
+            &config.ledger.path,
+            &config.site_id()?,
+            config.badge_directory(),
+        )?;
+        export_member(&config, &ledger, &id, now)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match doc {
+        Ok(d) => Ok(Json(d).into_response()),
+        Err(e @ PrivacyError::UnknownMember(_)) => {
+            Err(ApiError(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "member export failed");
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
+    }
 }
 
 /// An API error: a status and a message naming the problem and the fix.

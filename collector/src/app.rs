@@ -227,6 +227,7 @@ impl Application {
                 ledger: Box::new(maintenance_ledger),
                 client: client.clone(),
                 metrics: metrics.clone(),
+                series: series.clone(),
                 now_ms: ingest::now_ms,
             }
             .run(shutdown.clone()),
@@ -250,7 +251,9 @@ impl Application {
             billing: crate::billing::invoice::Billing::from_config(&config)?.map(Arc::new),
         };
         let maintenance_routes = api::maintenance_router(state.ledger.clone(), config.clone());
-        let routes = api::router(state).merge(maintenance_routes);
+        let routes = api::router(state)
+            .merge(maintenance_routes)
+            .merge(api::privacy_router(config.clone()));
         let app = match &config.http.tokens_file {
             Some(path) => {
                 let tokens = Arc::new(crate::auth::Tokens::new(path.clone())?);

@@ -8,7 +8,7 @@
 //! | role | may read |
 //! |---|---|
 //! | `manager` | everything |
-//! | `member` | its own `/api/members/{id}/statement` |
+//! | `member` | its own `/api/members/{id}/statement` and `/api/members/{id}/export` |
 //! | `monitor` | `/metrics` |
 //!
 //! `/`, `/healthz` and `/readyz` are open to all: the page holds no data (it asks for a token
@@ -181,7 +181,10 @@ pub fn allowed(entry: &TokenEntry, path: &str) -> bool {
         Role::Member => {
             let Some(m) = &entry.member else { return false };
             path.strip_prefix("/api/members/")
-                .and_then(|r| r.strip_suffix("/statement"))
+                .and_then(|r| {
+                    r.strip_suffix("/statement")
+                        .or_else(|| r.strip_suffix("/export"))
+                })
                 .is_some_and(|id| id == m)
         }
     }
@@ -298,6 +301,8 @@ mod tests {
         assert!(allowed(&e, "/api/members/alice/statement"));
         assert!(!allowed(&e, "/api/members/bob/statement"));
         assert!(!allowed(&e, "/api/members/alice/statement/x"));
+        assert!(allowed(&e, "/api/members/alice/export"));
+        assert!(!allowed(&e, "/api/members/bob/export"));
         assert!(!allowed(&e, "/api/machines"));
         let mon = f
             .create("prometheus", Role::Monitor, None, "2026-12-01T00:00:00Z")

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod maintenance;
 pub mod metrics;
+pub mod privacy;
 pub mod provision;
 pub mod series;
 pub mod session;

@@ -41,6 +41,26 @@ enum Command {
     /// HTTP API tokens: create (shown once), list, revoke (docs/SECURITY.md).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Personal data of a member (docs/SECURITY.md "Personal data").
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+/// `member` subcommands.
+#[derive(Subcommand, Debug)]
+enum MemberCommand {
+    /// Everything held about one member as one JSON document: the configuration entry (badge
+    /// hashes), sessions with their raw events, invoices and credit notes issued to them.
+    Export {
+        #[command(flatten)]
+        o: Overrides,
+        /// The member id, e.g. alice.
+        #[arg(long)]
+        member: String,
+        /// Write the document to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `maintenance` subcommands.
@@ -297,6 +317,7 @@ fn main() -> anyhow::Result<()> {
         Command::Maintenance(c) => maintenance::run(c),
         Command::Provision(p) => provision(p),
         Command::Token(t) => token(t),
+        Command::Member(m) => member(m),
         Command::Run(o) => {
             let config = o.load()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -317,6 +338,40 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     app.run(shutdown).await?;
     Ok(())
+}
+
+fn member(m: MemberCommand) -> anyhow::Result<()> {
+    match m {
+        MemberCommand::Export { o, member, out } => {
+            let config = o.load()?;
+            let ledger = fabmeter_collector::ledger::SqliteLedger::open(
+                &config.ledger.path,
+                &config.site_id()?,
+                config.badge_directory(),
+            )?;
+            let doc = fabmeter_collector::privacy::export_member(
+                &config,
+                &ledger,
+                &member,
+                fabmeter_collector::ingest::now_ms(),
+            )?;
+            let json = serde_json::to_string_pretty(&doc)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, json + "\n")
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!(
+                        "member {member}: {} sessions, {} documents written to {}",
+                        doc.sessions.len(),
+                        doc.documents.len(),
+                        path.display()
+                    );
+                }
+                None => println!("{json}"),
+            }
+            Ok(())
+        }
+    }
 }
 
 fn tokens_path(config: &Config) -> anyhow::Result<PathBuf> {

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use fabmeter_protocol::message::{Event, EventBody, MachineState, Telemetry};
 use fabmeter_protocol::Id;
 
+use crate::maintenance::{MachineMaintenance, PlanState};
 use crate::timeseries::Point;
 
 /// Measurement of state changes.
@@ -24,6 +25,10 @@ pub const DEVICE_COUNTERS: &str = "device_counters";
 pub const ACCESS_DENIED: &str = "access_denied";
 /// Measurement of device faults.
 pub const FAULT: &str = "fault";
+/// Measurement of service plans, one point per plan per maintenance evaluation.
+pub const MAINTENANCE: &str = "maintenance";
+/// Measurement of a machine's locks and downtime, one point per maintenance evaluation.
+pub const AVAILABILITY: &str = "availability";
 
 /// Numeric code of a state: 0 off, 1 idle, 2 busy.
 pub const fn state_code(s: MachineState) -> i64 {
@@ -31,6 +36,15 @@ pub const fn state_code(s: MachineState) -> i64 {
         MachineState::Off => 0,
         MachineState::Idle => 1,
         MachineState::Busy => 2,
+    }
+}
+
+/// Numeric code of a plan state: 0 ok, 1 due soon, 2 overdue.
+pub const fn plan_state_code(s: PlanState) -> i64 {
+    match s {
+        PlanState::Ok => 0,
+        PlanState::DueSoon => 1,
+        PlanState::Overdue => 2,
     }
 }
 
@@ -130,6 +144,39 @@ pub fn telemetry(
         p = p.field("power_w", f64::from(w));
     }
     vec![p]
+}
+
+/// Points for one machine's maintenance evaluated at `now_ms`: one `maintenance` point per plan
+/// (`state`, and `busy_h_left` / `days_left` for the intervals the plan has) and one `availability`
+/// point (locks, cumulative downtime, availability over the last 30 days).
+pub fn maintenance(site: &Id, machine: &Id, m: &MachineMaintenance, now_ms: u64) -> Vec<Point> {
+    let p = |name| base(name, site, machine, &m.kind, now_ms);
+    let mut out: Vec<Point> = m
+        .plans
+        .iter()
+        .map(|plan| {
+            let mut pt = p(MAINTENANCE)
+                .tag("plan", plan.plan.as_str())
+                .field("state", plan_state_code(plan.state));
+            if let Some(h) = plan.busy_h_left {
+                pt = pt.field("busy_h_left", h);
+            }
+            if let Some(due) = plan.due_ms {
+                let left_ms = i128::from(due) - i128::from(now_ms);
+                let days = (left_ms as f64 / 86_400_000.0 * 1000.0).round() / 1000.0;
+                pt = pt.field("days_left", days);
+            }
+            pt
+        })
+        .collect();
+    out.push(
+        p(AVAILABILITY)
+            .field("out_of_order", i64::from(m.out_of_order.is_some()))
+            .field("locked", i64::from(m.lock.is_some()))
+            .field("downtime_s", int(m.downtime_total_s))
+            .field("availability_30d", m.availability.availability),
+    );
+    out
 }
 
 #[cfg(test)]

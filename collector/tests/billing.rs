@@ -508,3 +508,140 @@ fn the_invoice_and_audit_commands() {
     let (ok, _, stderr) = run(&["invoice", "--period", "2026-13"]);
     assert!(!ok && stderr.contains("2026-13"), "{stderr}");
 }
+
+/// `member export`: one JSON document with the member's configuration entry, their sessions with
+/// the raw events, and the documents issued to them; nothing about another member.
+#[test]
+fn member_export_holds_the_members_sessions_events_and_invoices_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    {
+        let mut l = open(&c);
+        let mut batch = session("laser-1", 1, 1, ALICE, "2026-10-03T09:00:00Z", 600, 0);
+        batch.extend(session(
+            "laser-1",
+            1,
+            3,
+            BOB,
+            "2026-10-04T09:00:00Z",
+            300,
+            0,
+        ));
+        batch.extend(session(
+            "printer-1",
+            1,
+            1,
+            ALICE,
+            "2026-10-05T09:00:00Z",
+            900,
+            60,
+        ));
+        l.commit(&batch).expect("commit");
+        let billing = Billing::from_config(&c).expect("rules").expect("billing");
+        let oct = Period::parse("2026-10").expect("period");
+        let r = l
+            .issue_invoices(&billing, oct, ms("2026-11-02T10:00:00Z"), false)
+            .expect("issue");
+        assert_eq!(r.invoices.len(), 2);
+    }
+    let file = dir.path().join("site.toml");
+    std::fs::write(&file, c.to_toml()).expect("write config");
+    let out = dir.path().join("alice.json");
+    let run = |member: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
+            .args(["member", "export", "--member", member, "--out"])
+            .arg(&out)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("run")
+    };
+    let o = run("alice");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("2 sessions, 1 documents"), "{stderr}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("export")).expect("json");
+    assert_eq!(doc["format"], "fabmeter-member-export/1");
+    assert_eq!(doc["site"], "atelier-lyon");
+    assert_eq!(doc["member"]["id"], "alice");
+    assert_eq!(doc["member"]["name"], "Alice Martin");
+    assert_eq!(doc["member"]["badges"][0], ALICE);
+    let sessions = doc["sessions"].as_array().expect("sessions");
+    let machines: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["machine"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(machines, ["laser-1", "printer-1"]);
+    for s in sessions {
+        assert_eq!(s["member"], "alice");
+        assert_eq!(s["badge"], ALICE);
+        let kinds: Vec<&str> = s["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(kinds, ["session_started", "session_ended"], "{s}");
+        let payload: serde_json::Value =
+            serde_json::from_str(s["events"][1]["payload"].as_str().expect("payload"))
+                .expect("payload json");
+        assert_eq!(payload["event"]["session_ended"]["busy_s"], s["busy_s"]);
+    }
+    assert_eq!(sessions[1]["busy_s"], 900);
+    assert_eq!(sessions[1]["idle_s"], 60);
+    let docs = doc["documents"].as_array().expect("documents");
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0]["buyer"]["id"], "alice");
+    let text = std::fs::read_to_string(&out).expect("export");
+    assert!(
+        !text.contains(BOB) && !text.contains("Bob Durand"),
+        "nothing about bob"
+    );
+    // An unknown member: a clear error, no file.
+    std::fs::remove_file(&out).expect("remove");
+    let o = run("carol");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("unknown member \"carol\""),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[tokio::test]
+async fn the_member_export_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    open(&c)
+        .commit(&session(
+            "laser-1",
+            1,
+            1,
+            ALICE,
+            "2026-10-03T09:00:00Z",
+            600,
+            0,
+        ))
+        .expect("commit");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = api::privacy_router(Arc::new(c));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let get = |path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            fabmeter_e2e::http::get("127.0.0.1", port, path).expect("GET")
+        })
+    };
+    let r = get("/api/members/alice/export").await.expect("join");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_str(&r.text()).expect("json");
+    assert_eq!(v["member"]["id"], "alice");
+    assert_eq!(v["sessions"][0]["busy_s"], 600);
+    assert_eq!(v["sessions"][0]["events"].as_array().map(Vec::len), Some(2));
+    let r = get("/api/members/carol/export").await.expect("join");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("unknown member"), "{}", r.text());
+}

@@ -832,3 +832,6 @@ pub(super) mod invoices;
 
 #[path = "maintenance.rs"]
 mod maintenance;
+
+#[path = "privacy.rs"]
+pub(super) mod privacy;

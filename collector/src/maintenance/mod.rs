@@ -123,6 +123,9 @@ pub struct MachineMaintenance {
     pub lock: Option<String>,
     /// Downtime and availability.
     pub availability: Availability,
+    /// Downtime since the machine's registration, seconds (never decreases: the time series'
+    /// `availability.downtime_s`).
+    pub downtime_total_s: u64,
     /// Badges the device refused because of a lock.
     pub refused_locked: u64,
 }
@@ -284,6 +287,7 @@ pub fn evaluate_machine(
         out_of_order,
         lock,
         availability: availability(&rec.outages, from_ms, now_ms),
+        downtime_total_s: availability(&rec.outages, rec.registered_ms, now_ms).downtime_s,
         refused_locked: rec.refused_locked,
     }
 }

@@ -21,6 +21,7 @@ use super::{evaluate_machine, plan_source, MachineMaintenance, PlanState};
 use crate::config::{Config, MachineConfig};
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
+use crate::timeseries::{Point, TimeSeriesHandle};
 
 /// The plan key of out-of-order alerts in the alert-state table.
 const OUT_OF_ORDER_KEY: &str = "-out-of-order";
@@ -117,6 +118,8 @@ pub struct MaintenanceTask {
     pub client: AsyncClient,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The time-series sink: the `maintenance` and `availability` points of docs/SCHEMA.md.
+    pub series: TimeSeriesHandle,
     /// Wall clock, unix ms (tests may pass their own).
     pub now_ms: fn() -> u64,
 }
@@ -280,6 +283,7 @@ impl MaintenanceTask {
             ledger,
             client,
             metrics,
+            series,
             now_ms,
         } = self;
         let site = config.site.id.clone();
@@ -299,6 +303,7 @@ impl MaintenanceTask {
         });
         let ledger = Arc::new(Mutex::new(ledger));
         let mut published: HashMap<String, Option<String>> = HashMap::new();
+        let mut last_series_ms: Option<u64> = None;
         let mut last_accepted = u64::MAX;
         let mut last_check = tokio::time::Instant::now();
         let check = Duration::from_secs(config.maintenance.check_s);
@@ -355,10 +360,10 @@ impl MaintenanceTask {
                         && l.reported_config_hash(machine)?.as_deref() == Some(hash.as_str());
                     configs.push((machine.clone(), lock.clone(), bytes, applied));
                 }
-                Ok::<_, LedgerError>((d.alerts, configs))
+                Ok::<_, LedgerError>((d.alerts, configs, machines))
             })
             .await;
-            let (alerts, configs) = match step {
+            let (alerts, configs, machines) = match step {
                 Ok(Ok(d)) => d,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "maintenance evaluation failed; retrying");
@@ -369,6 +374,10 @@ impl MaintenanceTask {
                     continue;
                 }
             };
+            if series_due(last_series_ms, now, check, !alerts.is_empty()) {
+                series.send(series_points(&site_id, &machines, now));
+                last_series_ms = Some(now);
+            }
             for (machine, _, _, alert) in alerts {
                 tracing::info!(machine = %machine, code = %alert.code, "{}", alert.text);
                 let Ok(mid) = Id::new(&machine) else { continue };
@@ -419,6 +428,23 @@ impl MaintenanceTask {
             }
         }
     }
+}
+
+/// Whether an evaluation at `now_ms` writes its points: the first, one at least `check` after the
+/// last written, and any that changed a state (`changed`). Evaluations after each commit are
+/// otherwise not written, so a busy site writes a machine's points about once per `check_s`.
+pub fn series_due(last_ms: Option<u64>, now_ms: u64, check: Duration, changed: bool) -> bool {
+    let check_ms = u64::try_from(check.as_millis()).unwrap_or(u64::MAX);
+    changed || last_ms.is_none_or(|last| now_ms.saturating_sub(last) >= check_ms)
+}
+
+/// The `maintenance` and `availability` points of every machine at `now_ms`.
+pub fn series_points(site: &Id, machines: &[MachineMaintenance], now_ms: u64) -> Vec<Point> {
+    machines
+        .iter()
+        .filter_map(|m| Some((Id::new(&m.machine).ok()?, m)))
+        .flat_map(|(id, m)| crate::series::maintenance(site, &id, m, now_ms))
+        .collect()
 }
 
 /// POSTs each alert as JSON, retrying with a doubling backoff (1 s to 60 s) up to `attempts`.

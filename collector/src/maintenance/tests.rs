@@ -326,3 +326,51 @@ mod alerts {
         assert!(dc.validate().is_ok(), "a long reason is cut to fit");
     }
 }
+
+#[test]
+fn maintenance_points_carry_each_plan_and_the_machine_downtime() {
+    use fabmeter_protocol::Id;
+    let mut both = plan(Some(10.0), Some(30.0), true);
+    both.name = "lens cleaning".into();
+    let (c, m) = site(vec![both, plan(None, Some(7.0), false)]);
+    // 12 busy hours since registration: the busy interval is overdue, locking the machine; out of
+    // order for the first day, and for a day 40 days later (outside the 30-day window).
+    let outages = vec![
+        outage(OUT_OF_ORDER, T0, Some(T0 + DAY)),
+        outage(OUT_OF_ORDER, T0 + 40 * DAY, Some(T0 + 41 * DAY)),
+    ];
+    let now = T0 + 45 * DAY;
+    let mm = evaluate_machine(&c, &m, &records(12 * 3600, vec![], outages), now);
+    let site_id = Id::new("site").expect("id");
+    let machine = Id::new("laser-1").expect("id");
+    let lines: Vec<String> = crate::series::maintenance(&site_id, &machine, &mm, now)
+        .iter()
+        .map(|p| p.to_line().expect("valid point"))
+        .collect();
+    let t = now;
+    assert_eq!(
+        lines,
+        [
+            format!("maintenance,kind=laser,machine=laser-1,plan=lens\\ cleaning,site=site state=2i,busy_h_left=-2,days_left=-15 {t}"),
+            format!("maintenance,kind=laser,machine=laser-1,plan=lens,site=site state=2i,days_left=-38 {t}"),
+            format!("availability,kind=laser,machine=laser-1,site=site out_of_order=0i,locked=1i,downtime_s=172800i,availability_30d=0.9667 {t}"),
+        ]
+    );
+    // Due soon, not locked, out of order now: the codes and flags follow.
+    let (c, m) = site(vec![plan(Some(10.0), None, true)]);
+    let r = records(
+        9 * 3600 + 1800,
+        vec![],
+        vec![outage(OUT_OF_ORDER, T0, None)],
+    );
+    let mm = evaluate_machine(&c, &m, &r, T0 + 1000);
+    let pts = crate::series::maintenance(&site_id, &machine, &mm, T0 + 1000);
+    assert_eq!(
+        pts[0].to_line().expect("valid"),
+        format!("maintenance,kind=laser,machine=laser-1,plan=lens,site=site state=1i,busy_h_left=0.5 {}", T0 + 1000)
+    );
+    assert_eq!(
+        pts[1].to_line().expect("valid"),
+        format!("availability,kind=laser,machine=laser-1,site=site out_of_order=1i,locked=1i,downtime_s=1i,availability_30d=0 {}", T0 + 1000)
+    );
+}
