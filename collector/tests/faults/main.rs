@@ -243,12 +243,14 @@ fn broker_restart_without_persistence_drops_what_it_queued_for_a_stopped_collect
         &exp,
         0,
     );
-    println!(
+    let line = format!(
         "limitation {}: queued={} lost={} (broker without persistence)",
         t.fault,
         boot1.len(),
         t.lost
     );
+    println!("{line}");
+    record_tally(&line);
     assert_eq!(t.lost, boot1.len() as u64);
     collector.stop();
 }

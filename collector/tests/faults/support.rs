@@ -269,10 +269,12 @@ pub struct Tally {
 impl Tally {
     /// Prints the tally line and asserts nothing was lost or counted twice.
     pub fn check(&self) {
-        println!(
+        let line = format!(
             "tally {}: sent={} accepted={} duplicates={} lost={} double-counted={}",
             self.fault, self.sent, self.accepted, self.duplicates, self.lost, self.double
         );
+        println!("{line}");
+        record_tally(&line);
         assert!(
             self.lost == 0 && self.double == 0,
             "{}: lost {} double-counted {}: {:?}",
@@ -281,6 +283,21 @@ impl Tally {
             self.double,
             &self.detail[..self.detail.len().min(20)]
         );
+    }
+}
+
+/// Where tally lines are also appended, so that CI can print them after a captured test run.
+pub const TALLY_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/fault-tallies.txt");
+
+/// Appends one line to [`TALLY_FILE`] (best effort: the line was printed already).
+pub fn record_tally(line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(TALLY_FILE)
+    {
+        let _ = writeln!(f, "{line}");
     }
 }
 
