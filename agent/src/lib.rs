@@ -4,12 +4,17 @@
 //!   each machine the firmware's device core behind a real MQTT connection. Used by
 //!   `fabmeter-agent simulate` and by the one-command demo.
 //!
-//! The real-device agent (`fabmeter-agent run`: GPIO, ADC, badge readers, smart plugs, disk
-//! journal) is not implemented yet.
+//! - [`run`]: the agent for real machines (`fabmeter-agent run --config agent.toml`): each machine
+//!   a firmware device core with its journal on disk ([`disk`]), its inputs ([`input`]) and its own
+//!   MQTT connection ([`link`]), configured by [`config`] (docs/AGENT.md).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub use fabmeter_protocol as protocol;
 
+pub mod config;
+pub mod disk;
 pub mod input;
+pub mod link;
+pub mod run;
 pub mod sim;
