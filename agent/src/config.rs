@@ -256,23 +256,7 @@ fn valid_id(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-/// `mqtt://host[:port]` or `mqtts://host[:port]` → (host, port, tls).
-pub fn parse_url(url: &str) -> Option<(String, u16, bool)> {
-    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (r, true)
-    } else {
-        (url.strip_prefix("mqtt://")?, false)
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        return None;
-    }
-    Some((host.trim_matches(['[', ']']).to_string(), port, tls))
-}
+pub use fabmeter_protocol::topic::parse_broker_url as parse_url;
 
 fn read_text(key: &str, path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| {

@@ -232,8 +232,14 @@ mod tests {
     use crate::run::{new_device, AGENT_FLASH_SECTORS};
     use fabmeter_firmware::journal::EventKey;
 
-    fn key() -> fabmeter_protocol::BadgeKey {
-        crate::sim::demo_badge_key()
+    fn start(p: &Path) -> Result<Box<crate::run::AgentDevice>, String> {
+        let flash = FileFlash::open(p, AGENT_FLASH_SECTORS).map_err(|e| e.to_string())?;
+        new_device(
+            flash,
+            crate::input::Relay::None,
+            &crate::sim::demo_badge_key(),
+            0,
+        )
     }
 
     #[test]
@@ -261,13 +267,7 @@ mod tests {
     fn a_journal_on_disk_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.flash");
-        let mut dev = new_device(
-            FileFlash::open(&p, AGENT_FLASH_SECTORS).unwrap(),
-            crate::input::Relay::None,
-            &key(),
-            0,
-        )
-        .unwrap();
+        let mut dev = start(&p).unwrap();
         assert_eq!(dev.boot(), 1);
         for t in 1..=5u64 {
             dev.on_badge(t * 10_000, &[4, 1, 2, t as u8]);
@@ -277,13 +277,7 @@ mod tests {
         // Acknowledge the first one, as after a PUBACK.
         dev.on_puback(before[0]);
         drop(dev); // like a SIGKILL: nothing is flushed at the end
-        let dev = new_device(
-            FileFlash::open(&p, AGENT_FLASH_SECTORS).unwrap(),
-            crate::input::Relay::None,
-            &key(),
-            0,
-        )
-        .unwrap();
+        let dev = start(&p).unwrap();
         assert_eq!(dev.boot(), 2, "the boot counter is persisted");
         let after: Vec<EventKey> = dev.journal().entries().iter().map(|e| e.key).collect();
         // Everything not acknowledged, in order, then the new boot's counters.
@@ -295,13 +289,7 @@ mod tests {
     fn a_truncated_file_is_padded_and_a_garbled_one_recovers() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.flash");
-        let mut dev = new_device(
-            FileFlash::open(&p, AGENT_FLASH_SECTORS).unwrap(),
-            crate::input::Relay::None,
-            &key(),
-            0,
-        )
-        .unwrap();
+        let mut dev = start(&p).unwrap();
         for t in 1..=4u64 {
             dev.on_badge(t * 10_000, &[4, 1, 2, t as u8]);
         }
@@ -317,7 +305,13 @@ mod tests {
         std::fs::write(&p, &bytes[..first_used - 40]).unwrap();
         let f = FileFlash::open(&p, AGENT_FLASH_SECTORS).unwrap();
         assert!(f.repaired());
-        let dev = new_device(f, crate::input::Relay::None, &key(), 0).unwrap();
+        let dev = new_device(
+            f,
+            crate::input::Relay::None,
+            &crate::sim::demo_badge_key(),
+            0,
+        )
+        .unwrap();
         assert!(dev.boot() >= 2, "boot {}", dev.boot());
         assert!(dev.journal().len() <= n + 1);
         drop(dev);
@@ -332,12 +326,7 @@ mod tests {
             *b = x as u8;
         }
         std::fs::write(&p, &g).unwrap();
-        let dev = new_device(
-            FileFlash::open(&p, AGENT_FLASH_SECTORS).unwrap(),
-            crate::input::Relay::None,
-            &key(),
-            0,
-        );
+        let dev = start(&p);
         match dev {
             Ok(d) => assert_eq!(d.journal().entries()[0].key.seq, 1),
             Err(e) => assert!(e.contains("m.flash"), "{e}"),

@@ -84,22 +84,11 @@ struct SimulateArgs {
 }
 
 fn parse_broker(url: &str) -> anyhow::Result<(String, u16)> {
-    let Some(rest) = url.strip_prefix("mqtt://") else {
-        bail!("--broker {url:?}: expected mqtt://host:port (TLS is not supported by the simulator), e.g. mqtt://127.0.0.1:1883");
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .with_context(|| format!("--broker {url:?}: bad port {p:?}"))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        bail!("--broker {url:?}: no host, e.g. mqtt://127.0.0.1:1883");
+    match fabmeter_agent::protocol::topic::parse_broker_url(url) {
+        Some((host, port, false)) => Ok((host, port)),
+        Some((_, _, true)) => bail!("--broker {url:?}: TLS is not supported by the simulator; use mqtt://host:port, e.g. mqtt://127.0.0.1:1883"),
+        None => bail!("--broker {url:?}: expected mqtt://host:port, e.g. mqtt://127.0.0.1:1883"),
     }
-    Ok((host.to_string(), port))
 }
 
 async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
