@@ -685,6 +685,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let c = AgentConfig::from_toml(include_str!("../agent.example.toml")).unwrap();
+        assert_eq!(c.machines.len(), 2);
+        assert!(c.machines.iter().all(|m| m.inputs.usage.is_some()));
+    }
+
+    #[test]
     fn print_config_redacts_secrets() {
         let c = AgentConfig::from_toml(&good().replace(
             "url = \"mqtt://127.0.0.1:1883\"",

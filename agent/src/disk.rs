@@ -285,6 +285,34 @@ mod tests {
         assert_eq!(after[before.len() - 1], EventKey { boot: 2, seq: 1 });
     }
 
+    /// Journal write throughput with a sync per write: each event is one synced append, its
+    /// acknowledgement another. Prints events/s (docs/AGENT.md quotes it).
+    #[test]
+    fn journal_throughput_with_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.flash");
+        let mut dev = start(&p).unwrap();
+        let n = 300u64;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            dev.on_badge(1000 + i * 1000, &[4, 9, (i >> 8) as u8, i as u8]);
+        }
+        let appended = t.elapsed();
+        let keys: Vec<EventKey> = dev.journal().entries().iter().map(|e| e.key).collect();
+        let t = std::time::Instant::now();
+        for k in &keys {
+            dev.on_puback(*k);
+        }
+        let acked = t.elapsed();
+        assert!(dev.journal().is_empty());
+        eprintln!(
+            "journal on disk: {:.0} events/s appended, {:.0} acks/s, {:.0} events/s through (append + ack)",
+            n as f64 / appended.as_secs_f64(),
+            keys.len() as f64 / acked.as_secs_f64(),
+            n as f64 / (appended + acked).as_secs_f64()
+        );
+    }
+
     #[test]
     fn a_truncated_file_is_padded_and_a_garbled_one_recovers() {
         let dir = tempfile::tempdir().unwrap();
