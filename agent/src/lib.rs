@@ -8,12 +8,17 @@
 //!   badge readers: stdin, keyboard-wedge through evdev, MFRC522; the relay), each a source of
 //!   readings for the device core (docs/AGENT-INPUTS.md).
 //!
-//! The real-device runtime (`fabmeter-agent run`: config file, disk journal, MQTT) is not
-//! implemented yet.
+//! - [`run`]: the agent for real machines (`fabmeter-agent run --config agent.toml`): each machine
+//!   a firmware device core with its journal on disk ([`disk`]), its inputs ([`input`]) and its own
+//!   MQTT connection ([`link`]), configured by [`config`] (docs/AGENT.md).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub use fabmeter_protocol as protocol;
 
+pub mod config;
+pub mod disk;
 pub mod input;
+pub mod link;
+pub mod run;
 pub mod sim;

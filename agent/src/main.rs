@@ -1,10 +1,12 @@
 //! `fabmeter-agent`: parses arguments and calls the library.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use fabmeter_agent::run::{self as agent, Exit};
 use fabmeter_agent::sim::{self, SimConfig, SimStats};
 use tokio_util::sync::CancellationToken;
 
@@ -21,11 +23,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent for real machines (not implemented yet).
+    /// Run the agent for the machines of a config file (docs/AGENT.md).
     Run {
         /// Agent config file.
         #[arg(long, default_value = "agent.toml")]
-        config: String,
+        config: PathBuf,
+    },
+    /// Print the effective config (defaults filled in, secrets redacted) and what it resolves to.
+    PrintConfig {
+        /// Agent config file.
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and every file it names; exit status 0 if it is valid.
+    CheckConfig {
+        /// Agent config file.
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
     },
     /// Simulate a workshop of machines, each a real MQTT client.
     Simulate(SimulateArgs),
@@ -70,22 +84,11 @@ struct SimulateArgs {
 }
 
 fn parse_broker(url: &str) -> anyhow::Result<(String, u16)> {
-    let Some(rest) = url.strip_prefix("mqtt://") else {
-        bail!("--broker {url:?}: expected mqtt://host:port (TLS is not supported by the simulator), e.g. mqtt://127.0.0.1:1883");
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .with_context(|| format!("--broker {url:?}: bad port {p:?}"))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        bail!("--broker {url:?}: no host, e.g. mqtt://127.0.0.1:1883");
+    match fabmeter_agent::protocol::topic::parse_broker_url(url) {
+        Some((host, port, false)) => Ok((host, port)),
+        Some((_, _, true)) => bail!("--broker {url:?}: TLS is not supported by the simulator; use mqtt://host:port, e.g. mqtt://127.0.0.1:1883"),
+        None => bail!("--broker {url:?}: expected mqtt://host:port, e.g. mqtt://127.0.0.1:1883"),
     }
-    Ok((host.to_string(), port))
 }
 
 async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
@@ -172,14 +175,80 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Run { config } => bail!(
-            "`fabmeter-agent run --config {config}` is not implemented yet (issue 5 item 1); \
-             `fabmeter-agent simulate` is available"
-        ),
-        Command::Simulate(a) => simulate(a).await,
+/// Exit status after a `reboot` command: the service manager starts the agent again.
+const EXIT_REBOOT: i32 = 75;
+
+async fn run_agent(config: PathBuf) -> anyhow::Result<Exit> {
+    let loaded = agent::load(&config)?;
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!("cannot listen for SIGTERM: {e}");
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping: sending the journals, then offline");
+            shutdown.cancel();
+        });
+    }
+    agent::run(loaded, shutdown).await
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttc=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run { config } => {
+            if rt.block_on(run_agent(config))? == Exit::Reboot {
+                drop(rt);
+                std::process::exit(EXIT_REBOOT);
+            }
+            Ok(())
+        }
+        Command::PrintConfig { config } => {
+            let loaded = agent::load(&config)?;
+            print!("{}", loaded.config.to_redacted_toml());
+            println!(
+                "\n# site {}: {} machine(s)",
+                loaded.site,
+                loaded.machines.len()
+            );
+            for m in &loaded.machines {
+                println!("#   {}", agent::describe(m));
+            }
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let loaded = agent::load(&config)?;
+            eprintln!(
+                "{}: valid, site {}, {} machine(s)",
+                config.display(),
+                loaded.site,
+                loaded.machines.len()
+            );
+            Ok(())
+        }
+        Command::Simulate(a) => rt.block_on(simulate(a)),
     }
 }
 

@@ -690,23 +690,8 @@ impl Config {
     }
 }
 
-/// Host and port of an `mqtt://` or `mqtts://` URL, and whether it is TLS.
-pub fn mqtt_host_port(url: &str) -> Option<(String, u16, bool)> {
-    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (r, true)
-    } else {
-        (url.strip_prefix("mqtt://")?, false)
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        return None;
-    }
-    Some((host.trim_matches(['[', ']']).to_string(), port, tls))
-}
+/// `mqtt://host:port` or `mqtts://host:port` → (host, port, tls); shared with the agent.
+pub use fabmeter_protocol::topic::parse_broker_url as mqtt_host_port;
 
 #[cfg(test)]
 mod tests {

@@ -246,6 +246,27 @@ pub fn filter(site: Option<&Id>, channel: Channel) -> TopicBuf {
     s
 }
 
+/// A broker URL, `mqtt://host[:port]` (plain TCP, port 1883 by default) or `mqtts://host[:port]`
+/// (TLS, 8883), as devices, agents and the collector write it: `(host, port, tls)`, or `None` if it
+/// is not such a URL. IPv6 hosts may be written in brackets.
+#[cfg(feature = "std")]
+pub fn parse_broker_url(url: &str) -> Option<(std::string::String, u16, bool)> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true)
+    } else {
+        (url.strip_prefix("mqtt://")?, false)
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.trim_matches(['[', ']']).into(), port, tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@
 //!   `connect_rate` per second (Mosquitto's listen backlog is 100). One connection per machine means
 //!   one file descriptor per machine in this process and in the broker: see the agent README.
 
+pub mod feed;
 pub mod flash;
 mod machine;
 pub mod rng;
@@ -147,7 +148,7 @@ impl std::fmt::Debug for SimConfig {
 const ALL_DAYS: u8 = 0x7f;
 const WEEKDAYS: u8 = 0x1f;
 
-fn demo_member_table() -> Vec<SimMember> {
+pub(crate) fn demo_member_table() -> Vec<SimMember> {
     use MachineKind::*;
     let m = |id: &str, name: &str, uid: &[u8], kinds: &[MachineKind], days: u8, hours: (u8, u8)| {
         SimMember {
@@ -552,7 +553,13 @@ pub async fn run_with_stats(
             host: cfg.broker_host.clone(),
             port: cfg.broker_port,
             key: cfg.badge_key.clone(),
-            timeline: Timeline::new(cfg.seed, m, &cfg.members, cfg.hours, cfg.start_unix_ms),
+            timeline: Some(Timeline::new(
+                cfg.seed,
+                m,
+                &cfg.members,
+                cfg.hours,
+                cfg.start_unix_ms,
+            )),
             seed: cfg.seed,
             speed: cfg.speed,
             step_ms: cfg.step_ms,
