@@ -22,6 +22,8 @@ use sha2::Sha256;
 
 use crate::codec::strict_json_watching;
 use crate::hash::{hex_string, parse_hex, HexError};
+use crate::topic::{Channel, Topic, TopicBuf};
+use crate::Id;
 
 /// Length of a device key, in bytes.
 pub const DEVICE_KEY_LEN: usize = 32;
@@ -199,6 +201,33 @@ impl DeviceKey {
         self.keyed(topic, signed.body)
             .verify_truncated_left(&signed.sig)
             .map_err(|_| SigError::Mismatch)
+    }
+}
+
+/// A device key with the event topic it signs for: what a device holds to sign its events.
+#[derive(Debug, Clone)]
+pub struct EventSigner {
+    key: DeviceKey,
+    topic: TopicBuf,
+}
+
+impl EventSigner {
+    /// Signs events of `machine` at `site` (topic `fabmeter/v1/{site}/{machine}/event`).
+    pub fn new(key: DeviceKey, site: &Id, machine: &Id) -> Self {
+        EventSigner {
+            key,
+            topic: Topic::new(site.clone(), machine.clone(), Channel::Event).to_string_buf(),
+        }
+    }
+
+    /// The topic it signs for.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// [`DeviceKey::sign`] for this signer's topic.
+    pub fn sign(&self, buf: &mut [u8], len: usize) -> Result<usize, SignError> {
+        self.key.sign(&self.topic, buf, len)
     }
 }
 
