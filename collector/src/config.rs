@@ -794,6 +794,11 @@ badges = ["ba279e0c1e5c2464"]
             "kind = \"laser\"\n[machines.sensing.run_signal]\nactive_low = true\ndwell_ms = 900000",
         );
         assert_eq!(e.key, "machines[0].sensing.run_signal.dwell_ms");
+        let mut c = Config::from_toml(GOOD).expect("parses");
+        c.security.require_signed_events = true;
+        assert_eq!(c.validate().unwrap_err().key, "security.device_keys_file");
+        c.security.device_keys_file = Some("keys.toml".into());
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]
