@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fabmeter_protocol::BadgeKey;
+use fabmeter_protocol::{BadgeKey, DeviceKey};
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 
@@ -208,6 +208,8 @@ pub struct Machine {
     pub simulate: Option<MachineKind>,
     /// Inputs.
     pub inputs: InputsConfig,
+    /// The key that signs this machine's events, from its credentials file.
+    pub device_key: Option<DeviceKey>,
 }
 
 /// The loaded, validated config.
@@ -235,6 +237,10 @@ struct Credentials {
 struct CredDevice {
     site: String,
     machine: String,
+    /// The device key that signs events (docs/PROTOCOL.md "Signatures"), 64 hex digits; present
+    /// when the site keeps device keys.
+    #[serde(default)]
+    key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -440,6 +446,7 @@ impl AgentConfig {
                 .credentials_file
                 .as_ref()
                 .or(self.mqtt.credentials_file.as_ref());
+            let mut device_key = None;
             let broker = match cred_path {
                 Some(p) => {
                     let ck = if m.credentials_file.is_some() {
@@ -469,6 +476,15 @@ impl AgentConfig {
                             ));
                         }
                         _ => site = Some(c.device.site.clone()),
+                    }
+                    if let Some(hex) = &c.device.key {
+                        device_key = Some(DeviceKey::from_hex(hex.trim()).map_err(|_| {
+                            err(
+                                &ck,
+                                "[device] key is not 64 hex digits",
+                                "use the file `fabmeter-collector provision device` wrote, unchanged",
+                            )
+                        })?);
                     }
                     let (host, port, tls) = parse_url(&c.mqtt.url).ok_or_else(|| {
                         err(
@@ -504,6 +520,7 @@ impl AgentConfig {
                 broker,
                 simulate,
                 inputs: m.inputs.clone(),
+                device_key,
             });
         }
         let site = site.ok_or_else(|| {

@@ -14,7 +14,8 @@ use std::time::Duration;
 use anyhow::Context;
 use fabmeter_firmware::device::{Action, Device, DeviceInfo};
 use fabmeter_protocol::message::Capability;
-use fabmeter_protocol::BadgeKey;
+use fabmeter_protocol::sig::EventSigner;
+use fabmeter_protocol::{BadgeKey, Id};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +107,17 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         } else {
             1.0
         };
-        let dev = new_device(flash, relay, &loaded.key, 0).map_err(anyhow::Error::msg)?;
+        let mut dev = new_device(flash, relay, &loaded.key, 0).map_err(anyhow::Error::msg)?;
+        if let Some(key) = &m.device_key {
+            let signer = match (Id::new(&loaded.site), Id::new(&m.id)) {
+                (Ok(site), Ok(machine)) => EventSigner::new(key.clone(), &site, &machine),
+                _ => anyhow::bail!(
+                    "machines[{index}] ({}): site or machine id is not valid",
+                    m.id
+                ),
+            };
+            dev.set_event_key(Some(signer));
+        }
         let (tx, rx) = mpsc::channel(256);
         let ctx = SourceContext {
             mqtt: Some(opts.clone()),

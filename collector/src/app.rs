@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{mqtt_host_port, Config, ConfigError};
+use crate::device_keys::DeviceKeys;
 use crate::ingest::{self, SiteRules, Writer};
 use crate::ledger::{Ledger, LedgerError, MachineInfo, SqliteLedger};
 use crate::maintenance::task::MaintenanceTask;
@@ -51,6 +52,9 @@ pub enum StartError {
     /// The API tokens file cannot be read.
     #[error("http.tokens_file: {0}")]
     Tokens(#[from] crate::provision::ProvisionError),
+    /// The device keys file cannot be read.
+    #[error("security.device_keys_file: {0}")]
+    DeviceKeys(crate::provision::ProvisionError),
 }
 
 /// A collector, built and bound, not yet running.
@@ -194,11 +198,31 @@ impl Application {
         let (tx, rx) = mpsc::channel(config.ledger.batch_max.saturating_mul(4).max(64));
         let writer_done = CancellationToken::new();
 
+        let device_keys = match &config.security.device_keys_file {
+            Some(path) => {
+                let keys = DeviceKeys::new(path.clone()).map_err(StartError::DeviceKeys)?;
+                tracing::info!(
+                    path = %path.display(),
+                    machines = keys.current().len(),
+                    required = config.security.require_signed_events,
+                    "event signatures checked with the device keys file"
+                );
+                Some(keys)
+            }
+            None => {
+                tracing::info!("no security.device_keys_file: event signatures are not checked");
+                None
+            }
+        };
         let writer = Writer {
             ledger: writer_ledger,
             rules: SiteRules {
                 site: site.clone(),
                 auto_register: config.site.auto_register,
+                signing: ingest::Signing {
+                    required: config.security.require_signed_events,
+                    keys: Arc::default(),
+                },
             },
             kinds: config
                 .machines
@@ -210,6 +234,7 @@ impl Application {
             series: series.clone(),
             metrics: metrics.clone(),
             batch_max: config.ledger.batch_max,
+            device_keys,
         };
         let rt = tokio::runtime::Handle::current();
         let done = writer_done.clone();

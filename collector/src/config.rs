@@ -66,6 +66,23 @@ pub struct Config {
     /// Service plans, alerts and locks (docs/MAINTENANCE.md).
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// Event signatures (docs/SECURITY.md, docs/PROTOCOL.md "Signatures").
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// `[security]`: per-device keys that sign events.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Refuse every event without a valid signature (reason `signature`). Off (the default, while
+    /// devices are being provisioned): unsigned events are accepted, but a signed event must
+    /// verify against its machine's key, and is refused if its machine has none.
+    pub require_signed_events: bool,
+    /// The device keys (`machine = "<64 hex digits>"`, mode 0600), written by `fabmeter-collector
+    /// provision device` and re-read when it changes. Absent: no keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_keys_file: Option<PathBuf>,
 }
 
 /// `[devices]`: what goes into each machine's retained `config` (docs/PROTOCOL.md "config").
@@ -347,6 +364,7 @@ impl Config {
             billing: None,
             devices: DevicesConfig::default(),
             maintenance: MaintenanceConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 
@@ -398,6 +416,13 @@ impl Config {
                 "mqtt.url",
                 format!("{url:?} has no host:port"),
                 "\"mqtt://127.0.0.1:1883\"",
+            ));
+        }
+        if self.security.require_signed_events && self.security.device_keys_file.is_none() {
+            return Err(err(
+                "security.device_keys_file",
+                "is required when security.require_signed_events is true (every event would be refused)",
+                "\"/etc/fabmeter/device-keys.toml\"",
             ));
         }
         if let Some(u) = &self.broker.device_url {
@@ -754,6 +779,11 @@ badges = ["ba279e0c1e5c2464"]
             "kind = \"laser\"\n[machines.sensing.run_signal]\nactive_low = true\ndwell_ms = 900000",
         );
         assert_eq!(e.key, "machines[0].sensing.run_signal.dwell_ms");
+        let mut c = Config::from_toml(GOOD).expect("parses");
+        c.security.require_signed_events = true;
+        assert_eq!(c.validate().unwrap_err().key, "security.device_keys_file");
+        c.security.device_keys_file = Some("keys.toml".into());
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fabmeter_protocol::message::{Event, Status, Telemetry};
 use fabmeter_protocol::topic::{filter, Direction};
-use fabmeter_protocol::{decode, Channel, Id, Topic, MAX_CONFIG_PAYLOAD};
+use fabmeter_protocol::{decode, Channel, Id, SigError, Topic, MAX_CONFIG_PAYLOAD};
 use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::device_keys::{DeviceKeys, KeyMap};
 use crate::ledger::{Ledger, MachineInfo, Outcome, Record};
 use crate::metrics::Metrics;
 use crate::series;
@@ -40,6 +41,39 @@ pub struct SiteRules {
     pub site: Id,
     /// Register unknown machines instead of dead-lettering their messages.
     pub auto_register: bool,
+    /// Event signatures: the keys and whether they are required.
+    pub signing: Signing,
+}
+
+/// What the ingest checks of event signatures (docs/PROTOCOL.md "Signatures").
+#[derive(Debug, Clone, Default)]
+pub struct Signing {
+    /// Refuse events without a valid signature (`[security] require_signed_events`).
+    pub required: bool,
+    /// The device keys, by machine id.
+    pub keys: Arc<KeyMap>,
+}
+
+impl Signing {
+    /// Checks the signature of an event payload received on `topic` for `machine`: a machine
+    /// with a key must sign correctly whenever it signs, and always when signatures are
+    /// required; without a key, its events are refused only when signatures are required.
+    /// The error names the machine, the problem and the fix.
+    pub fn check(&self, topic: &str, machine: &str, payload: &[u8]) -> Result<(), String> {
+        match self.keys.get(machine) {
+            Some(key) => match key.verify(topic, payload) {
+                Ok(()) => Ok(()),
+                Err(SigError::Missing) if !self.required => Ok(()),
+                Err(e) => Err(format!("machine {machine}: {e}")),
+            },
+            None if self.required => Err(format!(
+                "machine {machine} has no device key and security.require_signed_events is on; \
+                 provision it with `fabmeter-collector provision device --machine {machine}` and install \
+                 the key on the device"
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A received message, classified.
@@ -118,6 +152,11 @@ pub fn classify(
     }
     let decoded = match t.channel {
         Channel::Event => decode::<Event>(payload).map(|event| {
+            // After decoding, so that a malformed payload is reported as such; before the
+            // ledger, so that an event refused here never opens, ends or bills a session.
+            if let Err(detail) = rules.signing.check(topic, t.machine.as_str(), payload) {
+                return dead(topic, payload, "signature", detail, received_ms);
+            }
             Classified::Record(Record::Event {
                 machine: t.machine.clone(),
                 event,
@@ -293,6 +332,8 @@ pub struct Writer<L: Ledger> {
     pub metrics: Arc<Metrics>,
     /// Most messages per transaction.
     pub batch_max: usize,
+    /// The device key file, re-read (when changed) before each batch into `rules.signing.keys`.
+    pub device_keys: Option<DeviceKeys>,
 }
 
 /// The writer loop, on a dedicated thread (SQLite is blocking): batch, commit, then acknowledge.
@@ -327,6 +368,9 @@ fn process_batch<L: Ledger>(
     let mut records = Vec::with_capacity(batch.len());
     let mut points = Vec::new();
     let mut register = Vec::new();
+    if let Some(keys) = &w.device_keys {
+        w.rules.signing.keys = keys.current();
+    }
     for m in batch.iter() {
         let ledger = &w.ledger;
         let known = |machine: &str| {
@@ -462,6 +506,7 @@ mod tests {
         SiteRules {
             site: Id::new("atelier").expect("id"),
             auto_register: auto,
+            signing: Signing::default(),
         }
     }
 
@@ -557,6 +602,50 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn signatures_are_checked_per_machine_and_required_on_demand() {
+        use fabmeter_protocol::DeviceKey;
+        let key = DeviceKey::new([3; 32]);
+        let topic = "fabmeter/v1/atelier/laser-1/event";
+        let mut buf = [0u8; 1024];
+        buf[..EV.len()].copy_from_slice(EV);
+        let n = key.sign(topic, &mut buf, EV.len()).expect("sign");
+        let signed = &buf[..n];
+        let mut r = rules(false);
+        r.signing.keys = Arc::new([("laser-1".to_owned(), key.clone())].into());
+        let c =
+            |r: &SiteRules, topic: &str, payload: &[u8]| classify(r, topic, payload, 5, |_| true);
+        let is_event = |x: &Classified| matches!(x, Classified::Record(Record::Event { .. }));
+        // Not required: signed and verified, or unsigned, or a machine without a key: accepted.
+        assert!(is_event(&c(&r, topic, signed)));
+        assert!(is_event(&c(&r, topic, EV)));
+        assert!(is_event(&c(&r, "fabmeter/v1/atelier/cnc/event", EV)));
+        // A signature that does not verify is refused even when not required.
+        let changed = String::from_utf8_lossy(signed)
+            .replace(r#""sent_uptime_ms":2"#, r#""sent_uptime_ms":3"#);
+        assert_eq!(reason(&c(&r, topic, changed.as_bytes())), Some("signature"));
+        // Required: unsigned, or a machine without a key, refused; with the detail naming the fix.
+        r.signing.required = true;
+        assert!(is_event(&c(&r, topic, signed)));
+        assert_eq!(reason(&c(&r, topic, EV)), Some("signature"));
+        match c(&r, "fabmeter/v1/atelier/cnc/event", EV) {
+            Classified::Record(Record::DeadLetter { reason, detail, .. }) => {
+                assert_eq!(reason, "signature");
+                assert!(
+                    detail.contains("provision device --machine cnc"),
+                    "{detail}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Status and telemetry are not signed in this version.
+        let t = br#"{"v":1,"boot":1,"uptime_ms":1,"state":"busy","power_w":12}"#;
+        assert!(matches!(
+            c(&r, "fabmeter/v1/atelier/laser-1/telemetry", t),
+            Classified::Telemetry { .. }
+        ));
     }
 
     #[test]

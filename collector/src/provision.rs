@@ -73,6 +73,9 @@ pub struct DeviceCredentials {
     pub password: String,
     /// CA file to verify the broker with, if any.
     pub ca_file: Option<std::path::PathBuf>,
+    /// The device key that signs its events, 64 hex digits (docs/PROTOCOL.md "Signatures"); set
+    /// when the site has a `[security] device_keys_file`, which holds the collector's copy.
+    pub key: Option<String>,
 }
 
 impl DeviceCredentials {
@@ -81,11 +84,14 @@ impl DeviceCredentials {
         let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
         let mut out = format!(
             "# fabmeter device credentials: machine {} of site {}. Secret: keep it on the device only.\n\
-             [device]\nsite = {}\nmachine = {}\n\n[mqtt]\nurl = {}\nusername = {}\npassword = {}\n",
+             [device]\nsite = {}\nmachine = {}\n{}\n[mqtt]\nurl = {}\nusername = {}\npassword = {}\n",
             self.machine,
             self.site,
             q(&self.site),
             q(&self.machine),
+            self.key
+                .as_deref()
+                .map_or(String::new(), |k| format!("key = {}\n", q(k))),
             q(&self.url),
             q(&self.username),
             q(&self.password)
@@ -134,6 +140,14 @@ pub fn provision_device(
     let site = &config.site.id;
     let username = device_username(site, machine);
     let password = set_account(config, &username)?;
+    let key = match &config.security.device_keys_file {
+        Some(path) => {
+            let key = new_device_key()?;
+            crate::device_keys::store(path, machine, &key)?;
+            Some(key.to_hex().to_string())
+        }
+        None => None,
+    };
     Ok(DeviceCredentials {
         site: site.clone(),
         machine: machine.to_owned(),
@@ -145,6 +159,7 @@ pub fn provision_device(
         username,
         password,
         ca_file: config.broker.device_ca_file.clone(),
+        key,
     })
 }
 
@@ -186,6 +201,15 @@ pub fn new_password() -> Result<String, ProvisionError> {
         .fill(&mut b)
         .map_err(|_| ProvisionError::Random)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}
+
+/// A new random device key (32 bytes from the system's generator).
+pub fn new_device_key() -> Result<fabmeter_protocol::DeviceKey, ProvisionError> {
+    let mut b = [0u8; fabmeter_protocol::sig::DEVICE_KEY_LEN];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| ProvisionError::Random)?;
+    Ok(fabmeter_protocol::DeviceKey::new(b))
 }
 
 fn iterations() -> NonZeroU32 {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use fabmeter_collector::config::Config;
 use fabmeter_e2e::{wait_until, Mosquitto};
-use fabmeter_protocol::encode_to_vec;
 use fabmeter_protocol::message::{Event, EventBody, MachineState};
+use fabmeter_protocol::{encode_to_vec, DeviceKey};
 use helpers::{collector_cli, TestCollector, SITE};
 use rumqttc::{
     Client, ConnectReturnCode, Connection, Event as MqttEvent, MqttOptions, Packet, QoS,
@@ -121,6 +121,10 @@ fn generated_accounts_confine_each_device_to_its_own_topics() {
     c.broker.device_url = Some("mqtts://workshop.example:8883".into());
     c.ledger.path = d.join("ledger.sqlite");
     c.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // Device keys too: provisioning writes each device's key into its credentials and into the
+    // collector's key file, and the collector refuses events without a valid signature.
+    c.security.device_keys_file = Some(d.join("device-keys.toml"));
+    c.security.require_signed_events = true;
     let file = d.join("site.toml");
     std::fs::write(&file, c.to_toml()).expect("write config");
 
@@ -130,6 +134,7 @@ fn generated_accounts_confine_each_device_to_its_own_topics() {
     let (coll_user, coll_pw) = (value_of(&out, "username"), value_of(&out, "password"));
     assert_eq!(coll_user, "_collector@atelier");
     let mut creds = Vec::new();
+    let mut keys = Vec::new();
     for m in ["laser-1", "laser-2"] {
         let path = d.join(format!("{m}.toml"));
         let (ok, out, err) = collector_cli(
@@ -158,6 +163,25 @@ fn generated_accounts_confine_each_device_to_its_own_topics() {
             );
         }
         creds.push((value_of(&text, "username"), value_of(&text, "password")));
+        keys.push(DeviceKey::from_hex(&value_of(&text, "key")).expect("a 64-hex-digit device key"));
+    }
+    let held = fabmeter_collector::device_keys::load(&d.join("device-keys.toml")).expect("keys");
+    assert_eq!(held.len(), 2);
+    assert_eq!(
+        held["laser-1"].to_hex(),
+        keys[0].to_hex(),
+        "the collector holds the same key"
+    );
+    assert_ne!(keys[0].to_hex(), keys[1].to_hex());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(d.join("device-keys.toml")).expect("meta");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "the key file is secret"
+        );
     }
     let (ok, _, err) = collector_cli(&file, &["provision", "device", "--machine", "nope"]);
     assert!(!ok && err.contains("unknown machine \"nope\""), "{err}");
@@ -203,11 +227,25 @@ fn generated_accounts_confine_each_device_to_its_own_topics() {
         state_event(1),
         false,
     );
+    // Unsigned, then signed with A's key: only the signed one is accepted.
     publish(
         &a,
         &mut a_conn,
         &topic("laser-1", "event"),
         state_event(1),
+        false,
+    );
+    let mut signed = [0u8; 1024];
+    let unsigned = state_event(1);
+    signed[..unsigned.len()].copy_from_slice(&unsigned);
+    let n = keys[0]
+        .sign(&topic("laser-1", "event"), &mut signed, unsigned.len())
+        .expect("sign");
+    publish(
+        &a,
+        &mut a_conn,
+        &topic("laser-1", "event"),
+        signed[..n].to_vec(),
         false,
     );
     wait_until(LONG, "A's own event in the ledger", || {
@@ -216,8 +254,13 @@ fn generated_accounts_confine_each_device_to_its_own_topics() {
     assert_eq!(events_of(&ledger, "laser-2"), 0, "A could not publish as B");
     assert_eq!(
         collector.metric("fabmeter_received_total"),
+        2,
+        "the collector never saw the forged one"
+    );
+    assert_eq!(
+        collector.metric("fabmeter_rejected_total{reason=\"signature\"}"),
         1,
-        "the collector never saw it"
+        "the unsigned one was refused"
     );
 
     // Retained configs for both, by the collector's account; A subscribes to B's first, then

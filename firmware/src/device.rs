@@ -15,6 +15,7 @@ use fabmeter_protocol::message::{
     FaultCode, MachineState, Presence, Sensing, Status, Telemetry, Text, MAX_CAPABILITIES,
     SHORT_TEXT,
 };
+use fabmeter_protocol::sig::EventSigner;
 use fabmeter_protocol::{
     decode, encode, BadgeKey, Channel, ConfigHash, DecodeError, EncodeError, SCHEMA_VERSION,
 };
@@ -101,6 +102,7 @@ pub struct Device<S: NorFlash, R: OutputPin, const CAP: usize = JOURNAL_CAP> {
     telemetry_due: Option<u64>,
     telemetry: Option<Telemetry>,
     action: Option<Action>,
+    signer: Option<EventSigner>,
 }
 
 impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
@@ -162,6 +164,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
             telemetry_due: None,
             telemetry: None,
             action: None,
+            signer: None,
         };
         if let Some(c) = config {
             dev.apply(now, c);
@@ -174,6 +177,13 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
             dev.fault(now, FaultCode::Other, &["relay pin error"]);
         }
         Ok(dev)
+    }
+
+    /// Signs every event sent from now on with this device key, for its machine's event topic
+    /// (docs/PROTOCOL.md "Signatures"); `None` sends them unsigned. Events already journaled are
+    /// signed when they are sent, since each copy is signed afresh.
+    pub fn set_event_key(&mut self, signer: Option<EventSigner>) {
+        self.signer = signer;
     }
 
     /// Gives the flash and the relay back (to simulate a reboot in tests, or to hand them over).
@@ -402,7 +412,14 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
                 .and_then(|n| decode::<Event>(&json[..n]).ok())
                 .and_then(|mut ev| {
                     ev.sent_uptime_ms = now.max(ev.uptime_ms);
-                    encode(&ev, buf).ok()
+                    let len = encode(&ev, buf).ok()?;
+                    Some(match &self.signer {
+                        // Unsigned if the signature does not fit the caller's buffer: the
+                        // collector then keeps it as a dead letter rather than the device
+                        // losing it.
+                        Some(s) => s.sign(buf, len).unwrap_or(len),
+                        None => len,
+                    })
                 });
             match sent {
                 Some(len) => {

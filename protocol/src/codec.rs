@@ -643,18 +643,39 @@ fn strict_json(payload: &[u8]) -> Option<(usize, &'static str)> {
     if let Err(e) = core::str::from_utf8(payload) {
         return Some((e.valid_up_to(), "invalid UTF-8"));
     }
-    let mut r = Recognizer { b: payload, i: 0 };
+    strict_json_watching(payload, b"").err()
+}
+
+/// [`strict_json`] that also counts the members of the top-level object whose key is exactly
+/// `key` (compared as raw bytes between the quotes: the protocol's keys have no escapes).
+pub(crate) fn strict_json_watching(
+    payload: &[u8],
+    key: &[u8],
+) -> Result<usize, (usize, &'static str)> {
+    if let Err(e) = core::str::from_utf8(payload) {
+        return Err((e.valid_up_to(), "invalid UTF-8"));
+    }
+    let mut r = Recognizer {
+        b: payload,
+        i: 0,
+        watch: key,
+        seen: 0,
+    };
     let result = r.ws().and_then(|()| r.value(0)).and_then(|()| r.ws());
     match result {
-        Err(what) => Some((r.i, what)),
-        Ok(()) if r.i != payload.len() => Some((r.i, "trailing characters")),
-        Ok(()) => None,
+        Err(what) => Err((r.i, what)),
+        Ok(()) if r.i != payload.len() => Err((r.i, "trailing characters")),
+        Ok(()) => Ok(r.seen),
     }
 }
 
 struct Recognizer<'a> {
     b: &'a [u8],
     i: usize,
+    /// A top-level key to count (empty: none).
+    watch: &'a [u8],
+    /// How many top-level members have the key `watch`.
+    seen: usize,
 }
 
 type Lex = Result<(), &'static str>;
@@ -709,7 +730,12 @@ impl Recognizer<'_> {
             if self.peek() != Some(b'"') {
                 return Err("expected a string key");
             }
+            let start = self.i;
             self.string()?;
+            if depth == 1 && !self.watch.is_empty() && self.b[start + 1..self.i - 1] == *self.watch
+            {
+                self.seen += 1;
+            }
             self.ws()?;
             self.eat(b':', "expected `:`")?;
             self.ws()?;

@@ -181,7 +181,7 @@ fn nibble(c: u8, at: usize) -> Result<u8, HexError> {
     }
 }
 
-fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], HexError> {
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], HexError> {
     let b = s.as_bytes();
     if b.len() != 2 * N {
         return Err(HexError::WrongLength {
@@ -197,6 +197,12 @@ fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], HexError> {
 }
 
 fn to_hex(bytes: &[u8; HASH_LEN]) -> heapless::String<{ 2 * HASH_LEN }> {
+    hex_string(bytes)
+}
+
+/// `bytes` as lowercase hex; `M` must be at least twice the length of `bytes` (extra digits are
+/// dropped otherwise).
+pub(crate) fn hex_string<const M: usize>(bytes: &[u8]) -> heapless::String<M> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = heapless::String::new();
     for b in bytes {

@@ -31,6 +31,7 @@ pub mod fixtures;
 pub mod hash;
 pub mod id;
 pub mod message;
+pub mod sig;
 pub mod topic;
 
 #[cfg(feature = "std")]
@@ -38,6 +39,7 @@ pub use codec::encode_to_vec;
 pub use codec::{decode, decode_for, encode, DecodeError, EncodeError, Inbound, Invalid, Message};
 pub use hash::{BadgeHash, BadgeKey, ConfigHash};
 pub use id::{Id, IdError};
+pub use sig::{DeviceKey, SigError};
 pub use topic::{Channel, Topic, TopicError};
 
 /// The schema version this build reads and writes (`"v":1`).

@@ -15,6 +15,7 @@ use std::time::Duration;
 use fabmeter_firmware::device::{Device, DeviceInfo};
 use fabmeter_firmware::journal::EventKey;
 use fabmeter_protocol::message::Capability;
+use fabmeter_protocol::sig::EventSigner;
 use fabmeter_protocol::BadgeKey;
 use rumqttc::MqttOptions;
 use tokio::time::Instant;
@@ -87,6 +88,8 @@ pub(crate) struct MachineSetup {
     pub drain_timeout: Duration,
     pub crashes: Vec<Crash>,
     pub stats: Arc<SimStats>,
+    /// Signs the machine's events, when the simulation has device keys.
+    pub signer: Option<EventSigner>,
 }
 
 struct Machine {
@@ -103,9 +106,16 @@ struct Machine {
     report: MachineReport,
 }
 
-fn new_device(flash: SparseFlash<SECTOR>, key: &BadgeKey, now: u64) -> Result<SimDevice, String> {
-    Device::start(flash, NoRelay, key.clone(), INFO, now)
-        .map_err(|e| format!("device start: {e:?}"))
+fn new_device(
+    flash: SparseFlash<SECTOR>,
+    key: &BadgeKey,
+    signer: Option<&EventSigner>,
+    now: u64,
+) -> Result<SimDevice, String> {
+    let mut dev = Device::start(flash, NoRelay, key.clone(), INFO, now)
+        .map_err(|e| format!("device start: {e:?}"))?;
+    dev.set_event_key(signer.cloned());
+    Ok(dev)
 }
 
 /// Runs one machine until `shutdown` or the end of its duration.
@@ -146,7 +156,7 @@ impl Machine {
             _ = shutdown.cancelled() => return,
         }
         let flash = SparseFlash::<SECTOR>::new(FLASH_SECTORS);
-        match new_device(flash, &self.s.key, 0) {
+        match new_device(flash, &self.s.key, self.s.signer.as_ref(), 0) {
             Ok(d) => self.dev = Some(d),
             Err(e) => {
                 self.report.error = Some(e);
@@ -263,7 +273,7 @@ impl Machine {
         let Some(flash) = self.dead_flash.take() else {
             return;
         };
-        match new_device(flash, &self.s.key, t) {
+        match new_device(flash, &self.s.key, self.s.signer.as_ref(), t) {
             Ok(d) => {
                 self.dev = Some(d);
                 self.report.boots += 1;
@@ -356,9 +366,10 @@ mod tests {
     #[test]
     fn a_simulated_device_starts_and_reboots() {
         let key = crate::sim::demo_badge_key();
-        let dev = new_device(SparseFlash::new(FLASH_SECTORS), &key, 0).expect("geometry fits");
+        let dev =
+            new_device(SparseFlash::new(FLASH_SECTORS), &key, None, 0).expect("geometry fits");
         assert_eq!(dev.boot(), 1);
-        let dev = new_device(dev.release().0, &key, 0).expect("reboots");
+        let dev = new_device(dev.release().0, &key, None, 0).expect("reboots");
         assert_eq!(dev.boot(), 2);
     }
 }

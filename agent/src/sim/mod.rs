@@ -39,7 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fabmeter_protocol::message::DeviceConfig;
-use fabmeter_protocol::{encode_to_vec, BadgeHash, BadgeKey, Id, SCHEMA_VERSION};
+use fabmeter_protocol::sig::EventSigner;
+use fabmeter_protocol::{encode_to_vec, BadgeHash, BadgeKey, DeviceKey, Id, SCHEMA_VERSION};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -126,6 +127,10 @@ pub struct SimConfig {
     pub drain_timeout: Duration,
     /// Simulated crashes.
     pub crashes: Vec<Crash>,
+    /// Sign events (docs/PROTOCOL.md "Signatures"): each machine's device key is
+    /// [`DeviceKey::derive`]`(secret, machine id)`, so a collector holding the same derived keys
+    /// verifies them. `None`: unsigned events.
+    pub device_key_secret: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for SimConfig {
@@ -277,6 +282,7 @@ impl SimConfig {
             config_wait: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             crashes: Vec::new(),
+            device_key_secret: None,
         }
     }
 
@@ -574,6 +580,15 @@ pub async fn run_with_stats(
                 .cloned()
                 .collect(),
             stats: stats.clone(),
+            signer: cfg.device_key_secret.as_ref().and_then(|secret| {
+                let site = Id::new(&cfg.site).ok()?;
+                let machine = Id::new(&m.id).ok()?;
+                Some(EventSigner::new(
+                    DeviceKey::derive(secret, &m.id),
+                    &site,
+                    &machine,
+                ))
+            }),
         };
         tasks.push(tokio::spawn(run_machine(setup, shutdown.clone())));
     }

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fabmeter_agent::protocol::encode_to_vec;
 use fabmeter_agent::protocol::message::{Event, EventBody, Presence};
+use fabmeter_agent::protocol::{encode_to_vec, DeviceKey};
 use fabmeter_agent::sim::rng::Rng;
 use fabmeter_agent::sim::{MachineKind, SimConfig, SimMachine, DEMO_BADGE_KEY_HEX};
 use fabmeter_e2e::{wait_until, Mosquitto, MqttCli, Subscription, TestPki, TlsListener};
@@ -396,19 +396,31 @@ fn an_hour_of_broker_outage_loses_and_duplicates_nothing() {
 }
 
 /// Writes a credentials file the way `fabmeter-collector provision device` does.
-fn credentials(dir: &Path, site: &str, machine: &str, url: &str, user: &str, ca: &Path) -> PathBuf {
+fn credentials(
+    dir: &Path,
+    site: &str,
+    machine: &str,
+    url: &str,
+    user: &str,
+    ca: &Path,
+    key: Option<&str>,
+) -> PathBuf {
     let path = dir.join(format!("{machine}.credentials.toml"));
+    let key = key.map_or(String::new(), |k| format!("key = \"{k}\"\n"));
     std::fs::write(
         &path,
         format!(
             "# fabmeter device credentials: machine {machine} of site {site}. Secret: keep it on the device only.\n\
-             [device]\nsite = \"{site}\"\nmachine = \"{machine}\"\n\n[mqtt]\nurl = \"{url}\"\nusername = \"{user}\"\npassword = \"pw-{user}\"\nca_file = \"{}\"\n",
+             [device]\nsite = \"{site}\"\nmachine = \"{machine}\"\n{key}\n[mqtt]\nurl = \"{url}\"\nusername = \"{user}\"\npassword = \"pw-{user}\"\nca_file = \"{}\"\n",
             ca.display()
         ),
     )
     .expect("write credentials");
     path
 }
+
+/// The device key in the good machine's credentials file.
+const GOOD_KEY_HEX: &str = "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
 
 #[test]
 fn tls_with_credentials_and_refusals() {
@@ -461,7 +473,9 @@ fn tls_with_credentials_and_refusals() {
         dir.path().join("data").display()
     );
     for (id, url, ca, user) in &machines {
-        let cred = credentials(dir.path(), site, id, url, user, ca);
+        // The good machine was provisioned with a device key: its events are signed.
+        let key = (*id == "good").then_some(GOOD_KEY_HEX);
+        let cred = credentials(dir.path(), site, id, url, user, ca, key);
         text += &format!(
             "\n[[machines]]\nid = \"{id}\"\ncredentials_file = \"{}\"\n",
             cred.display()
@@ -506,6 +520,18 @@ fn tls_with_credentials_and_refusals() {
     agent.stop(Duration::from_secs(20));
     for m in sub.drain() {
         seen.add(&m);
+    }
+    let good_key = DeviceKey::from_hex(GOOD_KEY_HEX).expect("key");
+    let good: Vec<_> = seen
+        .raw_events
+        .iter()
+        .filter(|(t, _)| t.contains("/good/"))
+        .collect();
+    assert!(!good.is_empty());
+    for (topic, payload) in good {
+        good_key
+            .verify(topic, payload)
+            .unwrap_or_else(|e| panic!("{topic}: {e}: {}", String::from_utf8_lossy(payload)));
     }
     assert!(!seen.events.contains_key("plain"), "{log}");
     assert!(!seen.events.contains_key("wrongca"), "{log}");

@@ -23,6 +23,8 @@ pub struct Seen {
     pub events: BTreeMap<String, Vec<Event>>,
     /// Per machine, statuses in arrival order, with their retained flag.
     pub statuses: BTreeMap<String, Vec<(Status, bool)>>,
+    /// Every event as received: (topic, payload).
+    pub raw_events: Vec<(String, Vec<u8>)>,
 }
 
 impl Seen {
@@ -33,6 +35,7 @@ impl Seen {
             Channel::Event => {
                 let ev: Event = decode(&m.payload).expect("an event the protocol crate decodes");
                 self.events.entry(machine).or_default().push(ev);
+                self.raw_events.push((m.topic.clone(), m.payload.to_vec()));
             }
             Channel::Status => {
                 let st: Status = decode(&m.payload).expect("a status the protocol crate decodes");

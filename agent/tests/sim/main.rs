@@ -62,6 +62,41 @@ fn same_seed_same_events() {
 }
 
 #[test]
+fn with_a_device_key_secret_every_event_is_signed_for_its_machine() {
+    use fabmeter_agent::protocol::{DeviceKey, Topic};
+    let broker = Mosquitto::start().expect("mosquitto");
+    let mut sub = broker
+        .client()
+        .subscribe(
+            &["fabmeter/v1/signed/+/event", "fabmeter/v1/signed/+/status"],
+            1,
+        )
+        .expect("subscribe");
+    let secret = [42u8; 32];
+    let mut cfg = demo("signed", broker.port(), 14_400.0, 8 * HOUR);
+    cfg.device_key_secret = Some(secret);
+    let report = runtime()
+        .block_on(sim::run(cfg, CancellationToken::new()))
+        .expect("run");
+    assert_eq!(report.journal_left(), 0, "{report:?}");
+    let seen = collect_all(&mut sub, &report, Duration::from_secs(30));
+    assert!(seen.raw_events.len() >= 8, "{}", seen.raw_events.len());
+    for (topic, payload) in &seen.raw_events {
+        let machine = Topic::parse(topic).expect("topic").machine;
+        let key = DeviceKey::derive(&secret, machine.as_str());
+        assert_eq!(
+            key.verify(topic, payload),
+            Ok(()),
+            "{topic}: {}",
+            String::from_utf8_lossy(payload)
+        );
+        // The key of another machine does not verify it.
+        let other = DeviceKey::derive(&secret, "not-this-one");
+        assert!(other.verify(topic, payload).is_err());
+    }
+}
+
+#[test]
 fn births_sessions_and_last_will_reach_a_subscriber() {
     let broker = Mosquitto::start().expect("mosquitto");
     let mut sub = broker

@@ -34,7 +34,8 @@ mod board {
     use fabmeter_firmware::mqtt::{Client, Settings};
     use fabmeter_firmware::storage::RamFlash;
     use fabmeter_protocol::message::Capability;
-    use fabmeter_protocol::{BadgeKey, Id};
+    use fabmeter_protocol::sig::EventSigner;
+    use fabmeter_protocol::{BadgeKey, DeviceKey, Id};
     #[cfg(not(feature = "semihosting"))]
     use panic_halt as _;
 
@@ -53,6 +54,14 @@ mod board {
     const SITE_KEY: [u8; 32] = [
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
         25, 26, 27, 28, 29, 30, 31,
+    ];
+
+    /// The device key this image signs its events with (docs/PROTOCOL.md "Signatures"): bytes
+    /// 0x20 to 0x3f. A real device reads its key from its provisioning data.
+    pub const DEVICE_KEY: [u8; 32] = [
+        0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x2b, 0x2c, 0x2d, 0x2e,
+        0x2f, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d,
+        0x3e, 0x3f,
     ];
 
     /// Core clock as QEMU models the LM3S6965 after reset (measured: see docs/FIRMWARE.md).
@@ -255,6 +264,11 @@ mod board {
         let (Ok(site), Ok(machine)) = (Id::new(SITE), Id::new(MACHINE)) else {
             loop {}
         };
+        dev.set_event_key(Some(EventSigner::new(
+            DeviceKey::new(DEVICE_KEY),
+            &site,
+            &machine,
+        )));
         let mut settings = Settings::new(site, machine);
         settings.keep_alive_s = 5;
         settings.ack_timeout_ms = 3000;

@@ -428,3 +428,44 @@ fn fault_details_name_what_was_refused() {
     );
     assert!(d.config().is_none(), "nothing was applied");
 }
+
+#[test]
+fn with_an_event_key_every_event_and_every_resend_is_signed() {
+    use fabmeter_protocol::sig::EventSigner;
+    use fabmeter_protocol::{DeviceKey, Id, SigError};
+    let dk = DeviceKey::new([5; 32]);
+    let site = Id::new("atelier").unwrap();
+    let machine = Id::new("laser-1").unwrap();
+    let topic = "fabmeter/v1/atelier/laser-1/event";
+    let mut d = start(Flash::new(), 0);
+    d.on_config(0, CONFIG.as_bytes());
+    d.on_badge(10, &ALICE);
+    // Journaled before the key was set: signed when sent all the same.
+    d.set_event_key(Some(EventSigner::new(dk.clone(), &site, &machine)));
+    let mut buf = [0u8; 1024];
+    let first = d.next_to_send(1_000, &mut buf).unwrap();
+    assert_eq!(dk.verify(topic, &buf[..first.len]), Ok(()));
+    assert_eq!(
+        dk.verify("fabmeter/v1/atelier/laser-2/event", &buf[..first.len]),
+        Err(SigError::Mismatch)
+    );
+    // A resend carries a fresh sent time and a fresh signature.
+    d.on_disconnect();
+    let again = d.next_to_send(9_000, &mut buf).unwrap();
+    assert_eq!(dk.verify(topic, &buf[..again.len]), Ok(()));
+    let ev: Event = decode(&buf[..again.len]).unwrap();
+    assert_eq!(ev.sent_uptime_ms, 9_000);
+    d.on_puback(again.key.unwrap());
+    // Every event of the flush verifies; without a key they are unsigned again.
+    let mut n = 0;
+    while let Some(o) = d.next_to_send(9_100, &mut buf) {
+        assert_eq!(dk.verify(topic, &buf[..o.len]), Ok(()));
+        d.on_puback(o.key.unwrap());
+        n += 1;
+    }
+    assert!(n >= 1, "the session start was sent");
+    d.set_event_key(None);
+    d.on_badge(20_000, &ALICE);
+    let o = d.next_to_send(20_000, &mut buf).unwrap();
+    assert_eq!(dk.verify(topic, &buf[..o.len]), Err(SigError::Missing));
+}

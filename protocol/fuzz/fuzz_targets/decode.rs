@@ -2,10 +2,13 @@
 //!
 //! Checks, for any input: neither decoder panics; the `serde_json` decoder and the device's
 //! `serde-json-core` decoder agree on accepting or refusing, and on the value; an accepted message
-//! re-encodes with both encoders, and each encoding decodes back to the same value.
+//! re-encodes with both encoders, and each encoding decodes back to the same value; signature
+//! checking never panics, and an accepted unsigned event signed (docs/PROTOCOL.md "Signatures")
+//! verifies and decodes to the same value.
 #![no_main]
 
 use fabmeter_protocol::codec::{decode_core_for, Inbound};
+use fabmeter_protocol::sig::{self, DeviceKey};
 use fabmeter_protocol::{decode_for, encode, encode_to_vec, Channel, MAX_CONFIG_PAYLOAD};
 use libfuzzer_sys::fuzz_target;
 
@@ -46,5 +49,23 @@ fuzz_target!(|data: &[u8]| {
         }
         (Err(_), Err(_)) => {}
         _ => panic!("decoders disagree: serde_json {a:?} vs serde-json-core {b:?}"),
+    }
+    let key = DeviceKey::new([7; 32]);
+    let topic = "fabmeter/v1/site/machine/event";
+    let verdict = key.verify(topic, payload);
+    if let (Ok(Inbound::Event(x)), Ok(None)) = (&a, sig::split(payload)) {
+        assert!(verdict.is_err(), "an unsigned payload cannot verify");
+        let mut buf = [0u8; MAX_CONFIG_PAYLOAD + 64];
+        buf[..payload.len()].copy_from_slice(payload);
+        if let Ok(n) = key.sign(topic, &mut buf, payload.len()) {
+            assert_eq!(key.verify(topic, &buf[..n]), Ok(()), "a signed event verifies");
+            if n <= fabmeter_protocol::MAX_PAYLOAD {
+                assert_eq!(
+                    decode_for(channel, &buf[..n]),
+                    Ok(Inbound::Event(x.clone())),
+                    "the signature changes nothing else"
+                );
+            }
+        }
     }
 });

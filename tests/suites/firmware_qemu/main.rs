@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use fabmeter_e2e::{is_executable_file, wait_for_exit, Mosquitto, ReceivedMessage, Subscription};
 use fabmeter_protocol::message::{EndReason, Event, EventBody, MachineState, Presence, Status};
-use fabmeter_protocol::{decode, BadgeHash};
+use fabmeter_protocol::{decode, BadgeHash, DeviceKey};
 
 const T: &str = "fabmeter/v1/lab/laser-1";
 const CONFIG: &str = r#"{"v":1,"sensing":{"run_signal":{"active_low":false,"dwell_ms":0}},"allow":["ba279e0c1e5c2464"],"progress_s":2,"idle_timeout_s":900,"max_session_s":43200,"telemetry_s":0}"#;
@@ -207,8 +207,19 @@ fn subscribe(broker: &Mosquitto) -> Subscription {
         .expect("subscribe")
 }
 
+/// The image's device key (`DEVICE_KEY` of `fabmeter-qemu`: bytes 0x20 to 0x3f).
+fn device_key() -> DeviceKey {
+    DeviceKey::new(core::array::from_fn(|i| 0x20 + i as u8))
+}
+
+/// A received event, decoded; every event the image sends must carry a valid signature.
 fn event(m: &ReceivedMessage) -> Option<Event> {
-    (m.topic == format!("{T}/event")).then(|| decode::<Event>(&m.payload).expect("decodable event"))
+    (m.topic == format!("{T}/event")).then(|| {
+        device_key()
+            .verify(&m.topic, &m.payload)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&m.payload)));
+        decode::<Event>(&m.payload).expect("decodable event")
+    })
 }
 
 fn status(m: &ReceivedMessage) -> Option<Status> {
