@@ -150,7 +150,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
 }
 
 fn kind(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "laser"
     } else {
         "printer-3d"
@@ -167,6 +167,10 @@ path = "{}"
 
 [http]
 listen = "127.0.0.1:0"
+
+# More members than a device allow-list holds (128): no device configs for this site.
+[devices]
+publish_configs = false
 
 [billing]
 invoice_prefix = "BEN"
@@ -216,7 +220,7 @@ name = "visitor"
             "\n[[members]]\nid = \"member-{i}\"\nname = \"Member {i}\"\nbadges = [\"{}\"]\n",
             badge(i)
         );
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             let _ = write!(
                 t,
                 "\n[[billing.memberships]]\nmember = \"member-{i}\"\nplan = \"resident\"\nvalid_from = \"2025-01-01\"\n"

@@ -140,7 +140,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         latency = Some((rate, bench.latency(a, rate)?));
     }
     println!();
-    println!("| figure | value | load (1 min) |");
+    println!("| figure | value | rounds, or load (1 min) |");
     println!("|---|---|---|");
     println!(
         "| (a) bare rumqttc subscriber, QoS 1, median of {} | {ma:.0} msg/s | {} |",
