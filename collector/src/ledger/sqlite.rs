@@ -190,6 +190,9 @@ impl SqliteLedger {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // 32 MiB of page cache (SQLite's default is 2 MiB): the ingest writer otherwise reads the
+        // event and boot indexes back from the OS for every batch (docs/BENCHMARKS.md "Ingest").
+        conn.pragma_update(None, "cache_size", -32_768)?;
         migrate(&mut conn)?;
         Ok(SqliteLedger {
             conn,
