@@ -66,6 +66,29 @@ pub struct Config {
     /// Service plans, alerts and locks (docs/MAINTENANCE.md).
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// Retention of personal data (docs/SECURITY.md "Personal data").
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+}
+
+/// Shortest retention: a 31-day billing period, the invoice run a few days after, a margin.
+pub const MIN_RETENTION_DAYS: u32 = 62;
+
+/// `[privacy]`: how long personal data no invoice needs is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Days after which sessions, their raw events and `access_denied` events that no billing
+    /// run settled are purged (daily, and by `privacy purge`); at least [`MIN_RETENTION_DAYS`].
+    pub retention_days: u32,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            retention_days: 400,
+        }
+    }
 }
 
 /// `[devices]`: what goes into each machine's retained `config` (docs/PROTOCOL.md "config").
@@ -347,6 +370,7 @@ impl Config {
             billing: None,
             devices: DevicesConfig::default(),
             maintenance: MaintenanceConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 
@@ -504,6 +528,16 @@ impl Config {
             self.billing_rules()?;
         }
         self.validate_devices()?;
+        if self.privacy.retention_days < MIN_RETENTION_DAYS {
+            return Err(err(
+                "privacy.retention_days",
+                format!(
+                    "{} days would purge sessions before they are invoiced: set at least {MIN_RETENTION_DAYS}",
+                    self.privacy.retention_days
+                ),
+                "400",
+            ));
+        }
         self.validate_maintenance()
     }
 
@@ -769,6 +803,14 @@ badges = ["ba279e0c1e5c2464"]
             "kind = \"laser\"\n[machines.sensing.run_signal]\nactive_low = true\ndwell_ms = 900000",
         );
         assert_eq!(e.key, "machines[0].sensing.run_signal.dwell_ms");
+        let mut c = Config::from_toml(GOOD).expect("parses");
+        assert_eq!(c.privacy.retention_days, 400);
+        c.privacy.retention_days = 30;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "privacy.retention_days");
+        assert!(e.problem.contains("set at least 62"), "{e}");
+        c.privacy.retention_days = 62;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]
