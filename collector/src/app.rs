@@ -65,6 +65,7 @@ pub struct Application {
     writer_ledger: SqliteLedger,
     reader_ledger: SqliteLedger,
     maintenance_ledger: SqliteLedger,
+    privacy_ledger: SqliteLedger,
     metrics: Arc<Metrics>,
     series: TimeSeriesHandle,
     series_task: Option<tokio::task::JoinHandle<crate::timeseries::TimeSeriesStats>>,
@@ -80,7 +81,8 @@ impl Application {
         let mut writer_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
         register_configured_machines(&config, &mut writer_ledger)?;
         let reader_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
-        let maintenance_ledger = SqliteLedger::open(&config.ledger.path, &site, badges)?;
+        let maintenance_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
+        let privacy_ledger = SqliteLedger::open(&config.ledger.path, &site, badges)?;
 
         let (series, series_task) = match &config.timeseries {
             Some(ts) => {
@@ -123,6 +125,7 @@ impl Application {
             writer_ledger,
             reader_ledger,
             maintenance_ledger,
+            privacy_ledger,
             metrics: Arc::new(Metrics::default()),
             series,
             series_task,
@@ -186,6 +189,7 @@ impl Application {
             writer_ledger,
             reader_ledger,
             maintenance_ledger,
+            privacy_ledger,
             metrics,
             series,
             series_task,
@@ -258,6 +262,13 @@ impl Application {
             .run(shutdown.clone()),
         );
 
+        let purges = tokio::spawn(crate::privacy::run_purges(
+            config.clone(),
+            privacy_ledger,
+            ingest::now_ms,
+            shutdown.clone(),
+        ));
+
         let mqtt = tokio::spawn(ingest::run_mqtt(
             client,
             eventloop,
@@ -308,6 +319,7 @@ impl Application {
         });
 
         let _ = maintenance.await;
+        let _ = purges.await;
         let _ = mqtt.await;
         // The MQTT task ends after the writer finished (or the connection is gone).
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;

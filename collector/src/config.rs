@@ -69,6 +69,9 @@ pub struct Config {
     /// Event signatures (docs/SECURITY.md, docs/PROTOCOL.md "Signatures").
     #[serde(default)]
     pub security: SecurityConfig,
+    /// Retention of personal data (docs/SECURITY.md "Personal data").
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
 }
 
 /// `[security]`: per-device keys that sign events.
@@ -76,13 +79,33 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Refuse every event without a valid signature (reason `signature`). Off (the default, while
-    /// devices are being provisioned): unsigned events are accepted, but a signed event must
-    /// verify against its machine's key, and is refused if its machine has none.
+    /// devices are being provisioned): unsigned events are accepted, and a signed event must
+    /// verify against its machine's key when the machine has one.
     pub require_signed_events: bool,
     /// The device keys (`machine = "<64 hex digits>"`, mode 0600), written by `fabmeter-collector
     /// provision device` and re-read when it changes. Absent: no keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_keys_file: Option<PathBuf>,
+}
+
+/// Shortest retention: a 31-day billing period, the invoice run a few days after, a margin.
+pub const MIN_RETENTION_DAYS: u32 = 62;
+
+/// `[privacy]`: how long personal data no invoice needs is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Days after which sessions, their raw events and `access_denied` events that no billing
+    /// run settled are purged (daily, and by `privacy purge`); at least [`MIN_RETENTION_DAYS`].
+    pub retention_days: u32,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            retention_days: 400,
+        }
+    }
 }
 
 /// `[devices]`: what goes into each machine's retained `config` (docs/PROTOCOL.md "config").
@@ -365,6 +388,7 @@ impl Config {
             devices: DevicesConfig::default(),
             maintenance: MaintenanceConfig::default(),
             security: SecurityConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 
@@ -529,6 +553,16 @@ impl Config {
             self.billing_rules()?;
         }
         self.validate_devices()?;
+        if self.privacy.retention_days < MIN_RETENTION_DAYS {
+            return Err(err(
+                "privacy.retention_days",
+                format!(
+                    "{} days would purge sessions before they are invoiced: set at least {MIN_RETENTION_DAYS}",
+                    self.privacy.retention_days
+                ),
+                "400",
+            ));
+        }
         self.validate_maintenance()
     }
 
@@ -780,6 +814,12 @@ badges = ["ba279e0c1e5c2464"]
         );
         assert_eq!(e.key, "machines[0].sensing.run_signal.dwell_ms");
         let mut c = Config::from_toml(GOOD).expect("parses");
+        assert_eq!(c.privacy.retention_days, 400);
+        c.privacy.retention_days = 30;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "privacy.retention_days");
+        assert!(e.problem.contains("set at least 62"), "{e}");
+        c.privacy.retention_days = 62;
         c.security.require_signed_events = true;
         assert_eq!(c.validate().unwrap_err().key, "security.device_keys_file");
         c.security.device_keys_file = Some("keys.toml".into());

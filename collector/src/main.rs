@@ -44,6 +44,23 @@ enum Command {
     /// Personal data of a member (docs/SECURITY.md "Personal data").
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Retention of personal data (docs/SECURITY.md "Retention, purge and erasure").
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+}
+
+/// `privacy` subcommands.
+#[derive(Subcommand, Debug)]
+enum PrivacyCommand {
+    /// Delete the sessions, their raw events and the access_denied events older than
+    /// `[privacy] retention_days` that no billing run settled (the collector also does it daily).
+    Purge {
+        #[command(flatten)]
+        o: Overrides,
+        /// Print what would go, per machine and month, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `member` subcommands.
@@ -60,6 +77,22 @@ enum MemberCommand {
         /// Write the document to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Erase a member's personal data that no invoice needs (unbilled sessions with their raw
+    /// events, access_denied events of their badges), recording who asked and why; invoices and
+    /// the sessions they bill stay for 10 years. Then remove the member from the site file.
+    Erase {
+        #[command(flatten)]
+        o: Overrides,
+        /// The member id, e.g. alice.
+        #[arg(long)]
+        member: String,
+        /// Who erases (recorded).
+        #[arg(long)]
+        by: String,
+        /// Why, e.g. "request of 2026-11-30" (recorded).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -318,6 +351,18 @@ fn main() -> anyhow::Result<()> {
         Command::Provision(p) => provision(p),
         Command::Token(t) => token(t),
         Command::Member(m) => member(m),
+        Command::Privacy(PrivacyCommand::Purge { o, dry_run }) => {
+            let config = o.load()?;
+            let mut ledger = open_ledger(&config)?;
+            let r = fabmeter_collector::privacy::purge(
+                &config,
+                &mut ledger,
+                fabmeter_collector::ingest::now_ms(),
+                dry_run,
+            )?;
+            print!("{}", fabmeter_collector::privacy::describe_purge(&r));
+            Ok(())
+        }
         Command::Run(o) => {
             let config = o.load()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -340,15 +385,49 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn open_ledger(config: &Config) -> anyhow::Result<fabmeter_collector::ledger::SqliteLedger> {
+    Ok(fabmeter_collector::ledger::SqliteLedger::open(
+        &config.ledger.path,
+        &config.site_id()?,
+        config.badge_directory(),
+    )?)
+}
+
 fn member(m: MemberCommand) -> anyhow::Result<()> {
     match m {
+        MemberCommand::Erase {
+            o,
+            member,
+            by,
+            reason,
+        } => {
+            let config = o.load()?;
+            let mut ledger = open_ledger(&config)?;
+            let r = fabmeter_collector::privacy::erase_member(
+                &config,
+                &mut ledger,
+                &member,
+                &by,
+                &reason,
+                fabmeter_collector::ingest::now_ms(),
+            )?;
+            println!(
+                "member {member} erased by {by}: {} unbilled sessions, {} session events, {} access_denied events deleted; {} billed sessions kept with their invoices",
+                r.sessions, r.events, r.access_denied, r.billed_kept
+            );
+            let entry = config.members.iter().find(|m| m.id == member);
+            println!("now remove this entry from the site file (and restart the collector):");
+            if let Some(e) = entry {
+                println!(
+                    "[[members]]\nid = {:?}\nname = {:?}\nbadges = {:?}",
+                    e.id, e.name, e.badges
+                );
+            }
+            Ok(())
+        }
         MemberCommand::Export { o, member, out } => {
             let config = o.load()?;
-            let ledger = fabmeter_collector::ledger::SqliteLedger::open(
-                &config.ledger.path,
-                &config.site_id()?,
-                config.badge_directory(),
-            )?;
+            let ledger = open_ledger(&config)?;
             let doc = fabmeter_collector::privacy::export_member(
                 &config,
                 &ledger,

@@ -1,7 +1,8 @@
 //! Billing against a real SQLite ledger: sessions from device events, invoices for a month
 //! (totals checked against an expectation computed here independently), idempotency, a late
 //! session, credit notes, exports, the audit (zero differences, then the exact difference of a
-//! tampered row) and the member statement over HTTP.
+//! tampered row), the member statement over HTTP, and personal data: the retention purge and
+//! the erasure of a member leave the invoices, the audit, the counters and exactly-once intact.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,13 +12,16 @@ use fabmeter_collector::billing::invoice::{accounting_csv, to_html, Billing, Doc
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{Ledger, MachineInfo, Record, SqliteLedger};
+use fabmeter_collector::ledger::{Outcome, PurgedCounts, SessionQuery};
 use fabmeter_collector::metrics::Metrics;
-use fabmeter_collector::protocol::message::{EndReason, Event, EventBody};
+use fabmeter_collector::protocol::message::{DenyReason, EndReason, Event, EventBody};
 use fabmeter_collector::protocol::{encode_to_vec, BadgeHash, Id};
 use fabmeter_collector::timeseries::TimeSeriesHandle;
 
 const ALICE: &str = "ba279e0c1e5c2464";
 const BOB: &str = "a70e24fcac6bc0a8";
+/// A badge no member holds.
+const STRANGER: &str = "0123456789abcdef";
 
 const SITE: &str = r#"
 [site]
@@ -108,23 +112,7 @@ fn session(
     let badge = BadgeHash::from_hex(badge).expect("badge");
     let t0 = ms(start);
     let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
-    let mk = |seq: u32, ts: u64, body: EventBody| {
-        let event = Event {
-            v: 1,
-            boot,
-            seq,
-            uptime_ms: ts - 1_700_000_000_000,
-            sent_uptime_ms: ts - 1_700_000_000_000,
-            ts: Some(ts),
-            event: body,
-        };
-        Record::Event {
-            machine: Id::new(machine).expect("id"),
-            payload: encode_to_vec(&event).expect("encode"),
-            event,
-            received_ms: ts + 10,
-        }
-    };
+    let mk = |seq: u32, ts: u64, body: EventBody| event(machine, boot, seq, ts, body);
     vec![
         mk(seq, t0, EventBody::SessionStarted { badge }),
         mk(
@@ -140,6 +128,25 @@ fn session(
             },
         ),
     ]
+}
+
+/// One device event at `ts` (device clock), received 10 ms later.
+fn event(machine: &str, boot: u32, seq: u32, ts: u64, body: EventBody) -> Record {
+    let event = Event {
+        v: 1,
+        boot,
+        seq,
+        uptime_ms: ts - 1_700_000_000_000,
+        sent_uptime_ms: ts - 1_700_000_000_000,
+        ts: Some(ts),
+        event: body,
+    };
+    Record::Event {
+        machine: Id::new(machine).expect("id"),
+        payload: encode_to_vec(&event).expect("encode"),
+        event,
+        received_ms: ts + 10,
+    }
 }
 
 /// Price of one session computed independently: laser 0.50/busy and 0.10/idle minute per
@@ -644,4 +651,344 @@ async fn the_member_export_over_http() {
     let r = get("/api/members/carol/export").await.expect("join");
     assert_eq!(r.status, 404);
     assert!(r.text().contains("unknown member"), "{}", r.text());
+}
+
+/// A refused badge at `at`.
+fn denied(machine: &str, seq: u32, at: &str, badge: &str, reason: DenyReason) -> Record {
+    let badge = BadgeHash::from_hex(badge).expect("badge");
+    event(
+        machine,
+        1,
+        seq,
+        ms(at),
+        EventBody::AccessDenied { badge, reason },
+    )
+}
+
+fn keys(l: &SqliteLedger) -> Vec<(String, u32)> {
+    let mut k: Vec<(String, u32)> = l
+        .sessions(&SessionQuery::default())
+        .expect("sessions")
+        .into_iter()
+        .map(|s| (s.machine, s.session))
+        .collect();
+    k.sort();
+    k
+}
+
+/// The retention purge (docs/SECURITY.md "Retention, purge and erasure"): a dry run reports per
+/// machine and month and changes nothing; the purge deletes the old unbilled session with its
+/// events and the old access_denied event, keeps the invoiced session and the recent one; the
+/// lifetime counters and the maintenance-lock count stay as they were, the audit finds nothing,
+/// and the purged events sent again are duplicates that change nothing.
+#[test]
+fn the_retention_purge_keeps_invoices_counters_audit_and_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    let billing = Billing::from_config(&c).expect("rules").expect("billing");
+    let mut l = open(&c);
+    let stranger = session("laser-1", 1, 3, STRANGER, "2026-10-04T09:00:00Z", 300, 60);
+    let locked = denied(
+        "laser-1",
+        5,
+        "2026-10-05T09:00:00Z",
+        BOB,
+        DenyReason::MaintenanceLock,
+    );
+    let mut batch = session("laser-1", 1, 1, ALICE, "2026-10-03T09:00:00Z", 600, 0);
+    batch.extend(stranger.clone());
+    batch.push(locked.clone());
+    batch.extend(session(
+        "laser-1",
+        1,
+        6,
+        STRANGER,
+        "2027-11-20T09:00:00Z",
+        120,
+        0,
+    ));
+    l.commit(&batch).expect("commit");
+    let oct = Period::parse("2026-10").expect("period");
+    let r = l
+        .issue_invoices(&billing, oct, ms("2026-11-02T10:00:00Z"), false)
+        .expect("issue");
+    assert_eq!(r.invoices.len(), 1);
+    let counters = l.counters("laser-1").expect("counters").expect("machine");
+    assert_eq!(counters.sessions, 3);
+    let locks = |l: &SqliteLedger| {
+        l.maintenance_records("laser-1")
+            .expect("records")
+            .expect("machine")
+            .refused_locked
+    };
+    assert_eq!(locks(&l), 1);
+    let totals = l.totals().expect("totals");
+    assert_eq!(l.audit(&billing).expect("audit"), vec![]);
+
+    // 400 days before this is 2026-10-27: October's data is past retention.
+    let now = ms("2027-12-01T00:00:00Z");
+    let gone = PurgedCounts {
+        sessions: 1,
+        session_events: 2,
+        access_denied: 1,
+    };
+    let dry = l.purge(now, 400, true).expect("dry run");
+    assert_eq!(dry.total, gone);
+    assert_eq!(dry.by_machine_month["laser-1"]["2026-10"], gone);
+    let text = fabmeter_collector::privacy::describe_purge(&dry);
+    assert!(
+        text.contains("laser-1 2026-10: 1 sessions, 2 session events, 1 access_denied")
+            && text.contains("would purge before 2026-10-27")
+            && text.contains("nothing changed"),
+        "{text}"
+    );
+    assert_eq!(
+        l.totals().expect("totals"),
+        totals,
+        "a dry run changes nothing"
+    );
+
+    let done = l.purge(now, 400, false).expect("purge");
+    assert_eq!(done.total, gone);
+    let after = l.totals().expect("totals");
+    assert_eq!(after.events, totals.events - 3);
+    assert_eq!(after.sessions, totals.sessions - 1);
+    assert_eq!(
+        keys(&l),
+        [("laser-1".to_owned(), 1), ("laser-1".to_owned(), 6)],
+        "the invoiced and the recent sessions stay"
+    );
+    assert_eq!(
+        l.counters("laser-1").expect("counters"),
+        Some(counters.clone())
+    );
+    assert_eq!(locks(&l), 1);
+    assert_eq!(l.audit(&billing).expect("audit"), vec![]);
+
+    // The purged events sent again (a device journal replaying): duplicates, nothing changes.
+    let mut again = stranger;
+    again.push(locked);
+    let outcomes = l.commit(&again).expect("commit");
+    assert!(
+        outcomes.iter().all(|o| o.outcome == Outcome::Duplicate),
+        "{outcomes:?}"
+    );
+    assert_eq!(l.totals().expect("totals"), after);
+    assert_eq!(keys(&l).len(), 2);
+    drop(l);
+    // Reopened (the tombstones and baselines are in the file): same counters; a later event of
+    // the same boot is accepted; a second purge finds nothing.
+    let mut l = open(&c);
+    assert_eq!(l.counters("laser-1").expect("counters"), Some(counters));
+    let later = session("laser-1", 1, 8, STRANGER, "2027-11-25T09:00:00Z", 60, 0);
+    let outcomes = l.commit(&later).expect("commit");
+    assert!(outcomes.iter().all(|o| o.outcome == Outcome::Accepted));
+    let r = l.purge(now, 400, false).expect("purge");
+    assert_eq!(r.total, PurgedCounts::default());
+    assert_eq!(l.audit(&billing).expect("audit"), vec![]);
+}
+
+/// `member erase`: the member's unbilled session and their refused badge go, the invoiced
+/// session and the invoices stay; the erasure is recorded and cannot be changed; an export then
+/// holds only the invoices and the sessions they bill; with the member removed from the site file
+/// the audit still finds 0 differences; the erased events sent again are duplicates.
+#[test]
+fn erasing_a_member_keeps_the_invoices_and_what_they_bill_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    let alice_nov = session("printer-1", 1, 1, ALICE, "2026-11-05T09:00:00Z", 900, 0);
+    {
+        let mut l = open(&c);
+        let mut batch = session("laser-1", 1, 1, ALICE, "2026-10-03T09:00:00Z", 600, 0);
+        batch.extend(session(
+            "laser-1",
+            1,
+            3,
+            BOB,
+            "2026-10-04T09:00:00Z",
+            300,
+            0,
+        ));
+        batch.extend(alice_nov.clone());
+        batch.push(denied(
+            "laser-1",
+            5,
+            "2026-11-06T09:00:00Z",
+            ALICE,
+            DenyReason::InUse,
+        ));
+        batch.push(denied(
+            "laser-1",
+            6,
+            "2026-11-06T10:00:00Z",
+            BOB,
+            DenyReason::InUse,
+        ));
+        l.commit(&batch).expect("commit");
+        let billing = Billing::from_config(&c).expect("rules").expect("billing");
+        let oct = Period::parse("2026-10").expect("period");
+        let r = l
+            .issue_invoices(&billing, oct, ms("2026-11-02T10:00:00Z"), false)
+            .expect("issue");
+        assert_eq!(r.invoices.len(), 2);
+    }
+    let file = dir.path().join("site.toml");
+    std::fs::write(&file, c.to_toml()).expect("write config");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, stderr) = run(&[
+        "member", "erase", "--member", "alice", "--by", "claire", "--reason", " ",
+    ]);
+    assert!(!ok && stderr.contains("--reason"), "{stderr}");
+    let (ok, _, stderr) = run(&[
+        "member", "erase", "--member", "carol", "--by", "claire", "--reason", "x",
+    ]);
+    assert!(
+        !ok && stderr.contains("unknown member \"carol\""),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = run(&[
+        "member",
+        "erase",
+        "--member",
+        "alice",
+        "--by",
+        "claire",
+        "--reason",
+        "request of 2026-11-30",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("1 unbilled sessions, 2 session events, 1 access_denied events deleted; 1 billed sessions kept"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("remove this entry") && stdout.contains(ALICE),
+        "{stdout}"
+    );
+
+    // The export: the invoice and the session it bills, nothing else.
+    let out = dir.path().join("alice.json");
+    let (ok, _, stderr) = run(&[
+        "member",
+        "export",
+        "--member",
+        "alice",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&out).expect("export");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let sessions = doc["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{text}");
+    assert_eq!(sessions[0]["machine"], "laser-1");
+    let billed = doc["documents"][0]["lines"].to_string();
+    assert!(billed.contains("laser-1/1/1"), "{billed}");
+    assert!(
+        !text.contains("printer-1") && !text.contains("access_denied"),
+        "{text}"
+    );
+
+    // The record: append-only.
+    {
+        let db = rusqlite::Connection::open(&c.ledger.path).expect("db");
+        let row: (String, String, String, i64, i64, i64, i64) = db
+            .query_row(
+                "SELECT member, erased_by, reason, sessions, events, access_denied, billed_kept
+                 FROM erasures",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
+            )
+            .expect("one erasure");
+        assert_eq!(
+            row,
+            (
+                "alice".into(),
+                "claire".into(),
+                "request of 2026-11-30".into(),
+                1,
+                2,
+                1,
+                1
+            )
+        );
+        assert!(db.execute("UPDATE erasures SET reason='x'", []).is_err());
+        assert!(db.execute("DELETE FROM erasures", []).is_err());
+    }
+
+    // The operator removes alice from the site file: the audit still verifies everything.
+    let mut without = c.clone();
+    without.members.retain(|m| m.id != "alice");
+    std::fs::write(&file, without.to_toml()).expect("write config");
+    let (ok, stdout, stderr) = run(&["audit"]);
+    assert!(
+        ok && stdout.contains("2 documents, 0 differences"),
+        "{stdout}{stderr}"
+    );
+    let mut l = open(&without);
+    let before = l.totals().expect("totals");
+    let outcomes = l.commit(&alice_nov).expect("commit");
+    assert!(
+        outcomes.iter().all(|o| o.outcome == Outcome::Duplicate),
+        "{outcomes:?}"
+    );
+    assert_eq!(l.totals().expect("totals"), before);
+}
+
+/// `privacy purge --dry-run` on the command line: prints the cutoff and the totals and changes
+/// nothing (the data here is recent: nothing is past retention).
+#[test]
+fn the_purge_command_dry_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = config(dir.path());
+    c.privacy.retention_days = 62;
+    let now = fabmeter_collector::ingest::now_ms();
+    {
+        let mut l = open(&c);
+        let at = api::format_utc(now - 3_600_000);
+        l.commit(&session("laser-1", 1, 1, STRANGER, &at, 60, 0))
+            .expect("commit");
+    }
+    let file = dir.path().join("site.toml");
+    std::fs::write(&file, c.to_toml()).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
+        .args(["privacy", "purge", "--dry-run", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("would purge before")
+            && stdout.contains(": 0 sessions, 0 session events, 0 access_denied (dry run"),
+        "{stdout}"
+    );
+    let l = open(&c);
+    assert_eq!(l.totals().expect("totals").events, 2);
 }

@@ -174,7 +174,9 @@ pub(super) fn records(
     let refused_locked: i64 = l
         .conn
         .prepare_cached(
-            "SELECT COUNT(*) FROM events WHERE site=?1 AND machine=?2
+            "SELECT COUNT(*) + COALESCE((SELECT refused_locked FROM purged_totals p
+                    WHERE p.site=?1 AND p.machine=?2), 0)
+             FROM events WHERE site=?1 AND machine=?2
              AND kind='access_denied' AND payload LIKE '%\"maintenance_lock\"%'",
         )?
         .query_row(params![l.site, machine], |r| r.get(0))?;

@@ -15,7 +15,7 @@
 mod sqlite;
 
 pub use sqlite::invoices::{AuditDifference, BillingError, IssueReport};
-pub use sqlite::privacy::StoredEvent;
+pub use sqlite::privacy::{ByMachineMonth, ErasureReport, PurgeReport, PurgedCounts, StoredEvent};
 pub use sqlite::SqliteLedger;
 
 use fabmeter_protocol::message::{Event, Status};

@@ -146,6 +146,41 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (site, machine, plan)
     ) WITHOUT ROWID;
     "#,
+    // 4: retention and erasure (docs/SECURITY.md "Personal data"): what a purge or an erasure
+    // leaves behind so that exactly-once and the lifetime counters hold without the rows.
+    r#"
+    -- The highest seq deleted per (machine, ledger boot): a resend at or below it is a duplicate.
+    CREATE TABLE purged_keys (
+        site TEXT NOT NULL, machine TEXT NOT NULL, boot INTEGER NOT NULL,
+        max_seq INTEGER NOT NULL,
+        PRIMARY KEY (site, machine, boot)
+    ) WITHOUT ROWID;
+    -- What the deleted sessions and access_denied events counted, added to the live tables' sums.
+    CREATE TABLE purged_totals (
+        site TEXT NOT NULL, machine TEXT NOT NULL,
+        sessions INTEGER NOT NULL, busy_s INTEGER NOT NULL, energy_wh INTEGER NOT NULL,
+        refused_locked INTEGER NOT NULL,
+        PRIMARY KEY (site, machine)
+    ) WITHOUT ROWID;
+    -- Each erasure of a member's personal data: who, when, why, how much. Append-only.
+    CREATE TABLE erasures (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL, member TEXT NOT NULL, erased_by TEXT NOT NULL, reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        sessions INTEGER NOT NULL, events INTEGER NOT NULL, access_denied INTEGER NOT NULL,
+        billed_kept INTEGER NOT NULL
+    );
+    CREATE TRIGGER erasures_never_change BEFORE UPDATE ON erasures
+        BEGIN SELECT RAISE(ABORT, 'erasure records never change'); END;
+    CREATE TRIGGER erasures_never_go BEFORE DELETE ON erasures
+        BEGIN SELECT RAISE(ABORT, 'erasure records are never deleted'); END;
+    -- The badges of an erased member's billed sessions (kept for the invoices): they still
+    -- attribute those sessions once the member left the site file, so that the audit verifies.
+    CREATE TABLE erased_badges (
+        site TEXT NOT NULL, badge TEXT NOT NULL, member TEXT NOT NULL,
+        PRIMARY KEY (site, badge)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The SQLite implementation of [`Ledger`]. Open one for the writer and one per reader thread:
@@ -194,6 +229,8 @@ impl SqliteLedger {
         // event and boot indexes back from the OS for every batch (docs/BENCHMARKS.md "Ingest").
         conn.pragma_update(None, "cache_size", -32_768)?;
         migrate(&mut conn)?;
+        let mut badges = badges;
+        privacy::add_erased_badges(&conn, site.as_str(), &mut badges)?;
         Ok(SqliteLedger {
             conn,
             site: site.as_str().to_owned(),
@@ -382,7 +419,7 @@ impl Ledger for SqliteLedger {
                     event,
                     payload,
                     received_ms,
-                } => {
+                } => 'event: {
                     let machine = machine.as_str();
                     let max_boot: Option<u32> = tx
                         .prepare_cached("SELECT MAX(boot) FROM boots WHERE site=?1 AND machine=?2")?
@@ -401,6 +438,10 @@ impl Ledger for SqliteLedger {
                         boot,
                         ..event.clone()
                     };
+                    // Purged or erased (docs/SECURITY.md): its key is gone, its tombstone stays.
+                    if privacy::purged(&tx, &self.site, machine, boot, event.seq)? {
+                        break 'event Outcome::Duplicate;
+                    }
                     let candidate = received_ms.saturating_sub(event.sent_uptime_ms);
                     tx.prepare_cached(
                         "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms,
@@ -711,8 +752,14 @@ impl Ledger for SqliteLedger {
                 _ => {}
             }
         }
+        // Purged sessions count through their machine's baseline (docs/SECURITY.md).
         let (sessions, session_busy_s, session_energy_wh): (i64, i64, i64) = self.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(busy_s), 0), COALESCE(SUM(energy_wh), 0)
+            "SELECT COUNT(*) + COALESCE((SELECT sessions FROM purged_totals p
+                    WHERE p.site=?1 AND p.machine=?2), 0),
+                COALESCE(SUM(busy_s), 0) + COALESCE((SELECT busy_s FROM purged_totals p
+                    WHERE p.site=?1 AND p.machine=?2), 0),
+                COALESCE(SUM(energy_wh), 0) + COALESCE((SELECT energy_wh FROM purged_totals p
+                    WHERE p.site=?1 AND p.machine=?2), 0)
              FROM sessions WHERE site=?1 AND machine=?2",
             params![self.site, machine],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
