@@ -24,16 +24,17 @@ pub(super) fn boot_offset(
 /// When that key is already stored with another event (not a resend: a resend differs in
 /// `sent_uptime_ms` only), a new box is counting its boots again from where the old one had been:
 /// a new epoch starts past the machine's highest boot, so both boxes' events are kept and the
-/// machine's counters go on.
+/// machine's counters go on. `offset`: the machine's current offset ([`boot_offset`]).
 pub(super) fn ledger_boot(
     tx: &rusqlite::Connection,
     site: &str,
     machine: &str,
     event: &Event,
+    offset: u32,
     max_boot: Option<u32>,
     received_ms: u64,
 ) -> Result<u32, LedgerError> {
-    let boot = event.boot.saturating_add(boot_offset(tx, site, machine)?);
+    let boot = event.boot.saturating_add(offset);
     let stored: Option<String> = tx
         .prepare_cached(
             "SELECT payload FROM events WHERE site=?1 AND machine=?2 AND boot=?3 AND seq=?4",

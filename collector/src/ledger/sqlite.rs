@@ -376,6 +376,32 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// A machine's highest ledger boot and current boot offset, as a commit has read and changed them.
+struct KnownBoots {
+    max_boot: Option<u32>,
+    offset: u32,
+}
+
+/// The boots of `machine` known to this transaction, read from the ledger on first use.
+fn machine_state<'a>(
+    machines: &'a mut HashMap<String, KnownBoots>,
+    tx: &Transaction<'_>,
+    site: &str,
+    machine: &str,
+) -> Result<&'a mut KnownBoots, LedgerError> {
+    if !machines.contains_key(machine) {
+        let max_boot: Option<u32> = tx
+            .prepare_cached("SELECT MAX(boot) FROM boots WHERE site=?1 AND machine=?2")?
+            .query_row(params![site, machine], |r| r.get(0))?;
+        let offset = maintenance::boot_offset(tx, site, machine)?;
+        machines.insert(machine.to_owned(), KnownBoots { max_boot, offset });
+    }
+    machines
+        .get_mut(machine)
+        // Never: inserted just above.
+        .ok_or(LedgerError::Database(rusqlite::Error::QueryReturnedNoRows))
+}
+
 fn session_of(body: &EventBody, seq: u32) -> Option<u32> {
     match body {
         EventBody::SessionStarted { .. } => Some(seq),
@@ -411,6 +437,8 @@ impl Ledger for SqliteLedger {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut touched: BTreeSet<(String, u32, u32)> = BTreeSet::new();
         let mut rebooted: BTreeSet<String> = BTreeSet::new();
+        // What this transaction knows of each machine's boots (only the writer changes them).
+        let mut machines: HashMap<String, KnownBoots> = HashMap::new();
         for record in batch {
             let mut wall_ms = None;
             let outcome = match record {
@@ -421,9 +449,8 @@ impl Ledger for SqliteLedger {
                     received_ms,
                 } => 'event: {
                     let machine = machine.as_str();
-                    let max_boot: Option<u32> = tx
-                        .prepare_cached("SELECT MAX(boot) FROM boots WHERE site=?1 AND machine=?2")?
-                        .query_row(params![self.site, machine], |r| r.get(0))?;
+                    let known = machine_state(&mut machines, &tx, &self.site, machine)?;
+                    let (max_boot, offset) = (known.max_boot, known.offset);
                     // The ledger's boot: the device's, shifted past the boots of the boxes that
                     // served this machine before (see maintenance::ledger_boot).
                     let boot = maintenance::ledger_boot(
@@ -431,9 +458,15 @@ impl Ledger for SqliteLedger {
                         &self.site,
                         machine,
                         event,
+                        offset,
                         max_boot,
                         *received_ms,
                     )?;
+                    if boot != event.boot.saturating_add(offset) {
+                        // A new epoch started: its offset is the machine's highest boot then.
+                        known.offset = max_boot.unwrap_or(0);
+                    }
+                    known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
                     let event = &fabmeter_protocol::message::Event {
                         boot,
                         ..event.clone()
@@ -443,25 +476,26 @@ impl Ledger for SqliteLedger {
                         break 'event Outcome::Duplicate;
                     }
                     let candidate = received_ms.saturating_sub(event.sent_uptime_ms);
-                    tx.prepare_cached(
-                        "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms,
-                            max_uptime_ms, max_seq, events)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0)
-                         ON CONFLICT (site, machine, boot) DO UPDATE SET
-                            anchor_ms = MIN(anchor_ms, excluded.anchor_ms)",
-                    )?
-                    .execute(params![
-                        self.site,
-                        machine,
-                        event.boot,
-                        i64_of(candidate),
-                        i64_of(*received_ms)
-                    ])?;
+                    // The boot's anchor after this event (the upsert returns it: no extra read).
                     let anchor: i64 = tx
                         .prepare_cached(
-                            "SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3",
+                            "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms,
+                                max_uptime_ms, max_seq, events)
+                             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0)
+                             ON CONFLICT (site, machine, boot) DO UPDATE SET
+                                anchor_ms = MIN(anchor_ms, excluded.anchor_ms)
+                             RETURNING anchor_ms",
                         )?
-                        .query_row(params![self.site, machine, event.boot], |r| r.get(0))?;
+                        .query_row(
+                            params![
+                                self.site,
+                                machine,
+                                event.boot,
+                                i64_of(candidate),
+                                i64_of(*received_ms)
+                            ],
+                            |r| r.get(0),
+                        )?;
                     let wall = event
                         .ts
                         .unwrap_or_else(|| u64_of(anchor).saturating_add(event.uptime_ms));
@@ -537,9 +571,9 @@ impl Ledger for SqliteLedger {
                     .execute(params![
                         self.site,
                         machine.as_str(),
-                        status
-                            .boot
-                            .saturating_add(maintenance::boot_offset(&tx, &self.site, machine.as_str())?),
+                        status.boot.saturating_add(
+                            machine_state(&mut machines, &tx, &self.site, machine.as_str())?.offset
+                        ),
                         status.status == Presence::Online,
                         status.fw.as_ref().map(|f| f.as_str()),
                         status.config_hash.map(|h| h.to_hex().as_str().to_owned()),
@@ -584,9 +618,7 @@ impl Ledger for SqliteLedger {
             }
         }
         for (machine, boot, session) in &touched {
-            let max_boot: Option<u32> = tx
-                .prepare_cached("SELECT MAX(boot) FROM boots WHERE site=?1 AND machine=?2")?
-                .query_row(params![self.site, machine], |r| r.get(0))?;
+            let max_boot = machine_state(&mut machines, &tx, &self.site, machine)?.max_boot;
             let newer = max_boot.is_some_and(|b| b > *boot);
             Self::recompute_session(
                 &self.site,
