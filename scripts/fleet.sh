@@ -53,6 +53,9 @@ for n in $sizes; do
 listener $mport 127.0.0.1
 allow_anonymous true
 max_connections -1
+# Unlimited queue per client (default 1000): a collector that falls behind must not lose messages
+# the broker already acknowledged to the devices.
+max_queued_messages 0
 persistence false
 log_dest stderr
 log_type error
