@@ -4,7 +4,8 @@
 # GNU time (/usr/bin/time, package `time`; installed here with apt-get when missing and root).
 #
 #   scripts/bench.sh                    # everything
-#   BENCH_ONLY=ingest scripts/bench.sh  # one part: ingest | billing
+#   BENCH_ONLY=ingest scripts/bench.sh  # one part: ingest | billing | fleet | agent
+#   (fleet is scripts/fleet.sh, FLEET_* variables there; not part of "everything": 30+ minutes)
 #   BENCH_MESSAGES=50000 BENCH_ROUNDS=1 scripts/bench.sh   # a quick run
 #   BENCH_PEER=0 scripts/bench.sh       # without the Node-RED peer
 #   BENCH_INGEST_ARGS="--broker-inflight 1000" scripts/bench.sh   # extra ingest options
@@ -29,7 +30,9 @@ echo "== machine"
   echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/machine.txt"
 
-cargo build --release --locked -p fabmeter-bench -p fabmeter-collector
+if [ "${BENCH_BUILD:-1}" = 1 ]; then
+  cargo build --release --locked -p fabmeter-bench -p fabmeter-collector -p fabmeter-agent
+fi
 bin=$root/target/release
 
 if [ ! -x /usr/bin/time ] && [ "$(id -u)" = 0 ]; then
@@ -78,8 +81,49 @@ if [ "$only" = all ] || [ "$only" = billing ]; then
   echo "| invoicing 12 months (one \`invoice\` run per month) | ${total} s in total, peak RSS $((peak / 1024)) MiB | |" | tee -a "$out/billing.txt"
 fi
 
+if [ "$only" = fleet ]; then
+  FLEET_BUILD=0 BENCH_OUT=$out scripts/fleet.sh
+fi
+
+if [ "$only" = all ] || [ "$only" = agent ]; then
+  echo "== agent: fabmeter-agent run, RSS and CPU over ${BENCH_AGENT_S:-60} s, idle and busy"
+  dir=$out/agent
+  rm -rf "$dir" && mkdir -p "$dir"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$dir/mosquitto.conf"
+  mosquitto -c "$dir/mosquitto.conf" 2> "$dir/mosquitto.log" &
+  mpid=$!
+  sleep 0.5
+  # The retained device configs of the demo machines (laser-1 among them), as a collector would.
+  "$bin/fabmeter-agent" simulate --demo --site bench --broker "mqtt://127.0.0.1:$port" --speed 100000 \
+    --duration 1m 2> "$dir/configs.log"
+  key=$(grep -o '"[0-9a-f]\{64\}"' agent/src/sim/mod.rs | head -1)
+  : > "$out/agent.txt"
+  for mode in idle busy; do
+    {
+      printf 'site = "bench"\ndata_dir = "%s"\nbadge_key = %s\n\n[mqtt]\nurl = "mqtt://127.0.0.1:%s"\n' "$dir/$mode" "$key" "$port"
+      if [ "$mode" = idle ]; then
+        printf '\n[[machines]]\nid = "laser-1"\n\n[[machines]]\nid = "laser-2"\n'
+      else
+        # An hour of the simulated workshop (08:45-09:45, opening at 09:00) in 60 s: busier than real.
+        printf '\n[simulate]\nspeed = 60.0\n\n[[machines]]\nid = "laser-1"\nsimulate = "laser"\n'
+      fi
+    } > "$dir/$mode.toml"
+    "$bin/fabmeter-agent" run --config "$dir/$mode.toml" 2> "$dir/$mode.log" &
+    apid=$!
+    sleep "${BENCH_AGENT_S:-60}"
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$apid/status")
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$apid/status")
+    cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$apid/stat")
+    kill "$apid"; wait "$apid" || true
+    echo "| agent $mode ($([ "$mode" = idle ] && echo '2 machines, no inputs' || echo '1 simulated laser at 60x')) | RSS $((rss / 1024)) MiB (peak $((hwm / 1024)) MiB), CPU $cpu s in ${BENCH_AGENT_S:-60} s |" | tee -a "$out/agent.txt"
+  done
+  kill "$mpid"; wait "$mpid" || true
+fi
+
 echo "== summary ($out)"
 cat "$out/machine.txt"
 [ -f "$out/ingest.txt" ] && sed -n '/^| figure/,$p' "$out/ingest.txt"
 [ -f "$out/billing.txt" ] && grep '^| invoicing' "$out/billing.txt"
+[ -f "$out/agent.txt" ] && cat "$out/agent.txt"
 true

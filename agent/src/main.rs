@@ -81,6 +81,10 @@ struct SimulateArgs {
     /// New connections per second.
     #[arg(long, default_value_t = 500)]
     connect_rate: u32,
+    /// Start sim time this long after Monday 2025-12-01 08:45 UTC (e.g. 5h: 13:45, mid-afternoon
+    /// in a busy workshop).
+    #[arg(long)]
+    start_after: Option<String>,
 }
 
 fn parse_broker(url: &str) -> anyhow::Result<(String, u16)> {
@@ -110,6 +114,10 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         Some(d) => Some(sim::parse_duration_ms(d).map_err(|e| anyhow::anyhow!("--duration {e}"))?),
         None => None,
     };
+    if let Some(d) = &a.start_after {
+        cfg.start_unix_ms = sim::DEFAULT_START_UNIX_MS
+            + sim::parse_duration_ms(d).map_err(|e| anyhow::anyhow!("--start-after {e}"))?;
+    }
     cfg.validate()?;
     let n = cfg.machines.len();
     let total = cfg.duration_ms;
@@ -128,29 +136,7 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stats = Arc::new(SimStats::new(n));
     let run = tokio::spawn(sim::run_with_stats(cfg, shutdown.clone(), stats.clone()));
-    let progress = {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            loop {
-                tick.tick().await;
-                let t = stats.sim_ms();
-                let pct = total.map_or(String::new(), |d| {
-                    format!(" ({:.0}%)", 100.0 * t as f64 / d.max(1) as f64)
-                });
-                eprintln!(
-                    "sim time {:>6.2} h{pct}: {} events published, {} acknowledged",
-                    t as f64 / 3.6e6,
-                    stats
-                        .events_published
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    stats
-                        .events_acked
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                );
-            }
-        })
-    };
+    let progress = tokio::spawn(show_progress(stats.clone(), n, total));
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -162,17 +148,97 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     }
     let report = run.await.context("simulator task")??;
     progress.abort();
+    // The bar (if any) is cleared when its task is dropped; wait for that before the summary.
+    let _ = progress.await;
     eprintln!(
-        "done in {:.1} s: {} events published, {} acknowledged, {} left in journals",
+        "done in {:.1} s: {} events published, {} acknowledged ({} distinct), {} left in journals",
         report.wall.as_secs_f64(),
         report.events_published(),
         report.events_acked(),
+        report
+            .machines
+            .iter()
+            .map(|m| m.events_distinct)
+            .sum::<u64>(),
         report.journal_left()
     );
     for m in report.machines.iter().filter(|m| m.error.is_some()) {
         eprintln!("machine {}: {}", m.id, m.error.as_deref().unwrap_or(""));
     }
     Ok(())
+}
+
+/// Shows the simulator's progress on stderr until aborted: a bar (sim time out of `total_ms`, or a
+/// spinner without a duration) with connected machines and events published/acknowledged when
+/// stderr is a terminal, a plain line every 2 s otherwise (logs, pipes, CI).
+async fn show_progress(stats: Arc<SimStats>, machines: usize, total_ms: Option<u64>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let line = |stats: &SimStats| {
+        format!(
+            "{}/{machines} connected, {} events published, {} acknowledged",
+            stats.connected.load(Relaxed),
+            stats.events_published.load(Relaxed),
+            stats.events_acked.load(Relaxed),
+        )
+    };
+    let sim_h = |ms: u64| ms as f64 / 3.6e6;
+    let started = tokio::time::Instant::now();
+    let mut all_connected = false;
+    // Once, when every machine is connected: the ramp's duration.
+    let mut check_connected = |stats: &SimStats| -> Option<String> {
+        if all_connected || stats.connected.load(Relaxed) < machines as u64 {
+            return None;
+        }
+        all_connected = true;
+        Some(format!(
+            "all {machines} machines connected after {:.1} s",
+            started.elapsed().as_secs_f64()
+        ))
+    };
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        // Checked every 200 ms (the connect time), printed every 2 s.
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        for i in 0u64.. {
+            tick.tick().await;
+            if let Some(l) = check_connected(&stats) {
+                eprintln!("{l}");
+            }
+            if i % 10 != 0 {
+                continue;
+            }
+            let t = stats.sim_ms();
+            let pct = total_ms.map_or(String::new(), |d| {
+                format!(" ({:.0}%)", 100.0 * t as f64 / d.max(1) as f64)
+            });
+            eprintln!("sim time {:>6.2} h{pct}: {}", sim_h(t), line(&stats));
+        }
+    }
+    let bar = match total_ms {
+        Some(d) => indicatif::ProgressBar::new(d / 1000).with_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {percent:>3}% sim {msg} (eta {eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    // Cleared when the task is aborted (dropped with it).
+    struct Clear(indicatif::ProgressBar);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    let bar = Clear(bar);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let t = stats.sim_ms();
+        if let Some(l) = check_connected(&stats) {
+            bar.0.println(l);
+        }
+        bar.0.set_position(t / 1000);
+        bar.0
+            .set_message(format!("{:.2} h: {}", sim_h(t), line(&stats)));
+    }
 }
 
 /// Exit status after a `reboot` command: the service manager starts the agent again.

@@ -101,6 +101,8 @@ struct Machine {
     /// The machine's inputs.
     feed: Feed,
     got_config: bool,
+    /// The connection is up (counted in [`SimStats::connected`]).
+    up: bool,
     /// The highest event key acknowledged so far.
     acked_max: Option<EventKey>,
     report: MachineReport,
@@ -141,6 +143,7 @@ pub(crate) async fn run_machine(mut s: MachineSetup, shutdown: CancellationToken
         ),
         feed: Feed::new(timeline, s.step_ms),
         got_config: false,
+        up: false,
         acked_max: None,
         report,
         s,
@@ -303,7 +306,19 @@ impl Machine {
     /// Accounts for what a connection report meant.
     fn count(&mut self, happened: Happened) {
         match happened {
-            Happened::Connected => self.report.connects += 1,
+            Happened::Connected => {
+                self.report.connects += 1;
+                if !self.up {
+                    self.up = true;
+                    self.s.stats.connected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Happened::Down(_) => {
+                if self.up {
+                    self.up = false;
+                    self.s.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
             Happened::Acked(key) => {
                 self.report.events_acked += 1;
                 if self.acked_max.is_none_or(|k| key > k) {
@@ -313,7 +328,7 @@ impl Machine {
                 self.s.stats.events_acked.fetch_add(1, Ordering::Relaxed);
             }
             Happened::Config => self.got_config = true,
-            Happened::Command | Happened::Down(_) | Happened::Nothing => {}
+            Happened::Command | Happened::Nothing => {}
         }
     }
 

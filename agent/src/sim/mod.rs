@@ -449,6 +449,8 @@ pub struct SimStats {
     pub events_published: AtomicU64,
     /// Events acknowledged by the broker.
     pub events_acked: AtomicU64,
+    /// Machines whose MQTT connection is up now.
+    pub connected: AtomicU64,
     sim_ms: Vec<AtomicU64>,
 }
 
@@ -458,6 +460,7 @@ impl SimStats {
         SimStats {
             events_published: AtomicU64::new(0),
             events_acked: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
             sim_ms: (0..machines).map(|_| AtomicU64::new(0)).collect(),
         }
     }
