@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Fleet run (docs/BENCHMARKS.md "Fleet"): N simulated machines, one MQTT connection each, against a
+# Fleet run (docs/BENCHMARKS.md "Fleet"): N simulated machines, one MQTT connection each (or
+# FLEET_PER_CONNECTION machines per connection), against a
 # Mosquitto started here (max_connections -1) and one collector (auto-registering the machines),
 # at real-time speed. Prints connect time, RSS and CPU of the simulator, Mosquitto and the
 # collector, and events acknowledged by the broker vs committed to the ledger (zero loss).
 #
 #   scripts/fleet.sh                          # 1000, 5000 then 19000 machines, 10 sim minutes each
 #   FLEET_MACHINES="1000" FLEET_DURATION=2m scripts/fleet.sh
+#   FLEET_MACHINES=25000 FLEET_PER_CONNECTION=2 scripts/fleet.sh   # 12,500 connections
 #
-# Every machine is one file descriptor in the simulator and one in Mosquitto: the open-file limit
-# (`ulimit -n`) must exceed the machine count. This script raises the soft limit to the hard one
+# Every connection is one file descriptor in the simulator and one in Mosquitto: the open-file
+# limit (`ulimit -n`) must exceed the connection count. This script raises the soft limit to the hard one
 # (or to FLEET_NOFILE); raising the hard limit needs root with CAP_SYS_RESOURCE (see docs/AGENT.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,7 @@ duration=${FLEET_DURATION:-10m}
 speed=${FLEET_SPEED:-1}
 start_after=${FLEET_START_AFTER:-5h}
 rate=${FLEET_CONNECT_RATE:-500}
+per_conn=${FLEET_PER_CONNECTION:-1}
 out=${BENCH_OUT:-$root/target/bench}/fleet
 mkdir -p "$out"
 
@@ -39,11 +42,12 @@ usage() {
   echo "$((hwm / 1024)) $(echo "scale=1; $ticks / $(getconf CLK_TCK)" | bc)"
 }
 
-echo "| machines | connect all | simulator RSS / CPU | Mosquitto RSS / CPU | collector RSS / CPU | events acked (distinct) / committed |" > "$out/summary.md"
+echo "| machines (per connection) | connect all | simulator RSS / CPU | Mosquitto RSS / CPU | collector RSS / CPU | events acked (distinct) / committed |" > "$out/summary.md"
 echo "|---|---|---|---|---|---|" >> "$out/summary.md"
 for n in $sizes; do
-  if [ "$n" -ge "$(ulimit -n)" ]; then
-    echo "skip $n machines: open-file limit $(ulimit -n) (one descriptor per machine)" | tee -a "$out/summary.md"
+  conns=$(( (n + per_conn - 1) / per_conn ))
+  if [ "$conns" -ge "$(ulimit -n)" ]; then
+    echo "skip $n machines: $conns connections, open-file limit $(ulimit -n) (one descriptor per connection; FLEET_PER_CONNECTION=2 halves it)" | tee -a "$out/summary.md"
     continue
   fi
   dir=$out/$n
@@ -86,10 +90,11 @@ EOF
     curl -sf "http://127.0.0.1:$hport/metrics" 2>/dev/null | grep -q '^fabmeter_mqtt_connects_total [1-9]' && break
     sleep 0.2
   done
-  echo "== $n machines, $duration at speed $speed (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  echo "== $n machines on $conns connections, $duration at speed $speed (load $(cut -d' ' -f1-3 /proc/loadavg))"
   /usr/bin/time -f "%e %U %S %M" -o "$dir/sim.time" \
     "$bin/fabmeter-agent" simulate --broker "mqtt://127.0.0.1:$mport" --site fleet --machines "$n" \
     --speed "$speed" --duration "$duration" --start-after "$start_after" --connect-rate "$rate" \
+    --machines-per-connection "$per_conn" \
     2>&1 | tee "$dir/sim.log" | grep -v '^sim time' || true
   distinct=$(sed -n 's/.*acknowledged (\([0-9]*\) distinct).*/\1/p' "$dir/sim.log")
   committed=0
@@ -105,7 +110,7 @@ EOF
   read -r s_wall s_user s_sys s_kib < "$dir/sim.time"
   s_cpu=$(echo "$s_user + $s_sys" | bc)
   conn=$(sed -n 's/.*connected after \([0-9.]*\) s.*/\1/p' "$dir/sim.log")
-  echo "| $n | ${conn:-?} s | $((s_kib / 1024)) MiB / $s_cpu s | $m_rss MiB / $m_cpu s | $c_rss MiB / $c_cpu s | ${distinct:-?} / $committed |" \
+  echo "| $n ($per_conn) | ${conn:-?} s | $((s_kib / 1024)) MiB / $s_cpu s | $m_rss MiB / $m_cpu s | $c_rss MiB / $c_cpu s | ${distinct:-?} / $committed |" \
     | tee -a "$out/summary.md"
   echo "   (simulator wall $s_wall s)"
 done

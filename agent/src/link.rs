@@ -11,8 +11,16 @@
 //! On every connection: the last will (`offline`, retained) is set from the device, the birth
 //! (`online`, retained) is published after CONNACK, and `config` and `cmd` are subscribed again
 //! (clean session).
+//!
+//! A link may instead ride a [`Mux`]: one MQTT connection shared by several devices, as a gateway
+//! would (the simulator's `--machines-per-connection`, to host more machines than the process may
+//! open sockets). Everything above holds per device (birth, subscriptions, one event in flight,
+//! PUBACK to journal key, in-order resend after the shared connection drops) except the last will:
+//! a connection has only one, so devices behind a mux set none, and their `offline` status is
+//! published only at a clean stop.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use embedded_hal::digital::OutputPin;
@@ -96,10 +104,72 @@ pub enum Happened {
     Down(String),
 }
 
+/// The connection under a link: its own, or a slot of a shared one.
+enum Pipe {
+    /// The link's own connection and the task that drives it.
+    Own {
+        client: AsyncClient,
+        task: JoinHandle<()>,
+    },
+    /// Slot `slot` of a shared connection, registered with the link's generation.
+    Shared { mux: Arc<Mux>, slot: usize },
+}
+
+impl Pipe {
+    /// Queues a publish request; `Err` if the connection's request queue refused it.
+    fn publish(
+        &self,
+        gen: u32,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), ()> {
+        match self {
+            Pipe::Own { client, .. } => client
+                .try_publish(topic, qos, retain, payload)
+                .map_err(|_| ()),
+            Pipe::Shared { mux, slot } => mux.publish(*slot, gen, topic, qos, retain, payload),
+        }
+    }
+
+    /// Queues a subscription (QoS 1).
+    fn subscribe(&self, gen: u32, topic: &str) -> Result<(), ()> {
+        match self {
+            Pipe::Own { client, .. } => client
+                .try_subscribe(topic, QoS::AtLeastOnce)
+                .map_err(|_| ()),
+            Pipe::Shared { mux, slot } => mux.subscribe(*slot, gen, topic),
+        }
+    }
+
+    /// Queues a DISCONNECT (own connection only: a shared one stays up for the other devices).
+    fn disconnect(&self) {
+        if let Pipe::Own { client, .. } = self {
+            let _ = client.try_disconnect();
+        }
+    }
+
+    /// Ends the link's use of the connection at once.
+    fn abort(&self) {
+        match self {
+            Pipe::Own { task, .. } => task.abort(),
+            Pipe::Shared { mux, slot } => mux.leave(*slot),
+        }
+    }
+}
+
+/// Where a link's connections come from.
+enum Transport {
+    /// A connection of its own per attempt, with these options.
+    Own(Box<MqttOptions>),
+    /// Slot `slot` of a shared connection.
+    Shared(Arc<Mux>, usize),
+}
+
 struct Conn {
     gen: u32,
-    client: AsyncClient,
-    task: JoinHandle<()>,
+    pipe: Pipe,
     acked: bool,
     /// Publish requests not yet seen on the wire, in order.
     queued: VecDeque<Queued>,
@@ -108,6 +178,20 @@ struct Conn {
     /// Packet id of the offline message at shutdown, once sent.
     offline_pkid: Option<u16>,
     offline_acked: bool,
+}
+
+impl Conn {
+    fn new(gen: u32, pipe: Pipe) -> Conn {
+        Conn {
+            gen,
+            pipe,
+            acked: false,
+            queued: VecDeque::new(),
+            inflight: None,
+            offline_pkid: None,
+            offline_acked: false,
+        }
+    }
 }
 
 /// What a publish request carries.
@@ -120,7 +204,7 @@ enum Queued {
 
 /// The MQTT side of one device.
 pub struct Link {
-    opts: MqttOptions,
+    transport: Transport,
     topics: Topics,
     conn: Option<Conn>,
     gen: u32,
@@ -138,9 +222,40 @@ impl Link {
     /// credentials; the last will is set at each connection) on `topics`, with reconnect delays up
     /// to `max_backoff` (plus jitter drawn from `jitter_seed`).
     pub fn new(opts: MqttOptions, topics: Topics, max_backoff: Duration, jitter_seed: u64) -> Link {
+        Link::with_transport(
+            Transport::Own(Box::new(opts)),
+            topics,
+            max_backoff,
+            jitter_seed,
+        )
+    }
+
+    /// A link on slot `slot` of the shared connection `mux` (see [`Mux`]), on `topics`, with
+    /// re-registration delays as for [`Link::new`] after the shared connection dropped.
+    pub fn shared(
+        mux: Arc<Mux>,
+        slot: usize,
+        topics: Topics,
+        max_backoff: Duration,
+        jitter_seed: u64,
+    ) -> Link {
+        Link::with_transport(
+            Transport::Shared(mux, slot),
+            topics,
+            max_backoff,
+            jitter_seed,
+        )
+    }
+
+    fn with_transport(
+        transport: Transport,
+        topics: Topics,
+        max_backoff: Duration,
+        jitter_seed: u64,
+    ) -> Link {
         let (tx, rx) = mpsc::unbounded_channel();
         Link {
-            opts,
+            transport,
             topics,
             conn: None,
             gen: 0,
@@ -187,10 +302,27 @@ impl Link {
     ) {
         self.reconnect_at = None;
         if let Some(old) = self.conn.take() {
-            old.task.abort();
+            old.pipe.abort();
         }
         self.gen += 1;
-        let mut opts = self.opts.clone();
+        let opts = match &self.transport {
+            Transport::Own(opts) => opts,
+            Transport::Shared(mux, slot) => {
+                let pipe = Pipe::Shared {
+                    mux: mux.clone(),
+                    slot: *slot,
+                };
+                mux.join(
+                    *slot,
+                    self.gen,
+                    self.tx.clone(),
+                    [self.topics.config.clone(), self.topics.cmd.clone()],
+                );
+                self.conn = Some(Conn::new(self.gen, pipe));
+                return;
+            }
+        };
+        let mut opts = MqttOptions::clone(opts);
         opts.set_clean_session(true);
         opts.set_max_packet_size(MAX_CONFIG_PAYLOAD + 1024, MAX_CONFIG_PAYLOAD + 1024);
         let offline = match dev.offline(&mut self.buf) {
@@ -208,23 +340,14 @@ impl Link {
         let tx = self.tx.clone();
         let gen = self.gen;
         let task = tokio::spawn(async move { drive(gen, &mut eventloop, tx).await });
-        self.conn = Some(Conn {
-            gen,
-            client,
-            task,
-            acked: false,
-            queued: VecDeque::new(),
-            inflight: None,
-            offline_pkid: None,
-            offline_acked: false,
-        });
+        self.conn = Some(Conn::new(gen, Pipe::Own { client, task }));
     }
 
     /// Drops the connection at once, without DISCONNECT and without reconnecting (the device lost
     /// power: the broker publishes the last will).
     pub fn cut(&mut self) {
         if let Some(c) = self.conn.take() {
-            c.task.abort();
+            c.pipe.abort();
         }
         self.reconnect_at = None;
     }
@@ -244,17 +367,18 @@ impl Link {
             Net::ConnAck => {
                 conn.acked = true;
                 self.backoff = FIRST_BACKOFF;
-                let client = conn.client.clone();
-                let ok = client
-                    .try_subscribe(self.topics.config.clone(), QoS::AtLeastOnce)
-                    .and_then(|_| client.try_subscribe(self.topics.cmd.clone(), QoS::AtLeastOnce));
+                let ok = conn
+                    .pipe
+                    .subscribe(gen, &self.topics.config)
+                    .and_then(|_| conn.pipe.subscribe(gen, &self.topics.cmd));
                 let birth = dev
                     .birth(now, &mut self.buf)
                     .ok()
                     .map(|n| self.buf[..n].to_vec());
                 let ok = ok.and_then(|_| match birth {
                     Some(b) => {
-                        client.try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, b)
+                        conn.pipe
+                            .publish(gen, &self.topics.status, QoS::AtLeastOnce, true, b)
                     }
                     None => Ok(()),
                 });
@@ -314,7 +438,7 @@ impl Link {
     ) {
         tracing::debug!(topic = %self.topics.status, "connection down: {why}");
         if let Some(c) = self.conn.take() {
-            c.task.abort();
+            c.pipe.abort();
         }
         dev.on_disconnect();
         let jitter = self.jitter.range(0, self.backoff.as_millis() as u64 / 2);
@@ -344,8 +468,8 @@ impl Link {
                 _ => (&self.topics.telemetry, QoS::AtMostOnce),
             };
             if conn
-                .client
-                .try_publish(topic.clone(), qos, false, payload)
+                .pipe
+                .publish(conn.gen, topic, qos, false, payload)
                 .is_err()
             {
                 failed = true;
@@ -398,8 +522,14 @@ impl Link {
             .map(|n| self.buf[..n].to_vec());
         if let (Some(conn), Some(payload)) = (self.conn.as_mut().filter(|c| c.acked), offline) {
             if conn
-                .client
-                .try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, payload)
+                .pipe
+                .publish(
+                    conn.gen,
+                    &self.topics.status,
+                    QoS::AtLeastOnce,
+                    true,
+                    payload,
+                )
                 .is_ok()
             {
                 conn.queued.push_back(Queued::Offline);
@@ -413,8 +543,12 @@ impl Link {
                         _ = tokio::time::sleep_until(deadline) => {}
                     }
                 }
-                if let Some(c) = self.conn.as_ref() {
-                    let _ = c.client.try_disconnect();
+                if let Some(c) = self
+                    .conn
+                    .as_ref()
+                    .filter(|c| matches!(c.pipe, Pipe::Own { .. }))
+                {
+                    c.pipe.disconnect();
                     // Let the DISCONNECT go out before the connection task ends.
                     let deadline = Instant::now() + Duration::from_secs(2);
                     while Instant::now() < deadline {
@@ -458,5 +592,237 @@ async fn drive(gen: u32, eventloop: &mut EventLoop, tx: mpsc::UnboundedSender<Ne
         if tx.send((gen, net)).is_err() {
             return;
         }
+    }
+}
+
+/// One MQTT connection shared by up to `slots` devices, each on its own [`Link`] (made with
+/// [`Link::shared`]): what a gateway hosting several machines would do.
+///
+/// The mux owns the connection: it connects (clean session), reconnects after a backoff with
+/// jitter when the connection fails (a new client and event loop each time), and routes what
+/// comes back to the device it concerns: CONNACK to every device that joined, each
+/// `Outgoing::Publish` to the device whose request it was (publish requests are recorded in the
+/// order they enter the client's queue, under one lock, and rumqttc emits them in that order),
+/// PUBACKs by packet id, messages by topic. When the connection fails every device is told, as
+/// with a connection of its own, and joins again after its own backoff.
+///
+/// No last will is set: a connection has one, not one per device.
+pub struct Mux {
+    state: Arc<Mutex<MuxState>>,
+    task: JoinHandle<()>,
+}
+
+/// A device joined to a mux, with the generation its link had when it joined.
+struct Member {
+    gen: u32,
+    tx: mpsc::UnboundedSender<NetMsg>,
+}
+
+#[derive(Default)]
+struct MuxState {
+    /// The current connection's client, once made.
+    client: Option<AsyncClient>,
+    /// CONNACK received on the current connection.
+    up: bool,
+    /// `(slot, member generation)` of each publish request not yet on the wire, in order.
+    order: VecDeque<(usize, u32)>,
+    /// Packet ids on the wire → `(slot, member generation)`.
+    pkids: HashMap<u16, (usize, u32)>,
+    members: Vec<Option<Member>>,
+    /// Subscribed topic → slot.
+    topics: HashMap<String, usize>,
+}
+
+impl MuxState {
+    /// Sends `net` to the member in `slot` if it is still the one of generation `gen`.
+    fn send(&self, slot: usize, gen: u32, net: Net) {
+        if let Some(Some(m)) = self.members.get(slot) {
+            if m.gen == gen {
+                let _ = m.tx.send((gen, net));
+            }
+        }
+    }
+
+    /// The client, if the connection is up and `slot` is joined with generation `gen`.
+    fn client_for(&self, slot: usize, gen: u32) -> Option<&AsyncClient> {
+        let joined = matches!(self.members.get(slot), Some(Some(m)) if m.gen == gen);
+        self.client.as_ref().filter(|_| self.up && joined)
+    }
+}
+
+fn lock(state: &Mutex<MuxState>) -> MutexGuard<'_, MuxState> {
+    // A panic while the lock was held leaves plain data behind: keep going with it.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Mux {
+    /// Starts a shared connection for `slots` devices with `opts` (host, port, client id,
+    /// keep-alive, transport, credentials), first attempt after `start_after`, reconnect delays up
+    /// to `max_backoff` plus jitter drawn from `jitter_seed`. Must be called within a Tokio runtime.
+    pub fn start(
+        opts: MqttOptions,
+        slots: usize,
+        start_after: Duration,
+        max_backoff: Duration,
+        jitter_seed: u64,
+    ) -> Arc<Mux> {
+        let state = Arc::new(Mutex::new(MuxState {
+            members: (0..slots).map(|_| None).collect(),
+            ..MuxState::default()
+        }));
+        let task = tokio::spawn(run_mux(
+            state.clone(),
+            opts,
+            slots,
+            start_after,
+            max_backoff,
+            jitter_seed,
+        ));
+        Arc::new(Mux { state, task })
+    }
+
+    /// Whether the shared connection is up (CONNACK received).
+    pub fn is_up(&self) -> bool {
+        lock(&self.state).up
+    }
+
+    fn join(&self, slot: usize, gen: u32, tx: mpsc::UnboundedSender<NetMsg>, topics: [String; 2]) {
+        let mut st = lock(&self.state);
+        if slot >= st.members.len() {
+            let _ = tx.send((gen, Net::Down(format!("no slot {slot} on this connection"))));
+            return;
+        }
+        for t in topics {
+            st.topics.insert(t, slot);
+        }
+        if st.up {
+            let _ = tx.send((gen, Net::ConnAck));
+        }
+        st.members[slot] = Some(Member { gen, tx });
+    }
+
+    fn leave(&self, slot: usize) {
+        if let Some(m) = lock(&self.state).members.get_mut(slot) {
+            *m = None;
+        }
+    }
+
+    fn publish(
+        &self,
+        slot: usize,
+        gen: u32,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), ()> {
+        let mut st = lock(&self.state);
+        let client = st.client_for(slot, gen).ok_or(())?.clone();
+        // Recorded and queued under the same lock, so `order` is the queue's order.
+        st.order.push_back((slot, gen));
+        if client.try_publish(topic, qos, retain, payload).is_err() {
+            st.order.pop_back();
+            return Err(());
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, slot: usize, gen: u32, topic: &str) -> Result<(), ()> {
+        let st = lock(&self.state);
+        let client = st.client_for(slot, gen).ok_or(())?;
+        client
+            .try_subscribe(topic, QoS::AtLeastOnce)
+            .map_err(|_| ())
+    }
+}
+
+impl Drop for Mux {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects, routes, reconnects: the life of a [`Mux`].
+async fn run_mux(
+    state: Arc<Mutex<MuxState>>,
+    opts: MqttOptions,
+    slots: usize,
+    start_after: Duration,
+    max_backoff: Duration,
+    jitter_seed: u64,
+) {
+    tokio::time::sleep(start_after).await;
+    let mut backoff = FIRST_BACKOFF;
+    let mut jitter = Rng::new(jitter_seed);
+    let per_device = 2 * QUEUE_LIMIT + 4;
+    loop {
+        let mut o = opts.clone();
+        o.set_clean_session(true);
+        o.set_max_packet_size(MAX_CONFIG_PAYLOAD + 1024, MAX_CONFIG_PAYLOAD + 1024);
+        // Each device keeps one event in flight, plus its birth or offline status.
+        o.set_inflight(u16::try_from(slots * 4 + 10).unwrap_or(u16::MAX));
+        let (client, mut eventloop) = AsyncClient::new(o, slots * per_device + 8);
+        eventloop.network_options.set_connection_timeout(5);
+        {
+            let mut st = lock(&state);
+            st.client = Some(client);
+            st.up = false;
+            st.order.clear();
+            st.pkids.clear();
+        }
+        let why = loop {
+            let event = match eventloop.poll().await {
+                Ok(event) => event,
+                Err(e) => break e.to_string(),
+            };
+            let mut st = lock(&state);
+            match event {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    backoff = FIRST_BACKOFF;
+                    st.up = true;
+                    for m in st.members.iter().flatten() {
+                        let _ = m.tx.send((m.gen, Net::ConnAck));
+                    }
+                }
+                Event::Outgoing(Outgoing::Publish(pkid)) => {
+                    if let Some((slot, gen)) = st.order.pop_front() {
+                        if pkid != 0 {
+                            st.pkids.insert(pkid, (slot, gen));
+                        }
+                        st.send(slot, gen, Net::Sent(pkid));
+                    }
+                }
+                Event::Incoming(Packet::PubAck(p)) => {
+                    if let Some((slot, gen)) = st.pkids.remove(&p.pkid) {
+                        st.send(slot, gen, Net::PubAck(p.pkid));
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    if let Some(&slot) = st.topics.get(&p.topic) {
+                        if let Some(Some(m)) = st.members.get(slot) {
+                            let _ =
+                                m.tx.send((m.gen, Net::Message(p.topic, p.payload.to_vec())));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        };
+        {
+            let mut st = lock(&state);
+            st.client = None;
+            st.up = false;
+            for m in st.members.iter_mut() {
+                if let Some(m) = m.take() {
+                    let _ = m.tx.send((m.gen, Net::Down(why.clone())));
+                }
+            }
+        }
+        tracing::debug!("shared connection down: {why}");
+        let extra = jitter.range(0, backoff.as_millis() as u64 / 2);
+        tokio::time::sleep(backoff + Duration::from_millis(extra)).await;
+        backoff = (backoff * 2).min(max_backoff);
     }
 }

@@ -81,6 +81,11 @@ struct SimulateArgs {
     /// New connections per second.
     #[arg(long, default_value_t = 500)]
     connect_rate: u32,
+    /// Machines sharing one MQTT connection (1: a connection per machine, as real devices). Use
+    /// 2 or more to simulate more machines than the open-file limit (`ulimit -n`) allows; machines
+    /// on a shared connection have no last will.
+    #[arg(long, default_value_t = 1)]
+    machines_per_connection: usize,
     /// Start sim time this long after Monday 2025-12-01 08:45 UTC (e.g. 5h: 13:45, mid-afternoon
     /// in a busy workshop).
     #[arg(long)]
@@ -110,6 +115,7 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     cfg.publish_configs = !a.no_configs;
     cfg.telemetry_s = a.telemetry_s;
     cfg.connect_rate = a.connect_rate;
+    cfg.machines_per_connection = a.machines_per_connection;
     cfg.duration_ms = match &a.duration {
         Some(d) => Some(sim::parse_duration_ms(d).map_err(|e| anyhow::anyhow!("--duration {e}"))?),
         None => None,
@@ -121,8 +127,12 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let n = cfg.machines.len();
     let total = cfg.duration_ms;
+    let sharing = match cfg.machines_per_connection {
+        1 => String::new(),
+        k => format!(", {} shared connections", n.div_ceil(k)),
+    };
     eprintln!(
-        "simulating {n} machines of site {:?} on {}:{} (seed {}, speed {}x{}); Ctrl-C stops",
+        "simulating {n} machines of site {:?} on {}:{} (seed {}, speed {}x{}{sharing}); Ctrl-C stops",
         cfg.site,
         cfg.broker_host,
         cfg.broker_port,

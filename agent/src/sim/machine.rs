@@ -21,7 +21,7 @@ use rumqttc::MqttOptions;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{sleep_opt, Happened, Link, Net, Topics};
+use crate::link::{sleep_opt, Happened, Link, Mux, Net, Topics};
 
 use super::feed::Feed;
 use super::flash::SparseFlash;
@@ -90,6 +90,8 @@ pub(crate) struct MachineSetup {
     pub stats: Arc<SimStats>,
     /// Signs the machine's events, when the simulation has device keys.
     pub signer: Option<EventSigner>,
+    /// The shared connection and the machine's slot on it; `None`: a connection of its own.
+    pub mux: Option<(Arc<Mux>, usize)>,
 }
 
 struct Machine {
@@ -132,15 +134,15 @@ pub(crate) async fn run_machine(mut s: MachineSetup, shutdown: CancellationToken
     let Some(timeline) = s.timeline.take() else {
         return report;
     };
+    let topics = Topics::new(&s.site, &s.id);
+    let link = match s.mux.take() {
+        Some((mux, slot)) => Link::shared(mux, slot, topics, Duration::from_secs(5), jitter),
+        None => Link::new(opts, topics, Duration::from_secs(5), jitter),
+    };
     let mut m = Machine {
         dev: None,
         dead_flash: None,
-        link: Link::new(
-            opts,
-            Topics::new(&s.site, &s.id),
-            Duration::from_secs(5),
-            jitter,
-        ),
+        link,
         feed: Feed::new(timeline, s.step_ms),
         got_config: false,
         up: false,

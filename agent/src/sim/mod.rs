@@ -26,6 +26,9 @@
 //! - **Scale.** Each machine is one task plus one connection task; connections are ramped at
 //!   `connect_rate` per second (Mosquitto's listen backlog is 100). One connection per machine means
 //!   one file descriptor per machine in this process and in the broker: see the agent README.
+//!   With `machines_per_connection` k above 1, k machines share one connection (a
+//!   [`crate::link::Mux`], as a gateway would): same device path per machine, one socket per k
+//!   machines, no last will.
 
 pub mod feed;
 pub mod flash;
@@ -48,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 pub use machine::{NoRelay, SimDevice, FLASH_SECTORS, SECTOR, SIM_FW, SIM_JOURNAL_CAP};
 pub use workshop::{MachineKind, OpeningHours, SimMachine, SimMember, UnknownKind, STRANGER_UID};
 
+use crate::link::Mux;
 use machine::{run_machine, MachineSetup};
 use rng::Rng;
 use workshop::Timeline;
@@ -127,6 +131,11 @@ pub struct SimConfig {
     pub drain_timeout: Duration,
     /// Simulated crashes.
     pub crashes: Vec<Crash>,
+    /// Machines sharing one MQTT connection (1: each machine its own, as a real device). Above 1,
+    /// machines `0..k`, `k..2k`, … each share one connection ([`crate::link::Mux`]), so a process
+    /// limited to F open files can host about `F × k` machines; such machines have no last will
+    /// (a connection carries one), so a crash leaves their retained status `online`.
+    pub machines_per_connection: usize,
     /// Sign events (docs/PROTOCOL.md "Signatures"): each machine's device key is
     /// [`DeviceKey::derive`]`(secret, machine id)`, so a collector holding the same derived keys
     /// verifies them. `None`: unsigned events.
@@ -283,6 +292,7 @@ impl SimConfig {
             drain_timeout: Duration::from_secs(10),
             crashes: Vec::new(),
             device_key_secret: None,
+            machines_per_connection: 1,
         }
     }
 
@@ -386,6 +396,12 @@ impl SimConfig {
         }
         if self.step_ms == 0 {
             return bad("step_ms: must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.machines_per_connection) {
+            return bad(format!(
+                "machines_per_connection {}: must be 1..=1000 (1: a connection per machine)",
+                self.machines_per_connection
+            ));
         }
         if self.connect_rate == 0 {
             return bad("connect_rate: must be at least 1 connection per second".into());
@@ -553,8 +569,32 @@ pub async fn run_with_stats(
     if cfg.publish_configs {
         publish_configs(&cfg).await?;
     }
+    let per_conn = cfg.machines_per_connection;
+    let muxes: Vec<Arc<Mux>> = if per_conn > 1 {
+        (0..cfg.machines.len().div_ceil(per_conn))
+            .map(|i| {
+                let mut opts = MqttOptions::new(
+                    format!("fm-{}-mux-{}", cfg.site, i + 1),
+                    cfg.broker_host.clone(),
+                    cfg.broker_port,
+                );
+                opts.set_keep_alive(Duration::from_secs(30));
+                Mux::start(
+                    opts,
+                    per_conn,
+                    Duration::from_secs_f64(i as f64 / f64::from(cfg.connect_rate)),
+                    Duration::from_secs(5),
+                    Rng::derive(cfg.seed ^ 0x6d75_7800, &i.to_string()).next_u64(),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut tasks = Vec::with_capacity(cfg.machines.len());
     for (index, m) in cfg.machines.iter().enumerate() {
+        // A connection's machines all start when it is due.
+        let conn_index = index / per_conn;
         let setup = MachineSetup {
             index,
             id: m.id.clone(),
@@ -573,7 +613,10 @@ pub async fn run_with_stats(
             speed: cfg.speed,
             step_ms: cfg.step_ms,
             duration_ms: cfg.duration_ms,
-            connect_delay: Duration::from_secs_f64(index as f64 / f64::from(cfg.connect_rate)),
+            connect_delay: Duration::from_secs_f64(conn_index as f64 / f64::from(cfg.connect_rate)),
+            mux: muxes
+                .get(conn_index)
+                .map(|mux| (mux.clone(), index % per_conn)),
             config_wait: cfg.config_wait,
             drain_timeout: cfg.drain_timeout,
             crashes: cfg
@@ -601,6 +644,7 @@ pub async fn run_with_stats(
             .machines
             .push(t.await.map_err(|e| SimError::Task(e.to_string()))?);
     }
+    drop(muxes);
     report.wall = started.elapsed();
     Ok(report)
 }

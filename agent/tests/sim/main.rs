@@ -288,3 +288,103 @@ fn broker_outage_loses_and_duplicates_nothing() {
     let reference = collect_all(&mut sub, &calm_report, Duration::from_secs(30)).distinct();
     assert_eq!(seen.distinct(), reference, "the outage changed the events");
 }
+
+#[test]
+fn machines_sharing_connections_send_the_same_events_through_an_outage() {
+    let mut broker = Mosquitto::builder()
+        .persistence(true)
+        .start()
+        .expect("mosquitto");
+    let mut sub = broker
+        .client()
+        .client_id("shared-watcher")
+        .clean_session(false)
+        .subscribe(
+            &["fabmeter/v1/shared/+/event", "fabmeter/v1/shared/+/status"],
+            1,
+        )
+        .expect("subscribe");
+    let rt = runtime();
+    let mut cfg = demo("shared", broker.port(), 7_200.0, 24 * HOUR);
+    // 8 machines on 3 connections (3 + 3 + 2).
+    cfg.machines_per_connection = 3;
+    let stats = std::sync::Arc::new(SimStats::new(cfg.machines.len()));
+    let run = rt.spawn(sim::run_with_stats(
+        cfg,
+        CancellationToken::new(),
+        stats.clone(),
+    ));
+    wait_until(Duration::from_secs(30), "10 sim hours", || {
+        stats.sim_ms() >= 10 * HOUR
+    });
+    broker.stop().expect("stop broker");
+    let stopped_at = stats.sim_ms();
+    wait_until(Duration::from_secs(30), "one sim hour of outage", || {
+        stats.sim_ms() >= stopped_at + HOUR
+    });
+    broker.start_again().expect("restart broker");
+    let report = rt.block_on(run).expect("join").expect("run");
+    assert_eq!(report.journal_left(), 0, "{report:?}");
+    assert!(
+        report.machines.iter().all(|m| m.connects >= 2),
+        "every machine joined its shared connection again: {report:?}"
+    );
+
+    // The broker saw three client ids for the eight machines, none of a machine's own.
+    let log = broker.log_contents();
+    let mut ids: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split(" as ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter(|id| id.starts_with("fm-shared-"))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        vec!["fm-shared-mux-1", "fm-shared-mux-2", "fm-shared-mux-3"],
+        "{log}"
+    );
+
+    let seen = collect_all(&mut sub, &report, Duration::from_secs(60));
+    for (machine, events) in &seen.events {
+        let mut last: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut keys = std::collections::BTreeSet::new();
+        for e in events {
+            if keys.insert((e.boot, e.seq)) {
+                let prev = last.entry(e.boot).or_insert(0);
+                assert_eq!(
+                    e.seq,
+                    *prev + 1,
+                    "{machine} boot {}: gap or reorder",
+                    e.boot
+                );
+                *prev = e.seq;
+            }
+        }
+    }
+    assert_eq!(seen.events.len(), 8);
+
+    // The same events as the same workshop with a connection per machine and no outage.
+    let mut sub = broker
+        .client()
+        .subscribe(
+            &["fabmeter/v1/alone/+/event", "fabmeter/v1/alone/+/status"],
+            1,
+        )
+        .expect("subscribe");
+    let alone = demo("alone", broker.port(), 14_400.0, 24 * HOUR);
+    let alone_report = rt
+        .block_on(sim::run(alone, CancellationToken::new()))
+        .expect("run");
+    let reference = collect_all(&mut sub, &alone_report, Duration::from_secs(30)).distinct();
+    assert_eq!(seen.distinct(), reference, "sharing changed the events");
+}
+
+#[test]
+fn a_bad_machines_per_connection_names_the_field() {
+    let mut cfg = demo("bad", 1883, 1.0, HOUR);
+    cfg.machines_per_connection = 0;
+    let err = cfg.validate().expect_err("0 is refused").to_string();
+    assert!(err.contains("machines_per_connection 0"), "{err}");
+}
