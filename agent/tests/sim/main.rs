@@ -222,54 +222,9 @@ fn broker_outage_loses_and_duplicates_nothing() {
         .expect("subscribe");
     let rt = runtime();
     let cfg = demo("outage", broker.port(), 7_200.0, 24 * HOUR);
-    let stats = std::sync::Arc::new(SimStats::new(cfg.machines.len()));
-    let run = rt.spawn(sim::run_with_stats(
-        cfg,
-        CancellationToken::new(),
-        stats.clone(),
-    ));
-
-    // Stop the broker during the working day, for at least one simulated hour.
-    wait_until(Duration::from_secs(30), "10 sim hours", || {
-        stats.sim_ms() >= 10 * HOUR
-    });
-    broker.stop().expect("stop broker");
-    let stopped_at = stats.sim_ms();
-    wait_until(Duration::from_secs(30), "one sim hour of outage", || {
-        stats.sim_ms() >= stopped_at + HOUR
-    });
-    broker.start_again().expect("restart broker");
-
-    let report = rt.block_on(run).expect("join").expect("run");
-    assert_eq!(report.journal_left(), 0, "{report:?}");
-    assert!(
-        report.machines.iter().all(|m| m.connects >= 2),
-        "every machine reconnected"
-    );
+    let report = run_through_an_outage(&rt, &mut broker, cfg);
     let seen = collect_all(&mut sub, &report, Duration::from_secs(60));
-
-    let mut total = 0;
-    let mut dups = 0;
-    for (machine, events) in &seen.events {
-        let mut last: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut keys = std::collections::BTreeSet::new();
-        for e in events {
-            if !keys.insert((e.boot, e.seq)) {
-                dups += 1;
-                continue;
-            }
-            // In order per (machine, boot): each new key is the next seq.
-            let prev = last.entry(e.boot).or_insert(0);
-            assert_eq!(
-                e.seq,
-                *prev + 1,
-                "{machine} boot {}: gap or reorder",
-                e.boot
-            );
-            *prev = e.seq;
-        }
-        total += keys.len();
-    }
+    let (total, dups) = assert_in_order(&seen);
     assert_eq!(seen.events.len(), 8);
     eprintln!("{total} distinct events, {dups} duplicates removed");
 
@@ -308,27 +263,7 @@ fn machines_sharing_connections_send_the_same_events_through_an_outage() {
     let mut cfg = demo("shared", broker.port(), 7_200.0, 24 * HOUR);
     // 8 machines on 3 connections (3 + 3 + 2).
     cfg.machines_per_connection = 3;
-    let stats = std::sync::Arc::new(SimStats::new(cfg.machines.len()));
-    let run = rt.spawn(sim::run_with_stats(
-        cfg,
-        CancellationToken::new(),
-        stats.clone(),
-    ));
-    wait_until(Duration::from_secs(30), "10 sim hours", || {
-        stats.sim_ms() >= 10 * HOUR
-    });
-    broker.stop().expect("stop broker");
-    let stopped_at = stats.sim_ms();
-    wait_until(Duration::from_secs(30), "one sim hour of outage", || {
-        stats.sim_ms() >= stopped_at + HOUR
-    });
-    broker.start_again().expect("restart broker");
-    let report = rt.block_on(run).expect("join").expect("run");
-    assert_eq!(report.journal_left(), 0, "{report:?}");
-    assert!(
-        report.machines.iter().all(|m| m.connects >= 2),
-        "every machine joined its shared connection again: {report:?}"
-    );
+    let report = run_through_an_outage(&rt, &mut broker, cfg);
 
     // The broker saw three client ids for the eight machines, none of a machine's own.
     let log = broker.log_contents();
@@ -347,22 +282,7 @@ fn machines_sharing_connections_send_the_same_events_through_an_outage() {
     );
 
     let seen = collect_all(&mut sub, &report, Duration::from_secs(60));
-    for (machine, events) in &seen.events {
-        let mut last: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut keys = std::collections::BTreeSet::new();
-        for e in events {
-            if keys.insert((e.boot, e.seq)) {
-                let prev = last.entry(e.boot).or_insert(0);
-                assert_eq!(
-                    e.seq,
-                    *prev + 1,
-                    "{machine} boot {}: gap or reorder",
-                    e.boot
-                );
-                *prev = e.seq;
-            }
-        }
-    }
+    assert_in_order(&seen);
     assert_eq!(seen.events.len(), 8);
 
     // The same events as the same workshop with a connection per machine and no outage.
@@ -387,4 +307,62 @@ fn a_bad_machines_per_connection_names_the_field() {
     cfg.machines_per_connection = 0;
     let err = cfg.validate().expect_err("0 is refused").to_string();
     assert!(err.contains("machines_per_connection 0"), "{err}");
+}
+
+/// Runs `cfg` and stops the broker during the working day for at least one simulated hour; checks
+/// that every journal emptied and every machine connected again.
+fn run_through_an_outage(
+    rt: &tokio::runtime::Runtime,
+    broker: &mut Mosquitto,
+    cfg: SimConfig,
+) -> sim::SimReport {
+    let stats = std::sync::Arc::new(SimStats::new(cfg.machines.len()));
+    let run = rt.spawn(sim::run_with_stats(
+        cfg,
+        CancellationToken::new(),
+        stats.clone(),
+    ));
+    wait_until(Duration::from_secs(30), "10 sim hours", || {
+        stats.sim_ms() >= 10 * HOUR
+    });
+    broker.stop().expect("stop broker");
+    let stopped_at = stats.sim_ms();
+    wait_until(Duration::from_secs(30), "one sim hour of outage", || {
+        stats.sim_ms() >= stopped_at + HOUR
+    });
+    broker.start_again().expect("restart broker");
+    let report = rt.block_on(run).expect("join").expect("run");
+    assert_eq!(report.journal_left(), 0, "{report:?}");
+    assert!(
+        report.machines.iter().all(|m| m.connects >= 2),
+        "every machine connected again: {report:?}"
+    );
+    report
+}
+
+/// Checks that, per (machine, boot), each new event key is the next seq (no gap, no reorder);
+/// returns the number of distinct events and of duplicates.
+fn assert_in_order(seen: &helpers::Seen) -> (usize, usize) {
+    let mut total = 0;
+    let mut dups = 0;
+    for (machine, events) in &seen.events {
+        let mut last: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut keys = std::collections::BTreeSet::new();
+        for e in events {
+            if !keys.insert((e.boot, e.seq)) {
+                dups += 1;
+                continue;
+            }
+            let prev = last.entry(e.boot).or_insert(0);
+            assert_eq!(
+                e.seq,
+                *prev + 1,
+                "{machine} boot {}: gap or reorder",
+                e.boot
+            );
+            *prev = e.seq;
+        }
+        total += keys.len();
+    }
+    (total, dups)
 }
