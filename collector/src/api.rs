@@ -376,7 +376,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         ),
         (
             "fabmeter_timeseries_points_dropped",
-            "time-series points dropped without reaching the store (all reasons; the log names them)",
+            "time-series points dropped without reaching the store, all reasons (per reason: fabmeter_timeseries_points_dropped_by_reason)",
             ts.points_dropped as f64,
         ),
         (
@@ -385,11 +385,18 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             f64::from(u8::from(ts.store_up)),
         ),
     ];
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&extra),
-    )
-        .into_response()
+    let mut text = s.metrics.render(&extra);
+    text.push_str(
+        "# HELP fabmeter_timeseries_points_dropped_by_reason time-series points dropped, by reason \
+         (queue_full, backlog_full, backlog_io, closed, disabled)\n\
+         # TYPE fabmeter_timeseries_points_dropped_by_reason counter\n",
+    );
+    for (reason, n) in &ts.dropped_by_reason {
+        text.push_str(&format!(
+            "fabmeter_timeseries_points_dropped_by_reason{{reason=\"{reason}\"}} {n}\n"
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn ready(State(s): State<ApiState>) -> Response {

@@ -27,6 +27,9 @@ use super::store::{Store, WriteOutcome};
 const MEMORY_MAX_BATCHES: usize = 4;
 /// How often unsynced backlog appends are fsynced.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// At most one "cannot write the backlog" error per this interval; the next one counts the
+/// failures in between.
+const IO_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Name of the dead-letter file in the backlog directory.
 pub const DEAD_LETTER_FILE: &str = "dead-letters.lp";
 
@@ -72,6 +75,9 @@ pub(crate) struct Sink {
     retry_at: Option<Instant>,
     backoff: Backoff,
     dead_letter_full_logged: bool,
+    /// When the last backlog write error was logged, and the failures since then not logged.
+    io_error_logged_at: Option<Instant>,
+    io_errors_unlogged: u64,
 }
 
 impl Sink {
@@ -96,6 +102,8 @@ impl Sink {
             retry_at: None,
             backoff,
             dead_letter_full_logged: false,
+            io_error_logged_at: None,
+            io_errors_unlogged: 0,
         };
         sink.update_gauges();
         sink
@@ -299,16 +307,30 @@ impl Sink {
 
     /// A backlog write failed (disk full, IO error): the points are dropped and counted, the
     /// ledger and everything else go on; the log names the directory and the fix.
-    fn backlog_write_failed(&self, e: &std::io::Error, points: u64) {
+    /// The error is logged at most once a minute (a full disk fails every batch); the next
+    /// message says how many failures it did not log.
+    fn backlog_write_failed(&mut self, e: &std::io::Error, points: u64) {
+        self.counters.drop_points(DropReason::BacklogIo, points);
+        let now = Instant::now();
+        if self
+            .io_error_logged_at
+            .is_some_and(|at| now.duration_since(at) < IO_ERROR_LOG_INTERVAL)
+        {
+            self.io_errors_unlogged += 1;
+            return;
+        }
         tracing::error!(
             error = %e,
             dir = %self.backlog.dir().display(),
             points,
+            failures_not_logged = self.io_errors_unlogged,
             "cannot write the time-series backlog: these points are dropped (counted in \
-             fabmeter_timeseries_points_dropped); free space on the disk of that directory, or \
-             set [timeseries] backlog_dir to a disk with room for backlog_max_mib"
+             fabmeter_timeseries_points_dropped_by_reason{{reason=\"backlog_io\"}}); free space on \
+             the disk of that directory, or set [timeseries] backlog_dir to a disk with room for \
+             backlog_max_mib (this error is logged at most once a minute)"
         );
-        self.counters.drop_points(DropReason::BacklogIo, points);
+        self.io_error_logged_at = Some(now);
+        self.io_errors_unlogged = 0;
     }
 
     /// Moves every ready memory batch to the end of the backlog.

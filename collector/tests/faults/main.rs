@@ -680,6 +680,16 @@ fn disk_full_for_the_backlog() {
     println!("disk-full: the collector logged: {line}");
     let backlogged = collector.metric("fabmeter_timeseries_backlog_points");
     let dropped = collector.metric("fabmeter_timeseries_points_dropped");
+    // One snapshot: the total and the per-reason family agree, all of it under backlog_io.
+    let text = collector.metrics();
+    assert_eq!(
+        crate::helpers::metric_of(
+            &text,
+            "fabmeter_timeseries_points_dropped_by_reason{reason=\"backlog_io\"}"
+        ),
+        crate::helpers::metric_of(&text, "fabmeter_timeseries_points_dropped"),
+        "every dropped point is counted under backlog_io: {text}"
+    );
     // No crash: still ready, and the store gets what the backlog held once it is back.
     collector.wait_ready();
     vm.start_again().expect("start victoria-metrics again");
