@@ -298,7 +298,7 @@ fn a_newer_schema_is_refused() {
             e,
             LedgerError::SchemaTooNew {
                 found: 99,
-                supported: 4
+                supported: 5
             }
         ),
         "{e}"
