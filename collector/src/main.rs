@@ -626,17 +626,12 @@ mod billing {
         }
         if let Some(dir) = &a.out {
             write(dir, &report.invoices)?;
-            let docs: Vec<Invoice> = ledger
-                .documents()?
-                .into_iter()
-                .filter(|d| {
-                    d.period == period || report.invoices.iter().any(|i| i.number == d.number)
-                })
-                .collect();
-            let docs = if a.dry_run {
+            // The period's documents only (the ones just issued are among them), not every
+            // document ever issued: the run's memory does not grow with the history.
+            let docs: Vec<Invoice> = if a.dry_run {
                 report.invoices.clone()
             } else {
-                docs
+                ledger.period_documents(period)?
             };
             std::fs::write(
                 dir.join(format!("accounting-{period}.csv")),

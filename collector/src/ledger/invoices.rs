@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{fold_stored, i64_of, member_of, u64_of, SqliteLedger};
-use crate::billing::calendar::Period;
+use crate::billing::calendar::{Period, Zone};
 use crate::billing::engine::{price, BillableSession, PricedLine, SessionKey};
 use crate::billing::invoice::{apply_prepaid, Billing, DocKind, Invoice, Totals, GENESIS};
 use crate::billing::money::to_cents;
@@ -95,43 +95,116 @@ struct Row {
     open: bool,
 }
 
+/// The columns billing reads from `sessions` (aliased `s`), in the order [`row_at`] reads them.
+const SESSION_COLUMNS: &str =
+    "s.machine, s.boot, s.session, s.member, s.start_ms, s.busy_s, s.idle_s, s.status";
+
+/// A stored session from the first columns of a row ([`SESSION_COLUMNS`]); `None` for a session
+/// of an unknown badge (`badge:<hash>`), which is never billed.
+fn row_at(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Row>> {
+    let member: String = r.get(3)?;
+    if member.starts_with("badge:") {
+        return Ok(None);
+    }
+    Ok(Some(Row {
+        s: BillableSession {
+            key: key_at(r, 0)?,
+            member,
+            start_ms: u64_of(r.get(4)?),
+            busy_s: r.get(5)?,
+            idle_s: r.get(6)?,
+        },
+        open: r.get::<_, String>(7)? == "open",
+    }))
+}
+
+/// Every stored session with a start and a known member (the audit compares them all).
 fn load_sessions(conn: &Connection, site: &str) -> Result<Vec<Row>, rusqlite::Error> {
-    let mut stmt = conn.prepare(
-        "SELECT machine, boot, session, member, start_ms, busy_s, idle_s, status FROM sessions
-         WHERE site=?1 AND start_ms IS NOT NULL AND member IS NOT NULL",
-    )?;
-    let rows = stmt.query_map(params![site], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, u32>(1)?,
-            r.get::<_, u32>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, u32>(5)?,
-            r.get::<_, u32>(6)?,
-            r.get::<_, String>(7)?,
-        ))
-    })?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions s
+         WHERE s.site=?1 AND s.start_ms IS NOT NULL AND s.member IS NOT NULL"
+    ))?;
+    let rows = stmt.query_map(params![site], row_at)?;
     let mut out = Vec::new();
     for row in rows {
-        let (machine, boot, session, member, start, busy_s, idle_s, status) = row?;
+        out.extend(row?);
+    }
+    Ok(out)
+}
+
+/// The closed sessions with a known member started in `[from, to)` and in `period` (of `member`
+/// only, if given), each with whether it is billed already (on a document, or settled at zero).
+/// Reads the range of the `sessions_start` (or `sessions_member`) index, not the whole table.
+fn closed_sessions_in(
+    conn: &Connection,
+    site: &str,
+    zone: Zone,
+    period: Period,
+    member: Option<&str>,
+) -> Result<Vec<(Row, bool)>, rusqlite::Error> {
+    let (from, to) = period.bounds(zone);
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS}, b.session IS NOT NULL FROM sessions s
+         LEFT JOIN billed_sessions b ON b.site = s.site AND b.machine = s.machine
+             AND b.boot = s.boot AND b.session = s.session
+         WHERE s.site = ?1 AND s.start_ms >= ?2 AND s.start_ms < ?3 AND s.member {}",
+        if member.is_some() {
+            "= ?4"
+        } else {
+            "IS NOT NULL"
+        }
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Option<(Row, bool)>> {
+        let billed: bool = r.get(8)?;
+        Ok(row_at(r)?.map(|row| (row, billed)))
+    };
+    let rows = match member {
+        Some(m) => stmt
+            .query_map(params![site, i64_of(from), i64_of(to), m], map)?
+            .collect::<Result<Vec<_>, _>>()?,
+        None => stmt
+            .query_map(params![site, i64_of(from), i64_of(to)], map)?
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(rows
+        .into_iter()
+        .flatten()
+        .filter(|(r, _)| !r.open && Period::of(zone.date_of(r.s.start_ms)) == period)
+        .collect())
+}
+
+/// The (member, period) pairs with closed sessions not billed yet in a period before `period`
+/// that was already run: those sessions go, late, on this period's invoices. One pass over the
+/// `sessions_start` index before the period's end, keeping nothing but the pairs.
+fn late_pairs(
+    conn: &Connection,
+    site: &str,
+    zone: Zone,
+    period: Period,
+    run_periods: &BTreeSet<Period>,
+) -> Result<BTreeSet<(String, Period)>, rusqlite::Error> {
+    let mut out = BTreeSet::new();
+    if !run_periods.iter().any(|p| *p < period) {
+        return Ok(out);
+    }
+    let (_, to) = period.bounds(zone);
+    let mut stmt = conn.prepare(
+        "SELECT s.member, s.start_ms FROM sessions s
+         WHERE s.site = ?1 AND s.start_ms < ?2 AND s.member IS NOT NULL AND s.status != 'open'
+           AND NOT EXISTS (SELECT 1 FROM billed_sessions b WHERE b.site = s.site
+               AND b.machine = s.machine AND b.boot = s.boot AND b.session = s.session)",
+    )?;
+    let mut rows = stmt.query(params![site, i64_of(to)])?;
+    while let Some(r) = rows.next()? {
+        let member: String = r.get(0)?;
         if member.starts_with("badge:") {
             continue;
         }
-        out.push(Row {
-            s: BillableSession {
-                key: SessionKey {
-                    machine,
-                    boot,
-                    session,
-                },
-                member,
-                start_ms: u64_of(start),
-                busy_s,
-                idle_s,
-            },
-            open: status == "open",
-        });
+        let p = Period::of(zone.date_of(u64_of(r.get(1)?)));
+        if p < period && run_periods.contains(&p) {
+            out.insert((member, p));
+        }
     }
     Ok(out)
 }
@@ -200,6 +273,14 @@ fn describe(r: &Row) -> String {
     )
 }
 
+/// A stored document from its (number, JSON).
+fn parse_document((number, doc): (String, String)) -> Result<Invoice, BillingError> {
+    serde_json::from_str(&doc).map_err(|e| BillingError::Corrupt {
+        number,
+        detail: e.to_string(),
+    })
+}
+
 fn load_documents(conn: &Connection, site: &str) -> Result<Vec<(i64, Invoice)>, BillingError> {
     let mut stmt =
         conn.prepare("SELECT chain, number, document FROM invoices WHERE site=?1 ORDER BY chain")?;
@@ -213,14 +294,7 @@ fn load_documents(conn: &Connection, site: &str) -> Result<Vec<(i64, Invoice)>, 
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(chain, number, doc)| {
-            serde_json::from_str(&doc)
-                .map(|d| (chain, d))
-                .map_err(|e| BillingError::Corrupt {
-                    number,
-                    detail: e.to_string(),
-                })
-        })
+        .map(|(chain, number, doc)| parse_document((number, doc)).map(|d| (chain, d)))
         .collect()
 }
 
@@ -283,29 +357,24 @@ fn next_slot(
     Ok((chain, prev, seq))
 }
 
-/// Lines of `member` for `period` (not yet billed) and late lines of earlier run periods.
+/// Lines of `member`: for `period` and, marked late, for the earlier run periods in `by_period`
+/// (each period's closed sessions of the member, with whether each is billed already).
 fn lines_for(
     b: &Billing,
     member: &str,
     period: Period,
-    period_is_new: bool,
-    rows: &[Row],
-    billed: &BTreeSet<SessionKey>,
-    run_periods: &BTreeSet<Period>,
+    by_period: &BTreeMap<Period, Vec<(Row, bool)>>,
 ) -> Vec<PricedLine> {
-    let zone = b.rules.zone;
-    let mut by_period: BTreeMap<Period, Vec<BillableSession>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| !r.open && r.s.member == member) {
-        let p = Period::of(zone.date_of(r.s.start_ms));
-        by_period.entry(p).or_default().push(r.s.clone());
-    }
     let mut lines = Vec::new();
-    for (p, sessions) in &by_period {
-        let late = *p < period && run_periods.contains(p);
-        if !(late || (*p == period && period_is_new)) {
-            continue;
-        }
-        let mut priced = price(&b.rules, member, *p, sessions, billed).lines;
+    for (p, rows) in by_period {
+        let late = *p < period;
+        let sessions: Vec<BillableSession> = rows.iter().map(|(r, _)| r.s.clone()).collect();
+        let billed: BTreeSet<SessionKey> = rows
+            .iter()
+            .filter(|(_, billed)| *billed)
+            .map(|(r, _)| r.s.key.clone())
+            .collect();
+        let mut priced = price(&b.rules, member, *p, &sessions, &billed).lines;
         for l in &mut priced {
             if late {
                 l.late = true;
@@ -355,19 +424,23 @@ impl SqliteLedger {
         if report.already_issued {
             return Ok(report);
         }
-        let rows = load_sessions(&tx, &site)?;
-        let billed: BTreeSet<SessionKey> = {
-            let mut stmt =
-                tx.prepare("SELECT machine, boot, session FROM billed_sessions WHERE site=?1")?;
-            let v = stmt
-                .query_map(params![site], |r| key_at(r, 0))?
-                .collect::<Result<BTreeSet<_>, _>>()?;
-            v
-        };
-        let members: BTreeSet<String> = rows.iter().map(|r| r.s.member.clone()).collect();
+        // Only this period's sessions and those of the (member, earlier period) pairs with late
+        // sessions are read: time and memory follow the period, not the ledger's history.
+        let mut todo: BTreeMap<String, BTreeMap<Period, Vec<(Row, bool)>>> = BTreeMap::new();
+        for (r, billed) in closed_sessions_in(&tx, &site, zone, period, None)? {
+            todo.entry(r.s.member.clone())
+                .or_default()
+                .entry(period)
+                .or_default()
+                .push((r, billed));
+        }
+        for (member, p) in late_pairs(&tx, &site, zone, period, &run_periods)? {
+            let rows = closed_sessions_in(&tx, &site, zone, p, Some(&member))?;
+            todo.entry(member).or_default().insert(p, rows);
+        }
         let issue_date = zone.date_of(now_ms);
-        for member in members {
-            let lines = lines_for(b, &member, period, true, &rows, &billed, &run_periods);
+        for (member, by_period) in todo {
+            let lines = lines_for(b, &member, period, &by_period);
             if lines.is_empty() {
                 continue;
             }
@@ -409,13 +482,13 @@ impl SqliteLedger {
                     b,
                     &member,
                     &lines,
-                    &rows,
+                    &by_period,
                     Some(&doc.number),
                     chain,
                 )?;
             } else {
                 report.settled_at_zero.push(member.clone());
-                mark_billed(&tx, &site, b, &member, &lines, &rows, None, chain - 1)?;
+                mark_billed(&tx, &site, b, &member, &lines, &by_period, None, chain - 1)?;
             }
         }
         tx.execute(
@@ -441,19 +514,26 @@ impl SqliteLedger {
     ) -> Result<Invoice, BillingError> {
         let site = self.site.clone();
         let tx = self.conn.transaction()?;
-        let docs = load_documents(&tx, &site)?;
-        let Some((_, original)) = docs
-            .iter()
-            .find(|(_, d)| d.number == number && d.kind == DocKind::Invoice)
-        else {
+        let original: Option<(String, String)> = tx
+            .query_row(
+                "SELECT number, document FROM invoices
+                 WHERE site=?1 AND number=?2 AND kind='invoice'",
+                params![site, number],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some(original) = original else {
             return Err(BillingError::NotFound(format!(
                 "no invoice {number:?}; `fabmeter-collector invoice --dry-run` lists documents"
             )));
         };
-        if docs
-            .iter()
-            .any(|(_, d)| d.refers_to.as_deref() == Some(number))
-        {
+        let original = parse_document(original)?;
+        let credited: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM invoices WHERE site=?1 AND refers_to=?2)",
+            params![site, number],
+            |r| r.get(0),
+        )?;
+        if credited {
             return Err(BillingError::NotFound(format!(
                 "invoice {number} already has a credit note"
             )));
@@ -477,6 +557,20 @@ impl SqliteLedger {
             .into_iter()
             .map(|(_, d)| d)
             .collect())
+    }
+
+    /// The documents of `period` (its invoices and the credit notes cancelling them), in chain
+    /// order; reads only those (index `invoices_period`), not the whole history.
+    pub fn period_documents(&self, period: Period) -> Result<Vec<Invoice>, BillingError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT number, document FROM invoices WHERE site=?1 AND period=?2 ORDER BY chain",
+        )?;
+        let rows = stmt
+            .query_map(params![self.site, period.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(parse_document).collect()
     }
 
     /// Recomputes every issued document from the raw events stored in the ledger (each session
@@ -685,23 +779,28 @@ fn mark_billed(
     b: &Billing,
     member: &str,
     lines: &[PricedLine],
-    rows: &[Row],
+    by_period: &BTreeMap<Period, Vec<(Row, bool)>>,
     number: Option<&str>,
     chain: i64,
 ) -> Result<(), rusqlite::Error> {
-    let starts: BTreeMap<&SessionKey, u64> =
-        rows.iter().map(|r| (&r.s.key, r.s.start_ms)).collect();
+    let starts: BTreeMap<&SessionKey, u64> = by_period
+        .values()
+        .flatten()
+        .map(|(r, _)| (&r.s.key, r.s.start_ms))
+        .collect();
     let keys: BTreeSet<&SessionKey> = lines.iter().flat_map(|l| l.sessions.iter()).collect();
     for k in keys {
         let period = starts
             .get(k)
             .map(|s| Period::of(b.rules.zone.date_of(*s)).to_string())
             .unwrap_or_default();
-        conn.execute(
+        conn.prepare_cached(
             "INSERT OR REPLACE INTO billed_sessions (site, machine, boot, session, member, period, number, chain)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![site, k.machine, k.boot, k.session, member, period, number, chain],
-        )?;
+        )?
+        .execute(params![
+            site, k.machine, k.boot, k.session, member, period, number, chain
+        ])?;
     }
     Ok(())
 }

@@ -181,6 +181,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (site, badge)
     ) WITHOUT ROWID;
     "#,
+    // 5: billing reads by member and by period (docs/BENCHMARKS.md "Billing"): the prepaid credit
+    // a member already used, on each invoice run, and the documents of one period; without these
+    // each of those reads scans every document ever issued.
+    r#"
+    CREATE INDEX invoices_member ON invoices (site, member);
+    CREATE INDEX invoices_period ON invoices (site, period, chain);
+    "#,
 ];
 
 /// The SQLite implementation of [`Ledger`]. Open one for the writer and one per reader thread:

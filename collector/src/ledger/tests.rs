@@ -101,7 +101,7 @@ fn each_event_key_is_stored_once() {
     drop(l);
     let l = open(&dir);
     assert_eq!(l.totals().expect("totals").events, 1);
-    assert_eq!(l.schema_version().expect("version"), 4);
+    assert_eq!(l.schema_version().expect("version"), 5);
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn a_newer_schema_is_refused() {
             e,
             LedgerError::SchemaTooNew {
                 found: 99,
-                supported: 4
+                supported: 5
             }
         ),
         "{e}"
