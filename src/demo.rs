@@ -44,6 +44,30 @@ pub struct DemoArgs {
 /// The site id of the demo.
 pub const SITE: &str = "demo";
 
+/// The demo's device keys file, in its data directory.
+pub const DEVICE_KEYS_FILE: &str = "device-keys.toml";
+
+/// A fresh random secret for this demo run, and each demo machine's key derived from it
+/// ([`DeviceKey::derive`](fabmeter_collector::protocol::DeviceKey::derive), as the simulator
+/// derives them) written to `path`: the collector then refuses any event a machine did not sign.
+pub fn write_device_keys(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    use fabmeter_collector::protocol::DeviceKey;
+    let random = fabmeter_collector::provision::new_device_key()?;
+    let hex = random.to_hex();
+    let mut secret = [0u8; 32];
+    for (i, b) in secret.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    for (machine, _, _) in sim::demo_machines() {
+        fabmeter_collector::device_keys::store(
+            path,
+            &machine,
+            &DeviceKey::derive(&secret, &machine),
+        )?;
+    }
+    Ok(secret)
+}
+
 fn free_or(preferred: u16, what: &str) -> u16 {
     let (port, note) = broker::pick_port(preferred);
     if let Some(note) = note {
@@ -61,6 +85,9 @@ pub fn collector_config(mqtt_port: u16, http: SocketAddr, data_dir: &std::path::
     c.http.listen = http;
     // The simulator publishes the machines' configs itself (per-kind allow-lists).
     c.devices.publish_configs = false;
+    // Signed events only, as a real site should run (docs/SECURITY.md): `run` writes the keys.
+    c.security.require_signed_events = true;
+    c.security.device_keys_file = Some(data_dir.join(DEVICE_KEYS_FILE));
     c.machines = sim::demo_machines()
         .into_iter()
         .map(|(id, name, kind)| MachineConfig {
@@ -176,6 +203,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         SocketAddr::from(([127, 0, 0, 1], http_port)),
         &args.data_dir,
     );
+    let secret = write_device_keys(&args.data_dir.join(DEVICE_KEYS_FILE))
+        .context("cannot write the demo's device keys")?;
     let app = Application::build(config).await?;
     let url = format!("http://{}/", app.http_addr());
     println!("fabmeter demo: {url}");
@@ -199,6 +228,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut sim_cfg = sim::SimConfig::demo(SITE, mqtt_port);
     sim_cfg.seed = args.seed;
     sim_cfg.speed = args.speed;
+    sim_cfg.device_key_secret = Some(secret);
     let sim_shutdown = shutdown.child_token();
     let simulator = tokio::spawn(sim::run(sim_cfg, sim_shutdown));
 
@@ -239,6 +269,7 @@ mod tests {
             std::path::Path::new("/tmp"),
         );
         assert_eq!(c.validate(), Ok(()));
+        assert!(c.security.require_signed_events, "the demo runs signed");
         let billing = c.billing.as_ref().expect("the demo bills");
         for m in &c.machines {
             assert!(

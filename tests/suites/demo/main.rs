@@ -88,6 +88,30 @@ fn the_demo_shows_machines_changing_state_within_30_seconds() {
     assert_eq!(st["member"], "alice");
     assert!(st["totals"]["excl_cents"].is_i64(), "{st}");
 
+    // The demo runs signed: its events are accepted, none refused for a bad or missing signature.
+    let metrics = fabmeter_e2e::http::get("127.0.0.1", port, "/metrics")
+        .expect("metrics")
+        .text();
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert!(
+        metric("fabmeter_accepted_total").is_some_and(|n| n > 0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric("fabmeter_rejected_total{reason=\"signature\"}").unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        data.path().join("demo").join("device-keys.toml").exists(),
+        "the demo wrote its device keys"
+    );
+
     send_signal(child.0.id(), Signal::Term).expect("SIGTERM");
     let status = wait_for_exit(&mut child.0, Duration::from_secs(30)).expect("the demo stops");
     assert!(status.success(), "clean exit: {status:?}");

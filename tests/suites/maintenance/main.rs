@@ -65,6 +65,9 @@ fn site_config(broker: &Mosquitto, dir: &std::path::Path, webhook: String) -> Co
     c.site.id = SITE.into();
     c.mqtt.client_id = "fm-collector-maint".into();
     c.machines.retain(|m| m.id == MACHINE);
+    // The swapped-in box below publishes hand-written, unsigned events.
+    c.security.require_signed_events = false;
+    c.security.device_keys_file = None;
     assert_eq!(c.machines.len(), 1, "the demo has {MACHINE}");
     c.devices.publish_configs = true;
     c.maintenance.check_s = 1;

@@ -148,6 +148,9 @@ fn site_config(broker: &Mosquitto, vm: &VictoriaMetrics, dir: &Path) -> Config {
     let mut c = fabmeter::demo::collector_config(broker.port(), http, dir);
     c.site.id = SITE.into();
     c.mqtt.client_id = "fm-collector-readback".into();
+    // The test bench's hand-made events are unsigned; the simulated machines' events are signed
+    // and, having keys, must still verify.
+    c.security.require_signed_events = false;
     c.machines.push(MachineConfig {
         id: BENCH.into(),
         name: "Test bench".into(),
@@ -229,6 +232,11 @@ fn every_documented_and_queried_series_is_written_and_nothing_else() {
     // The workshop, a week ago from 08:45 UTC (opening at 09:00), a day per minute, with
     // telemetry every simulated minute.
     let mut sc = SimConfig::demo(SITE, broker.port());
+    // Signed, as the demo's site requires.
+    sc.device_key_secret = Some(
+        fabmeter::demo::write_device_keys(&dir.path().join(fabmeter::demo::DEVICE_KEYS_FILE))
+            .expect("device keys"),
+    );
     sc.start_unix_ms = (now_ms() / DAY_MS - 7) * DAY_MS + (8 * 60 + 45) * 60_000;
     sc.telemetry_s = 60;
     sc.seed = 3;
