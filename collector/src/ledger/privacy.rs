@@ -165,12 +165,12 @@ fn forget_sessions(
     for d in doomed {
         let max_seq: Option<u32> = tx
             .prepare_cached(
-                "SELECT MAX(seq) FROM events WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
+                "SELECT MAX(seq) FROM events INDEXED BY events_session WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
             )?
             .query_row(params![site, d.machine, d.boot, d.session], |r| r.get(0))?;
         let events = tx
             .prepare_cached(
-                "DELETE FROM events WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
+                "DELETE FROM events INDEXED BY events_session WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
             )?
             .execute(params![site, d.machine, d.boot, d.session])?;
         tx.prepare_cached(
@@ -263,7 +263,7 @@ fn unbilled_sessions(
 ) -> Result<Vec<Doomed>, LedgerError> {
     let mut stmt = tx.prepare(&format!(
         "SELECT s.machine, s.boot, s.session, s.busy_s, s.energy_wh,
-            COALESCE(s.start_ms, (SELECT MIN(wall_ms) FROM events e WHERE e.site=s.site
+            COALESCE(s.start_ms, (SELECT MIN(wall_ms) FROM events e INDEXED BY events_session WHERE e.site=s.site
                 AND e.machine=s.machine AND e.boot=s.boot AND e.session=s.session), 0)
          FROM sessions s
          WHERE s.site=?1 AND s.status != 'open' AND {filter}
@@ -309,7 +309,7 @@ impl SqliteLedger {
         let tx = self.conn.transaction()?;
         let doomed = unbilled_sessions(
             &tx,
-            "(SELECT MAX(wall_ms) FROM events e WHERE e.site=s.site AND e.machine=s.machine
+            "(SELECT MAX(wall_ms) FROM events e INDEXED BY events_session WHERE e.site=s.site AND e.machine=s.machine
                 AND e.boot=s.boot AND e.session=s.session) < ?2",
             &self.site,
             &cutoff,
