@@ -256,33 +256,44 @@ impl Bench {
 
     /// (b): the collector in this process (its own runtime, like the binary); events committed to
     /// the ledger per second, from the first commit to the last, and (b') from the first message
-    /// the collector received to the last commit (stricter: it includes the first batch, and a
-    /// backlog the broker built while the collector had not committed yet does not inflate it).
+    /// the collector received to the last commit (it includes the first batch); both watched while
+    /// the publishers run.
     fn collector_round(&self, round: usize, a: &Args) -> anyhow::Result<(f64, f64)> {
         let c = self.start_collector(&format!("fm-collector-bench-{round}"), a)?;
-        self.publish_all(&format!("bench-pub-b{round}"))?;
-        let mut first = None;
-        let mut first_received = None;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let last = loop {
-            if c.metrics.received.load(Relaxed) > 0 {
-                first_received.get_or_insert_with(Instant::now);
-            }
-            let n = c.metrics.accepted.load(Relaxed) as usize;
-            if n > 0 {
-                first.get_or_insert_with(Instant::now);
-            }
-            if n >= self.total {
-                break Instant::now();
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the collector committed {n} of {} events in 600 s",
-                    self.total
-                );
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        };
+        // Watch the collector's counters while the publishers run (not after: a collector that
+        // keeps up would have committed most events before the watch began).
+        let metrics = c.metrics.clone();
+        let total = self.total;
+        let (published, watched) = std::thread::scope(|scope| {
+            let watcher = scope.spawn(move || {
+                let mut first = None;
+                let mut first_received = None;
+                let deadline = Instant::now() + Duration::from_secs(600);
+                loop {
+                    if metrics.received.load(Relaxed) > 0 {
+                        first_received.get_or_insert_with(Instant::now);
+                    }
+                    let n = metrics.accepted.load(Relaxed) as usize;
+                    if n > 0 {
+                        first.get_or_insert_with(Instant::now);
+                    }
+                    if n >= total {
+                        return Ok((first_received, first, Instant::now()));
+                    }
+                    if Instant::now() > deadline {
+                        bail!("the collector committed {n} of {total} events in 600 s");
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
+            let published = self.publish_all(&format!("bench-pub-b{round}"));
+            let watched = watcher
+                .join()
+                .map_err(|_| anyhow::anyhow!("the watcher panicked"));
+            (published, watched)
+        });
+        published?;
+        let (first_received, first, last) = watched??;
         let first = first.unwrap_or(last);
         let first_received = first_received.unwrap_or(first);
         println!(
