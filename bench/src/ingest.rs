@@ -99,7 +99,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         a.publishers,
         bytes / a.messages.max(1),
         a.broker_inflight.map_or("20 (default)".into(), |n| n.to_string()),
-        a.batch_max.map_or("1000 (default)".into(), |n| n.to_string()),
+        a.batch_max.map_or("the collector's default".into(), |n| n.to_string()),
         if vm.is_some() { "VictoriaMetrics" } else { "off" },
     );
     let bench = Bench {
@@ -312,7 +312,10 @@ impl Bench {
                 .context("collector /metrics")?
                 .text();
             for l in text.lines().filter(|l| {
-                l.starts_with("fabmeter_timeseries") || l.starts_with("fabmeter_commits")
+                l.starts_with("fabmeter_timeseries")
+                    || l.starts_with("fabmeter_commits")
+                    || l.starts_with("fabmeter_commit_seconds_sum")
+                    || l.starts_with("fabmeter_ack_latency_seconds_sum")
             }) {
                 println!("  collector {l}");
             }
