@@ -341,7 +341,7 @@ mod incremental_sessions {
             0 => 0,
             n => earlier[(h as usize / 5) % n],
         };
-        let badge = if h % 3 == 0 { OTHER } else { BADGE };
+        let badge = if h.is_multiple_of(3) { OTHER } else { BADGE };
         let with_ts = h % 4 == 1;
         let b = match seq {
             2 | 6 | 10 => EventBody::SessionStarted { badge },
@@ -360,7 +360,7 @@ mod incremental_sessions {
                     busy_s: seq * 11,
                     idle_s: 1,
                     energy_wh: seq + 1,
-                    reason: if h % 2 == 0 {
+                    reason: if h.is_multiple_of(2) {
                         EndReason::BadgeOut
                     } else {
                         EndReason::IdleTimeout
