@@ -136,7 +136,9 @@ fn incremental(
         // No row yet: the batch's events are the whole session when the ledger holds no other.
         let stored: i64 = conn
             .prepare_cached(
-                "SELECT COUNT(*) FROM events
+                // The session index, named: without statistics SQLite prefers the primary key's
+                // (site, machine, boot) prefix and counts through every event of the boot.
+                "SELECT COUNT(*) FROM events INDEXED BY events_session
                  WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
             )?
             .query_row(params![k.site, k.machine, k.boot, k.session], |r| r.get(0))?;
