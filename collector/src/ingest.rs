@@ -337,13 +337,16 @@ pub struct Writer<L: Ledger> {
 }
 
 /// The writer loop, on a dedicated thread (SQLite is blocking): batch, commit, then acknowledge.
-/// Ends when the MQTT task is gone and the queue is drained.
+/// Ends when the MQTT task is gone and the queue is drained; `done` is cancelled once every
+/// acknowledgement of what it committed is queued to the MQTT client.
 pub fn run_writer<L: Ledger>(
     mut w: Writer<L>,
     mut rx: mpsc::Receiver<Incoming>,
     rt: tokio::runtime::Handle,
     done: CancellationToken,
 ) {
+    let (acks, acks_rx) = mpsc::unbounded_channel();
+    let acker = rt.spawn(run_acker(w.client.clone(), acks_rx, done));
     let mut batch: Vec<Incoming> = Vec::with_capacity(w.batch_max);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -354,16 +357,42 @@ pub fn run_writer<L: Ledger>(
             }
         }
         w.metrics.queue_depth.fetch_sub(batch.len() as u64, Relaxed);
-        process_batch(&mut w, &mut batch, &rt);
+        process_batch(&mut w, &mut batch, &acks);
     }
+    drop(acks);
     tracing::info!("ledger writer stopped");
+    // The acker cancels `done` when it has queued the last acknowledgement.
+    drop(acker);
+}
+
+/// Queues the acknowledgements of committed batches to the MQTT client, one at a time: the writer
+/// never waits for the MQTT event loop (which may itself be waiting for the writer's queue to make
+/// room: a full request channel plus a full writer queue would deadlock), and when rumqttc's
+/// request channel is full a single send waits for room, instead of a task per message (flume
+/// scans its waiting senders linearly at every send: thousands of waiting tasks made that
+/// quadratic, docs/BENCHMARKS.md "Ingest"). PUBACK order does not matter in MQTT.
+async fn run_acker(
+    client: AsyncClient,
+    mut acks: mpsc::UnboundedReceiver<Vec<Publish>>,
+    done: CancellationToken,
+) {
+    while let Some(batch) = acks.recv().await {
+        for publish in &batch {
+            if client.try_ack(publish).is_ok() {
+                continue;
+            }
+            if let Err(e) = client.ack(publish).await {
+                tracing::warn!(error = %e, "acknowledgement not sent; the broker will redeliver");
+            }
+        }
+    }
     done.cancel();
 }
 
 fn process_batch<L: Ledger>(
     w: &mut Writer<L>,
     batch: &mut Vec<Incoming>,
-    rt: &tokio::runtime::Handle,
+    acks: &mpsc::UnboundedSender<Vec<Publish>>,
 ) {
     let mut records = Vec::with_capacity(batch.len());
     let mut points = Vec::new();
@@ -474,27 +503,17 @@ fn process_batch<L: Ledger>(
     if !points.is_empty() {
         w.series.send(points);
     }
-    // Acknowledge without ever waiting for the MQTT event loop: it may itself be waiting for this
-    // writer's queue to make room (a full request channel here plus a full writer queue there
-    // would deadlock). `try_ack` queues the PUBACK at once; if rumqttc's request channel is full,
-    // a task waits for room instead of this thread. PUBACK order does not matter in MQTT.
+    // Acknowledge, through the acker task (never waiting here: see `run_acker`).
+    let mut to_ack = Vec::with_capacity(batch.len());
     for m in batch.drain(..) {
         if m.publish.qos != QoS::AtMostOnce {
-            match w.client.try_ack(&m.publish) {
-                Ok(()) => {}
-                Err(_) => {
-                    let client = w.client.clone();
-                    let publish = m.publish.clone();
-                    rt.spawn(async move {
-                        if let Err(e) = client.ack(&publish).await {
-                            tracing::warn!(error = %e, "acknowledgement not sent; the broker will redeliver");
-                        }
-                    });
-                }
-            }
+            to_ack.push(m.publish);
             w.metrics.acked.fetch_add(1, Relaxed);
         }
         w.metrics.ack_latency.observe(m.received.elapsed());
+    }
+    if !to_ack.is_empty() && acks.send(to_ack).is_err() {
+        tracing::warn!("acknowledgements not sent (the acker is gone); the broker will redeliver");
     }
 }
 

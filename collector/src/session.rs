@@ -2,8 +2,10 @@
 //! boot give the same result whatever order they arrived in.
 //!
 //! A session is identified by (machine, boot, session), where `session` is the seq of its
-//! `session_started` event. Its row is recomputed from all the events naming it each time one of
-//! them arrives, and from whether a newer boot of the machine has been seen:
+//! `session_started` event. Its row is the fold of all the events naming it and of whether a newer
+//! boot of the machine has been seen, brought up to date each time one of them arrives (by the
+//! ingest incrementally from the stored row and the new events, `ledger/session_rows.rs`, which a
+//! property test holds equal to this fold over all the stored events):
 //!
 //! - an `session_ended` event gives the final totals and reason (status `closed`);
 //! - otherwise, if a newer boot exists, the device rebooted mid-session: the session closes at its

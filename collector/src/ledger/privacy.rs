@@ -56,22 +56,6 @@ impl SqliteLedger {
     }
 }
 
-/// Whether `seq` of this (machine, ledger boot) was deleted by a purge or an erasure: a resend
-/// of it is a duplicate (the tombstone of exactly-once once the row is gone).
-pub(super) fn purged(
-    conn: &Connection,
-    site: &str,
-    machine: &str,
-    boot: u32,
-    seq: u32,
-) -> Result<bool, LedgerError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM purged_keys WHERE site=?1 AND machine=?2 AND boot=?3 AND max_seq >= ?4",
-        )?
-        .exists(params![site, machine, boot, seq])?)
-}
-
 /// Adds the badges of erased members' billed sessions to `badges` (the site file wins).
 pub(super) fn add_erased_badges(
     conn: &Connection,

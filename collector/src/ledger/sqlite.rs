@@ -1,6 +1,6 @@
 //! The SQLite ledger: one file per site, WAL mode, versioned migrations.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -196,6 +196,8 @@ pub struct SqliteLedger {
     conn: Connection,
     site: String,
     badges: HashMap<String, String>,
+    /// Sessions from all their stored events instead of incrementally (tests only).
+    full_session_recompute: bool,
 }
 
 impl std::fmt::Debug for SqliteLedger {
@@ -242,6 +244,7 @@ impl SqliteLedger {
             conn,
             site: site.as_str().to_owned(),
             badges,
+            full_session_recompute: false,
         })
     }
 
@@ -252,18 +255,39 @@ impl SqliteLedger {
             .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
-    fn recompute_session(
+    /// The ledger boot of `event` when its key is taken or purged ([`maintenance::ledger_boot`]:
+    /// the same boot for a resend, a new epoch for another box), updating the machine's offset.
+    fn epoch_boot(
         site: &str,
+        tx: &Transaction<'_>,
+        known: &mut KnownBoots,
+        machine: &str,
+        event: &fabmeter_protocol::message::Event,
+        received_ms: u64,
+    ) -> Result<u32, LedgerError> {
+        let boot = maintenance::ledger_boot(
+            tx,
+            site,
+            machine,
+            event,
+            known.offset,
+            known.max_boot,
+            received_ms,
+        )?;
+        if boot != event.boot.saturating_add(known.offset) {
+            // A new epoch started: its offset is the machine's highest boot then.
+            known.offset = known.max_boot.unwrap_or(0);
+        }
+        Ok(boot)
+    }
+
+    /// Writes a session's row.
+    fn write_session(
         badges: &HashMap<String, String>,
         tx: &Transaction<'_>,
-        machine: &str,
-        boot: u32,
-        session: u32,
-        newer_boot: bool,
+        k: &session_rows::Key<'_>,
+        f: &session_rows::SessionRow,
     ) -> Result<(), LedgerError> {
-        let Some(f) = fold_stored(tx, site, machine, boot, session, newer_boot)? else {
-            return Ok(());
-        };
         let member = f.badge.as_deref().map(|b| member_of(badges, b));
         tx.prepare_cached(
             "INSERT INTO sessions (site, machine, boot, session, badge, member, start_ms, end_ms,
@@ -276,10 +300,10 @@ impl SqliteLedger {
                 last_seq=excluded.last_seq",
         )?
         .execute(params![
-            site,
-            machine,
-            boot,
-            session,
+            k.site,
+            k.machine,
+            k.boot,
+            k.session,
             f.badge,
             member,
             f.start_ms.map(i64_of),
@@ -287,11 +311,18 @@ impl SqliteLedger {
             f.busy_s,
             f.idle_s,
             f.energy_wh,
-            f.status.as_str(),
-            f.reason.as_ref().map(crate::series::wire_name),
+            f.status,
+            f.reason,
             f.last_seq,
         ])?;
         Ok(())
+    }
+
+    /// Recompute every touched session from all its stored events (the reference) instead of
+    /// incrementally: for the equivalence tests.
+    #[cfg(test)]
+    pub(super) fn set_full_session_recompute(&mut self, on: bool) {
+        self.full_session_recompute = on;
     }
 }
 
@@ -386,10 +417,54 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// A machine's highest ledger boot and current boot offset, as a commit has read and changed them.
+/// A machine's highest ledger boot and current boot offset, as a commit has read and changed them,
+/// and its boots this commit touched.
 struct KnownBoots {
     max_boot: Option<u32>,
     offset: u32,
+    boots: HashMap<u32, BootState>,
+}
+
+/// One boot of a machine as a commit sees it: its stored anchor and tombstone, read once, and
+/// what the batch's events add to its `boots` row, written once at the end of the batch
+/// ([`flush_boots`]) instead of once per event.
+#[derive(Debug, Default)]
+struct BootState {
+    /// The boot's anchor: the stored one, lowered by the batch's events (`MIN`, as the row).
+    anchor: Option<i64>,
+    /// The highest seq purged or erased in this boot (docs/SECURITY.md): at or below it, a
+    /// resend is a duplicate.
+    tombstone: Option<u32>,
+    /// Whether an event of the batch went to this boot (the row is then written).
+    dirty: bool,
+    /// Reception of the first such event (for a new row).
+    first_received_ms: i64,
+    /// Highest uptime and seq of the batch's new events, and how many there were.
+    max_uptime_ms: i64,
+    max_seq: u32,
+    events: i64,
+}
+
+impl BootState {
+    /// Whether `seq` is at or below the boot's tombstone.
+    fn purged(&self, seq: u32) -> bool {
+        self.tombstone.is_some_and(|max| max >= seq)
+    }
+
+    /// Takes an event of the batch into account: its anchor candidate always (a duplicate too,
+    /// as the per-event upsert did), its uptime, seq and count when it was new.
+    fn observe(&mut self, anchor: i64, received_ms: u64, new: Option<(u64, u32)>) {
+        if !self.dirty {
+            self.dirty = true;
+            self.first_received_ms = i64_of(received_ms);
+        }
+        self.anchor = Some(anchor);
+        if let Some((uptime_ms, seq)) = new {
+            self.max_uptime_ms = self.max_uptime_ms.max(i64_of(uptime_ms));
+            self.max_seq = self.max_seq.max(seq);
+            self.events += 1;
+        }
+    }
 }
 
 /// The boots of `machine` known to this transaction, read from the ledger on first use.
@@ -404,12 +479,80 @@ fn machine_state<'a>(
             .prepare_cached("SELECT MAX(boot) FROM boots WHERE site=?1 AND machine=?2")?
             .query_row(params![site, machine], |r| r.get(0))?;
         let offset = maintenance::boot_offset(tx, site, machine)?;
-        machines.insert(machine.to_owned(), KnownBoots { max_boot, offset });
+        machines.insert(
+            machine.to_owned(),
+            KnownBoots {
+                max_boot,
+                offset,
+                boots: HashMap::new(),
+            },
+        );
     }
     machines
         .get_mut(machine)
         // Never: inserted just above.
         .ok_or(LedgerError::Database(rusqlite::Error::QueryReturnedNoRows))
+}
+
+/// One boot of a machine as this transaction knows it, its anchor and tombstone read on first use.
+fn boot_state<'a>(
+    known: &'a mut KnownBoots,
+    tx: &Transaction<'_>,
+    site: &str,
+    machine: &str,
+    boot: u32,
+) -> Result<&'a mut BootState, LedgerError> {
+    if let std::collections::hash_map::Entry::Vacant(v) = known.boots.entry(boot) {
+        let (anchor, tombstone) = tx
+            .prepare_cached(
+                "SELECT (SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3),
+                    (SELECT max_seq FROM purged_keys WHERE site=?1 AND machine=?2 AND boot=?3)",
+            )?
+            .query_row(params![site, machine, boot], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        v.insert(BootState {
+            anchor,
+            tombstone,
+            ..BootState::default()
+        });
+    }
+    known
+        .boots
+        .get_mut(&boot)
+        // Never: inserted just above.
+        .ok_or(LedgerError::Database(rusqlite::Error::QueryReturnedNoRows))
+}
+
+/// Writes the `boots` rows the batch touched: one upsert per (machine, boot).
+fn flush_boots(
+    tx: &Transaction<'_>,
+    site: &str,
+    machines: &HashMap<String, KnownBoots>,
+) -> Result<(), LedgerError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms, max_uptime_ms,
+            max_seq, events)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (site, machine, boot) DO UPDATE SET
+            anchor_ms = MIN(anchor_ms, excluded.anchor_ms),
+            max_uptime_ms = MAX(max_uptime_ms, excluded.max_uptime_ms),
+            max_seq = MAX(max_seq, excluded.max_seq),
+            events = events + excluded.events",
+    )?;
+    for (machine, known) in machines {
+        for (boot, b) in known.boots.iter().filter(|(_, b)| b.dirty) {
+            stmt.execute(params![
+                site,
+                machine,
+                boot,
+                b.anchor,
+                b.first_received_ms,
+                b.max_uptime_ms,
+                b.max_seq,
+                b.events
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 fn session_of(body: &EventBody, seq: u32) -> Option<u32> {
@@ -445,7 +588,9 @@ impl Ledger for SqliteLedger {
     fn commit(&mut self, batch: &[Record]) -> Result<Vec<Committed>, LedgerError> {
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut touched: BTreeSet<(String, u32, u32)> = BTreeSet::new();
+        // The sessions the batch touched, with the batch's new events naming them.
+        let mut touched: BTreeMap<(String, u32, u32), Vec<session_rows::NewEvent<'_>>> =
+            BTreeMap::new();
         let mut rebooted: BTreeSet<String> = BTreeSet::new();
         // What this transaction knows of each machine's boots (only the writer changes them).
         let mut machines: HashMap<String, KnownBoots> = HashMap::new();
@@ -460,104 +605,99 @@ impl Ledger for SqliteLedger {
                 } => 'event: {
                     let machine = machine.as_str();
                     let known = machine_state(&mut machines, &tx, &self.site, machine)?;
-                    let (max_boot, offset) = (known.max_boot, known.offset);
+                    let max_boot = known.max_boot;
                     // The ledger's boot: the device's, shifted past the boots of the boxes that
-                    // served this machine before (see maintenance::ledger_boot).
-                    let boot = maintenance::ledger_boot(
-                        &tx,
-                        &self.site,
-                        machine,
-                        event,
-                        offset,
-                        max_boot,
-                        *received_ms,
-                    )?;
-                    if boot != event.boot.saturating_add(offset) {
-                        // A new epoch started: its offset is the machine's highest boot then.
-                        known.offset = max_boot.unwrap_or(0);
+                    // served this machine before (see maintenance::ledger_boot). Insert first;
+                    // only a key already taken is read back, to tell a resend (a duplicate) from
+                    // another box reusing the boot numbers (a new epoch).
+                    let mut boot = event.boot.saturating_add(known.offset);
+                    let mut checked = false;
+                    if boot_state(known, &tx, &self.site, machine, boot)?.purged(event.seq) {
+                        // Purged or erased (docs/SECURITY.md): its key is gone, its tombstone
+                        // stays; unless another box reuses the key (rare: the stored order).
+                        boot =
+                            Self::epoch_boot(&self.site, &tx, known, machine, event, *received_ms)?;
+                        checked = true;
+                        known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
+                        if boot_state(known, &tx, &self.site, machine, boot)?.purged(event.seq) {
+                            break 'event Outcome::Duplicate;
+                        }
                     }
-                    known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
-                    let event = &fabmeter_protocol::message::Event {
-                        boot,
-                        ..event.clone()
-                    };
-                    // Purged or erased (docs/SECURITY.md): its key is gone, its tombstone stays.
-                    if privacy::purged(&tx, &self.site, machine, boot, event.seq)? {
-                        break 'event Outcome::Duplicate;
-                    }
-                    let candidate = received_ms.saturating_sub(event.sent_uptime_ms);
-                    // The boot's anchor after this event (the upsert returns it: no extra read).
-                    let anchor: i64 = tx
-                        .prepare_cached(
-                            "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms,
-                                max_uptime_ms, max_seq, events)
-                             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0)
-                             ON CONFLICT (site, machine, boot) DO UPDATE SET
-                                anchor_ms = MIN(anchor_ms, excluded.anchor_ms)
-                             RETURNING anchor_ms",
-                        )?
-                        .query_row(
-                            params![
-                                self.site,
-                                machine,
-                                event.boot,
-                                i64_of(candidate),
-                                i64_of(*received_ms)
-                            ],
-                            |r| r.get(0),
-                        )?;
-                    let wall = event
-                        .ts
-                        .unwrap_or_else(|| u64_of(anchor).saturating_add(event.uptime_ms));
-                    wall_ms = Some(wall);
                     let state = match &event.event {
                         EventBody::State { to, .. } => Some(to.as_str()),
                         _ => None,
                     };
                     let session = session_of(&event.event, event.seq);
-                    let inserted = tx
-                        .prepare_cached(
-                            "INSERT OR IGNORE INTO events (site, machine, boot, seq, kind, state,
-                                session, uptime_ms, ts_ms, wall_ms, received_ms, payload)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                        )?
-                        .execute(params![
-                            self.site,
-                            machine,
-                            event.boot,
-                            event.seq,
-                            event.event.kind(),
-                            state,
-                            session,
-                            i64_of(event.uptime_ms),
-                            event.ts.map(i64_of),
-                            i64_of(wall),
-                            i64_of(*received_ms),
-                            String::from_utf8_lossy(payload),
-                        ])?;
-                    if inserted == 0 {
-                        Outcome::Duplicate
-                    } else {
-                        tx.prepare_cached(
-                            "UPDATE boots SET max_uptime_ms = MAX(max_uptime_ms, ?4),
-                                max_seq = MAX(max_seq, ?5), events = events + 1
-                             WHERE site=?1 AND machine=?2 AND boot=?3",
-                        )?
-                        .execute(params![
-                            self.site,
-                            machine,
-                            event.boot,
-                            i64_of(event.uptime_ms),
-                            event.seq
-                        ])?;
-                        if let Some(s) = session {
-                            touched.insert((machine.to_owned(), event.boot, s));
+                    let candidate = i64_of(received_ms.saturating_sub(event.sent_uptime_ms));
+                    let inserted = loop {
+                        known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
+                        let b = boot_state(known, &tx, &self.site, machine, boot)?;
+                        // The boot's anchor after this event.
+                        let anchor = b.anchor.map_or(candidate, |a| a.min(candidate));
+                        let wall = event
+                            .ts
+                            .unwrap_or_else(|| u64_of(anchor).saturating_add(event.uptime_ms));
+                        wall_ms = Some(wall);
+                        let inserted =
+                            tx.prepare_cached(
+                                "INSERT OR IGNORE INTO events (site, machine, boot, seq, kind,
+                                    state, session, uptime_ms, ts_ms, wall_ms, received_ms, payload)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                            )?
+                            .execute(params![
+                                self.site,
+                                machine,
+                                boot,
+                                event.seq,
+                                event.event.kind(),
+                                state,
+                                session,
+                                i64_of(event.uptime_ms),
+                                event.ts.map(i64_of),
+                                i64_of(wall),
+                                i64_of(*received_ms),
+                                String::from_utf8_lossy(payload),
+                            ])? == 1;
+                        if inserted || checked {
+                            let new = inserted.then_some((event.uptime_ms, event.seq));
+                            b.observe(anchor, *received_ms, new);
+                            break inserted;
                         }
-                        if max_boot.is_some_and(|b| event.boot > b) {
-                            rebooted.insert(machine.to_owned());
+                        checked = true;
+                        let again =
+                            Self::epoch_boot(&self.site, &tx, known, machine, event, *received_ms)?;
+                        if again == boot {
+                            // A resend: its anchor candidate counts, as it always did.
+                            let b = boot_state(known, &tx, &self.site, machine, boot)?;
+                            b.observe(anchor, *received_ms, None);
+                            break false;
                         }
-                        Outcome::Accepted
+                        boot = again;
+                        if boot_state(known, &tx, &self.site, machine, boot)?.purged(event.seq) {
+                            known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
+                            wall_ms = None;
+                            break 'event Outcome::Duplicate;
+                        }
+                    };
+                    if !inserted {
+                        break 'event Outcome::Duplicate;
                     }
+                    if let Some(s) = session {
+                        touched
+                            .entry((machine.to_owned(), boot, s))
+                            .or_default()
+                            .push(session_rows::NewEvent {
+                                seq: event.seq,
+                                // As stored and read back by the full fold.
+                                uptime_ms: u64_of(i64_of(event.uptime_ms)),
+                                ts: event.ts.map(|t| u64_of(i64_of(t))),
+                                body: &event.event,
+                            });
+                    }
+                    if max_boot.is_some_and(|b| boot > b) {
+                        rebooted.insert(machine.to_owned());
+                    }
+                    Outcome::Accepted
                 }
                 Record::Status {
                     machine,
@@ -615,6 +755,7 @@ impl Ledger for SqliteLedger {
             };
             outcomes.push(Committed { outcome, wall_ms });
         }
+        flush_boots(&tx, &self.site, &machines)?;
         // A newer boot closes the open sessions of the older boots (at their last progress).
         for machine in &rebooted {
             let mut stmt = tx.prepare_cached(
@@ -624,21 +765,29 @@ impl Ledger for SqliteLedger {
                 .query_map(params![self.site, machine], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<Vec<(u32, u32)>, _>>()?;
             for (boot, session) in open {
-                touched.insert((machine.clone(), boot, session));
+                touched.entry((machine.clone(), boot, session)).or_default();
             }
         }
-        for (machine, boot, session) in &touched {
-            let max_boot = machine_state(&mut machines, &tx, &self.site, machine)?.max_boot;
-            let newer = max_boot.is_some_and(|b| b > *boot);
-            Self::recompute_session(
-                &self.site,
-                &self.badges,
-                &tx,
+        for ((machine, boot, session), new) in &touched {
+            let known = machine_state(&mut machines, &tx, &self.site, machine)?;
+            let newer = known.max_boot.is_some_and(|b| b > *boot);
+            let anchor = boot_state(known, &tx, &self.site, machine, *boot)?
+                .anchor
+                .map(u64_of);
+            let key = session_rows::Key {
+                site: &self.site,
                 machine,
-                *boot,
-                *session,
-                newer,
-            )?;
+                boot: *boot,
+                session: *session,
+            };
+            let row = if self.full_session_recompute {
+                session_rows::full(&tx, &key, newer)?
+            } else {
+                session_rows::recompute(&tx, &key, new, anchor, newer)?
+            };
+            if let Some(row) = row {
+                Self::write_session(&self.badges, &tx, &key, &row)?;
+            }
         }
         tx.commit()?;
         Ok(outcomes)
@@ -927,3 +1076,6 @@ mod maintenance;
 
 #[path = "privacy.rs"]
 pub(super) mod privacy;
+
+#[path = "session_rows.rs"]
+mod session_rows;

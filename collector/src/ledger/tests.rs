@@ -304,3 +304,173 @@ fn a_newer_schema_is_refused() {
         "{e}"
     );
 }
+
+/// Equivalence of the incremental session rows with the full recompute from all stored events
+/// (`crate::ledger::sqlite::session_rows`): the same batches into two ledgers, one each way, must
+/// leave the same sessions and the same outcomes, whatever the order, duplicates, resends with
+/// another send time (the boot's anchor moves), events with and without `ts`, reboots, a second
+/// box reusing the boot numbers, two ends, or a progress carrying its own seq as its session.
+mod incremental_sessions {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const OTHER: BadgeHash = BadgeHash([1, 2, 3, 4, 5, 6, 7, 8]);
+
+    /// One message of the run: which event of the pool, sent when, received how late.
+    #[derive(Debug, Clone)]
+    struct Pick {
+        boot: u32,
+        seq: u32,
+        /// 0: the device's own event; 1: another box's, same key (a new epoch).
+        variant: u8,
+        send_delay_ms: u64,
+        net_ms: u64,
+    }
+
+    /// The body of event (boot, seq, variant): deterministic, so that a resend is the same event.
+    fn body(boot: u32, seq: u32, variant: u8) -> (EventBody, bool) {
+        let h = boot
+            .wrapping_mul(31)
+            .wrapping_add(seq.wrapping_mul(7))
+            .wrapping_add(u32::from(variant) * 13);
+        // Sessions start at seqs 2, 6 and 10; later events name one of the earlier ones (the
+        // codec refuses any other session).
+        let earlier: Vec<u32> = [2, 6, 10].into_iter().filter(|s| *s < seq).collect();
+        let session = match earlier.len() {
+            0 => 0,
+            n => earlier[(h as usize / 5) % n],
+        };
+        let badge = if h.is_multiple_of(3) { OTHER } else { BADGE };
+        let with_ts = h % 4 == 1;
+        let b = match seq {
+            2 | 6 | 10 => EventBody::SessionStarted { badge },
+            _ if session == 0 => state(MachineState::Off, MachineState::Idle),
+            _ => match h % 6 {
+                0 => state(MachineState::Idle, MachineState::Busy),
+                1..=3 => EventBody::SessionProgress {
+                    session,
+                    busy_s: seq * 10 + h % 7,
+                    idle_s: h % 3,
+                    energy_wh: seq,
+                },
+                _ => EventBody::SessionEnded {
+                    session,
+                    badge,
+                    busy_s: seq * 11,
+                    idle_s: 1,
+                    energy_wh: seq + 1,
+                    reason: if h.is_multiple_of(2) {
+                        EndReason::BadgeOut
+                    } else {
+                        EndReason::IdleTimeout
+                    },
+                },
+            },
+        };
+        (b, with_ts)
+    }
+
+    fn record(p: &Pick) -> Record {
+        let (body, with_ts) = body(p.boot, p.seq, p.variant);
+        let uptime_ms = u64::from(p.seq) * 60_000 + u64::from(p.variant) * 7;
+        let sent_uptime_ms = uptime_ms + p.send_delay_ms;
+        let boot_wall = T0 + u64::from(p.boot) * 100_000_000;
+        let event = Event {
+            v: 1,
+            boot: p.boot,
+            seq: p.seq,
+            uptime_ms,
+            sent_uptime_ms,
+            ts: with_ts.then_some(boot_wall + uptime_ms + 3),
+            event: body,
+        };
+        let payload = encode_to_vec(&event).expect("valid event");
+        Record::Event {
+            machine: id("laser-1"),
+            event,
+            payload,
+            received_ms: boot_wall + sent_uptime_ms + p.net_ms,
+        }
+    }
+
+    fn pick() -> impl Strategy<Value = Pick> {
+        (
+            1u32..=3,
+            1u32..=14,
+            prop::bool::weighted(0.05),
+            0u64..5_000,
+            0u64..3_000,
+        )
+            .prop_map(|(boot, seq, other, send_delay_ms, net_ms)| Pick {
+                boot,
+                seq,
+                variant: u8::from(other),
+                send_delay_ms,
+                net_ms,
+            })
+    }
+
+    fn batches() -> impl Strategy<Value = Vec<Vec<Pick>>> {
+        prop::collection::vec(prop::collection::vec(pick(), 1..12), 1..10)
+    }
+
+    fn sessions(l: &SqliteLedger) -> Vec<SessionView> {
+        l.sessions(&SessionQuery::default()).expect("sessions")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn incremental_rows_equal_the_full_recompute(run in batches()) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let inc_dir = dir.path().join("inc");
+            let full_dir = dir.path().join("full");
+            std::fs::create_dir_all(&inc_dir).expect("dir");
+            std::fs::create_dir_all(&full_dir).expect("dir");
+            let open_in = |p: &std::path::Path| {
+                let badges = HashMap::from([(BADGE.to_string(), "alice".to_string())]);
+                let mut l = SqliteLedger::open(&p.join("ledger.sqlite"), &id("site"), badges)
+                    .expect("open ledger");
+                l.register_machines(
+                    &[MachineInfo {
+                        id: "laser-1".into(),
+                        name: "Laser".into(),
+                        kind: "laser".into(),
+                        source: "config".into(),
+                    }],
+                    T0,
+                )
+                .expect("register");
+                l
+            };
+            let mut inc = open_in(&inc_dir);
+            let mut full = open_in(&full_dir);
+            full.set_full_session_recompute(true);
+            for batch in &run {
+                let records: Vec<Record> = batch.iter().map(record).collect();
+                let a = inc.commit(&records).expect("incremental commit");
+                let b = full.commit(&records).expect("full commit");
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(sessions(&inc), sessions(&full));
+            }
+            // The boots rows, written once per batch, hold what the stored events say.
+            let conn = rusqlite::Connection::open(inc_dir.join("ledger.sqlite")).expect("open");
+            let mismatched: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM boots b WHERE events != (SELECT COUNT(*) FROM events e
+                        WHERE e.site=b.site AND e.machine=b.machine AND e.boot=b.boot)
+                     OR max_seq != (SELECT MAX(seq) FROM events e
+                        WHERE e.site=b.site AND e.machine=b.machine AND e.boot=b.boot)
+                     OR max_uptime_ms != (SELECT MAX(uptime_ms) FROM events e
+                        WHERE e.site=b.site AND e.machine=b.machine AND e.boot=b.boot)",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("boots");
+            prop_assert_eq!(mismatched, 0);
+            let counters = |l: &SqliteLedger| l.counters("laser-1").expect("counters");
+            prop_assert_eq!(counters(&inc), counters(&full));
+        }
+    }
+}
