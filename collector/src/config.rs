@@ -263,7 +263,7 @@ pub struct BrokerConfig {
 pub struct LedgerConfig {
     /// SQLite file (created with its directory if missing).
     pub path: PathBuf,
-    /// Most messages committed in one transaction (default 4000: larger transactions write fewer
+    /// Most messages committed in one transaction (default 16000: larger transactions write fewer
     /// pages per event, docs/BENCHMARKS.md "Ingest"; at low rates batches stay small anyway).
     pub batch_max: usize,
 }
@@ -272,7 +272,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             path: PathBuf::from("fabmeter-data/ledger.sqlite"),
-            batch_max: 4000,
+            batch_max: 16_000,
         }
     }
 }
@@ -784,7 +784,7 @@ badges = ["ba279e0c1e5c2464"]
             c.member_of("ba279e0c1e5c2464").map(|m| m.id.as_str()),
             Some("alice")
         );
-        assert_eq!(c.ledger.batch_max, 4000);
+        assert_eq!(c.ledger.batch_max, 16_000);
         // print-config output parses back to the same config.
         assert_eq!(Config::from_toml(&c.to_toml()), Ok(c));
     }
