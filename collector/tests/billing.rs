@@ -4,19 +4,22 @@
 //! tampered row), the member statement over HTTP, and personal data: the retention purge and
 //! the erasure of a member leave the invoices, the audit, the counters and exactly-once intact.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fabmeter_collector::api::{self, ApiState};
 use fabmeter_collector::billing::invoice::{accounting_csv, to_html, Billing, DocKind};
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
-use fabmeter_collector::ledger::{Ledger, MachineInfo, Record, SqliteLedger};
+use fabmeter_collector::ledger::{Ledger, Record, SqliteLedger};
 use fabmeter_collector::ledger::{Outcome, PurgedCounts, SessionQuery};
 use fabmeter_collector::metrics::Metrics;
-use fabmeter_collector::protocol::message::{DenyReason, EndReason, Event, EventBody};
-use fabmeter_collector::protocol::{encode_to_vec, BadgeHash, Id};
+use fabmeter_collector::protocol::message::{DenyReason, EndReason, EventBody};
+use fabmeter_collector::protocol::BadgeHash;
 use fabmeter_collector::timeseries::TimeSeriesHandle;
+
+#[path = "support/ledger.rs"]
+mod support;
+use support::{event, open};
 
 const ALICE: &str = "ba279e0c1e5c2464";
 const BOB: &str = "a70e24fcac6bc0a8";
@@ -73,28 +76,6 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
-fn open(c: &Config) -> SqliteLedger {
-    let badges: HashMap<String, String> = c
-        .members
-        .iter()
-        .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
-        .collect();
-    let mut l =
-        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges).expect("open");
-    let machines: Vec<MachineInfo> = c
-        .machines
-        .iter()
-        .map(|m| MachineInfo {
-            id: m.id.clone(),
-            name: m.name.clone(),
-            kind: m.kind.clone(),
-            source: "config".into(),
-        })
-        .collect();
-    l.register_machines(&machines, 0).expect("register");
-    l
-}
-
 fn ms(s: &str) -> u64 {
     api::parse_time(s).expect("time")
 }
@@ -128,25 +109,6 @@ fn session(
             },
         ),
     ]
-}
-
-/// One device event at `ts` (device clock), received 10 ms later.
-fn event(machine: &str, boot: u32, seq: u32, ts: u64, body: EventBody) -> Record {
-    let event = Event {
-        v: 1,
-        boot,
-        seq,
-        uptime_ms: ts - 1_700_000_000_000,
-        sent_uptime_ms: ts - 1_700_000_000_000,
-        ts: Some(ts),
-        event: body,
-    };
-    Record::Event {
-        machine: Id::new(machine).expect("id"),
-        payload: encode_to_vec(&event).expect("encode"),
-        event,
-        received_ms: ts + 10,
-    }
 }
 
 /// Price of one session computed independently: laser 0.50/busy and 0.10/idle minute per

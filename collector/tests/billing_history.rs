@@ -5,16 +5,20 @@
 //! later, unknown badges, a plan with an allowance and a daily cap (so that billed sessions change
 //! the price of late ones), members settled at zero, and credit notes releasing sessions.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use fabmeter_collector::api;
 use fabmeter_collector::billing::engine::{price, BillableSession, PricedLine, SessionKey};
 use fabmeter_collector::billing::invoice::{Billing, Totals};
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
-use fabmeter_collector::ledger::{Ledger, MachineInfo, Record, SqliteLedger};
-use fabmeter_collector::protocol::message::{EndReason, Event, EventBody};
-use fabmeter_collector::protocol::{encode_to_vec, BadgeHash, Id};
+use fabmeter_collector::ledger::{Ledger, Record};
+use fabmeter_collector::protocol::message::{EndReason, EventBody};
+use fabmeter_collector::protocol::BadgeHash;
+
+#[path = "support/ledger.rs"]
+mod support;
+use support::{event, open};
 
 const BADGES: [&str; 4] = [
     "ba279e0c1e5c2464", // alice, resident
@@ -90,25 +94,6 @@ amount = "30.00"
 
 fn ms(s: &str) -> u64 {
     api::parse_time(s).expect("time")
-}
-
-/// One device event at `ts` (device clock), received 10 ms later.
-fn event(machine: &str, boot: u32, seq: u32, ts: u64, body: EventBody) -> Record {
-    let event = Event {
-        v: 1,
-        boot,
-        seq,
-        uptime_ms: ts - 1_700_000_000_000,
-        sent_uptime_ms: ts - 1_700_000_000_000,
-        ts: Some(ts),
-        event: body,
-    };
-    Record::Event {
-        machine: Id::new(machine).expect("id"),
-        payload: encode_to_vec(&event).expect("encode"),
-        event,
-        received_ms: ts + 10,
-    }
 }
 
 /// The two events of a session: its start and its end.
@@ -277,24 +262,7 @@ fn invoices_from_bounded_reads_are_those_of_the_whole_ledger() {
     c.ledger.path = dir.path().join("ledger.sqlite");
     c.validate().expect("valid");
     let billing = Billing::from_config(&c).expect("rules").expect("billing");
-    let badges: HashMap<String, String> = c
-        .members
-        .iter()
-        .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
-        .collect();
-    let mut l =
-        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges).expect("open");
-    let machines: Vec<MachineInfo> = c
-        .machines
-        .iter()
-        .map(|m| MachineInfo {
-            id: m.id.clone(),
-            name: m.name.clone(),
-            kind: m.kind.clone(),
-            source: "config".into(),
-        })
-        .collect();
-    l.register_machines(&machines, 0).expect("register");
+    let mut l = open(&c);
 
     let mut rng = Lcg(7);
     let months = [

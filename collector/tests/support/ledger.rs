@@ -1,0 +1,51 @@
+//! Shared by the billing tests: a site's ledger opened on a real SQLite file with its machines
+//! registered, and device events as the ingest hands them to the ledger.
+
+use std::collections::HashMap;
+
+use fabmeter_collector::config::Config;
+use fabmeter_collector::ledger::{Ledger, MachineInfo, Record, SqliteLedger};
+use fabmeter_collector::protocol::message::{Event, EventBody};
+use fabmeter_collector::protocol::{encode_to_vec, Id};
+
+/// The ledger at `c.ledger.path`, badges from the members, the configured machines registered.
+pub fn open(c: &Config) -> SqliteLedger {
+    let badges: HashMap<String, String> = c
+        .members
+        .iter()
+        .flat_map(|m| m.badges.iter().map(|b| (b.clone(), m.id.clone())))
+        .collect();
+    let mut l =
+        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges).expect("open");
+    let machines: Vec<MachineInfo> = c
+        .machines
+        .iter()
+        .map(|m| MachineInfo {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            kind: m.kind.clone(),
+            source: "config".into(),
+        })
+        .collect();
+    l.register_machines(&machines, 0).expect("register");
+    l
+}
+
+/// One device event at `ts` (device clock), received 10 ms later.
+pub fn event(machine: &str, boot: u32, seq: u32, ts: u64, body: EventBody) -> Record {
+    let event = Event {
+        v: 1,
+        boot,
+        seq,
+        uptime_ms: ts - 1_700_000_000_000,
+        sent_uptime_ms: ts - 1_700_000_000_000,
+        ts: Some(ts),
+        event: body,
+    };
+    Record::Event {
+        machine: Id::new(machine).expect("id"),
+        payload: encode_to_vec(&event).expect("encode"),
+        event,
+        received_ms: ts + 10,
+    }
+}
