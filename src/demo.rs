@@ -52,12 +52,7 @@ pub const DEVICE_KEYS_FILE: &str = "device-keys.toml";
 /// derives them) written to `path`: the collector then refuses any event a machine did not sign.
 pub fn write_device_keys(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
     use fabmeter_collector::protocol::DeviceKey;
-    let random = fabmeter_collector::provision::new_device_key()?;
-    let hex = random.to_hex();
-    let mut secret = [0u8; 32];
-    for (i, b) in secret.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-    }
+    let secret = fabmeter_collector::provision::new_secret()?;
     for (machine, _, _) in sim::demo_machines() {
         fabmeter_collector::device_keys::store(
             path,

@@ -203,13 +203,19 @@ pub fn new_password() -> Result<String, ProvisionError> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
-/// A new random device key (32 bytes from the system's generator).
-pub fn new_device_key() -> Result<fabmeter_protocol::DeviceKey, ProvisionError> {
+/// 32 random bytes from the system's generator: a device key, or a secret device keys are
+/// derived from ([`DeviceKey::derive`](fabmeter_protocol::DeviceKey::derive)).
+pub fn new_secret() -> Result<[u8; fabmeter_protocol::sig::DEVICE_KEY_LEN], ProvisionError> {
     let mut b = [0u8; fabmeter_protocol::sig::DEVICE_KEY_LEN];
     ring::rand::SystemRandom::new()
         .fill(&mut b)
         .map_err(|_| ProvisionError::Random)?;
-    Ok(fabmeter_protocol::DeviceKey::new(b))
+    Ok(b)
+}
+
+/// A new random device key (32 bytes from the system's generator).
+pub fn new_device_key() -> Result<fabmeter_protocol::DeviceKey, ProvisionError> {
+    Ok(fabmeter_protocol::DeviceKey::new(new_secret()?))
 }
 
 fn iterations() -> NonZeroU32 {
