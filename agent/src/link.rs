@@ -683,11 +683,6 @@ impl Mux {
         Arc::new(Mux { state, task })
     }
 
-    /// Whether the shared connection is up (CONNACK received).
-    pub fn is_up(&self) -> bool {
-        lock(&self.state).up
-    }
-
     fn join(&self, slot: usize, gen: u32, tx: mpsc::UnboundedSender<NetMsg>, topics: [String; 2]) {
         let mut st = lock(&self.state);
         if slot >= st.members.len() {

@@ -229,18 +229,7 @@ fn broker_outage_loses_and_duplicates_nothing() {
     eprintln!("{total} distinct events, {dups} duplicates removed");
 
     // And they are exactly the events of the same workshop run without an outage.
-    let mut sub = broker
-        .client()
-        .subscribe(
-            &["fabmeter/v1/calm/+/event", "fabmeter/v1/calm/+/status"],
-            1,
-        )
-        .expect("subscribe");
-    let calm = demo("calm", broker.port(), 14_400.0, 24 * HOUR);
-    let calm_report = rt
-        .block_on(sim::run(calm, CancellationToken::new()))
-        .expect("run");
-    let reference = collect_all(&mut sub, &calm_report, Duration::from_secs(30)).distinct();
+    let reference = calm_reference(&rt, &broker, "calm");
     assert_eq!(seen.distinct(), reference, "the outage changed the events");
 }
 
@@ -286,18 +275,7 @@ fn machines_sharing_connections_send_the_same_events_through_an_outage() {
     assert_eq!(seen.events.len(), 8);
 
     // The same events as the same workshop with a connection per machine and no outage.
-    let mut sub = broker
-        .client()
-        .subscribe(
-            &["fabmeter/v1/alone/+/event", "fabmeter/v1/alone/+/status"],
-            1,
-        )
-        .expect("subscribe");
-    let alone = demo("alone", broker.port(), 14_400.0, 24 * HOUR);
-    let alone_report = rt
-        .block_on(sim::run(alone, CancellationToken::new()))
-        .expect("run");
-    let reference = collect_all(&mut sub, &alone_report, Duration::from_secs(30)).distinct();
+    let reference = calm_reference(&rt, &broker, "alone");
     assert_eq!(seen.distinct(), reference, "sharing changed the events");
 }
 
@@ -365,4 +343,28 @@ fn assert_in_order(seen: &helpers::Seen) -> (usize, usize) {
         total += keys.len();
     }
     (total, dups)
+}
+
+/// The distinct events of the demo workshop over 24 sim hours as site `site`, a connection per
+/// machine and no outage: the reference the outage runs must equal.
+fn calm_reference(
+    rt: &tokio::runtime::Runtime,
+    broker: &Mosquitto,
+    site: &str,
+) -> BTreeMap<String, Vec<fabmeter_agent::protocol::message::Event>> {
+    let mut sub = broker
+        .client()
+        .subscribe(
+            &[
+                &format!("fabmeter/v1/{site}/+/event"),
+                &format!("fabmeter/v1/{site}/+/status"),
+            ],
+            1,
+        )
+        .expect("subscribe");
+    let cfg = demo(site, broker.port(), 14_400.0, 24 * HOUR);
+    let report = rt
+        .block_on(sim::run(cfg, CancellationToken::new()))
+        .expect("run");
+    collect_all(&mut sub, &report, Duration::from_secs(30)).distinct()
 }
