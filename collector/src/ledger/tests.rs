@@ -15,9 +15,14 @@ fn id(s: &str) -> Id {
 }
 
 fn open(dir: &tempfile::TempDir) -> SqliteLedger {
+    open_in(dir.path())
+}
+
+/// The ledger in `dir` (laser-1 registered, alice's badge known).
+fn open_in(dir: &std::path::Path) -> SqliteLedger {
     let badges = HashMap::from([(BADGE.to_string(), "alice".to_string())]);
-    let mut l = SqliteLedger::open(&dir.path().join("ledger.sqlite"), &id("site"), badges)
-        .expect("open ledger");
+    let mut l =
+        SqliteLedger::open(&dir.join("ledger.sqlite"), &id("site"), badges).expect("open ledger");
     l.register_machines(
         &[MachineInfo {
             id: "laser-1".into(),
@@ -428,22 +433,6 @@ mod incremental_sessions {
             let full_dir = dir.path().join("full");
             std::fs::create_dir_all(&inc_dir).expect("dir");
             std::fs::create_dir_all(&full_dir).expect("dir");
-            let open_in = |p: &std::path::Path| {
-                let badges = HashMap::from([(BADGE.to_string(), "alice".to_string())]);
-                let mut l = SqliteLedger::open(&p.join("ledger.sqlite"), &id("site"), badges)
-                    .expect("open ledger");
-                l.register_machines(
-                    &[MachineInfo {
-                        id: "laser-1".into(),
-                        name: "Laser".into(),
-                        kind: "laser".into(),
-                        source: "config".into(),
-                    }],
-                    T0,
-                )
-                .expect("register");
-                l
-            };
             let mut inc = open_in(&inc_dir);
             let mut full = open_in(&full_dir);
             full.set_full_session_recompute(true);
