@@ -186,6 +186,26 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         self.signer = signer;
     }
 
+    /// The box id this device stamps on its events (docs/PROTOCOL.md `box`), `None` until one is
+    /// set: a device keeps it with its boot counter, across reboots.
+    pub fn box_id(&self) -> Option<u32> {
+        (self.lifetime.box_id != 0).then_some(self.lifetime.box_id)
+    }
+
+    /// Sets the box id (nonzero; 0 is ignored) and persists it with the boot counter. A board
+    /// calls it once, when [`Device::box_id`] is `None` (the first start, or the first after its
+    /// state was wiped, which also restarted the boot count), with an id drawn from its entropy
+    /// (a TRNG, or its chip's unique id mixed with noise). Every event sent from now on carries
+    /// it, those already journaled too (the id is added when a copy is sent).
+    pub fn set_box_id(&mut self, box_id: u32) {
+        if box_id == 0 || self.lifetime.box_id == box_id {
+            return;
+        }
+        self.lifetime.box_id = box_id;
+        let now = self.last_ms;
+        self.persist(now);
+    }
+
     /// Gives the flash and the relay back (to simulate a reboot in tests, or to hand them over).
     pub fn release(self) -> (S, R) {
         (self.flash, self.relay)
@@ -412,6 +432,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
                 .and_then(|n| decode::<Event>(&json[..n]).ok())
                 .and_then(|mut ev| {
                     ev.sent_uptime_ms = now.max(ev.uptime_ms);
+                    ev.box_id = (self.lifetime.box_id != 0).then_some(self.lifetime.box_id);
                     let len = encode(&ev, buf).ok()?;
                     Some(match &self.signer {
                         // Unsigned if the signature does not fit the caller's buffer: the
@@ -644,6 +665,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         let class = EventClass::of(&body);
         let ev = Event {
             v: SCHEMA_VERSION,
+            box_id: None,
             boot: self.boot,
             seq,
             uptime_ms: now,

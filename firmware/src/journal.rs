@@ -178,6 +178,9 @@ pub struct PersistedState {
     pub busy_s: u64,
     /// Lifetime energy, watt-hours.
     pub energy_wh: u64,
+    /// The box id (docs/PROTOCOL.md `box`), 0 until one is drawn. Kept with the boot counter, so
+    /// that both live and die together: a wiped state starts a new boot count with a new box id.
+    pub box_id: u32,
 }
 
 impl PersistedState {
@@ -186,6 +189,8 @@ impl PersistedState {
         let mut p = [0u8; STATE_LEN];
         p[4..8].copy_from_slice(&self.boot.to_le_bytes());
         p[8..12].copy_from_slice(&self.journal_dropped.to_le_bytes());
+        // Zero in states written before the field existed: no box id drawn yet.
+        p[12..16].copy_from_slice(&self.box_id.to_le_bytes());
         p[24..32].copy_from_slice(&self.on_s.to_le_bytes());
         p[40..48].copy_from_slice(&self.busy_s.to_le_bytes());
         p[56..64].copy_from_slice(&self.energy_wh.to_le_bytes());
@@ -198,6 +203,7 @@ impl PersistedState {
             on_s: le64(&p[24..32]),
             busy_s: le64(&p[40..48]),
             energy_wh: le64(&p[56..64]),
+            box_id: le32(&p[12..16]),
         }
     }
 }

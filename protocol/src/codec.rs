@@ -201,6 +201,12 @@ impl Message for Event {
     }
     const CHANNEL: Channel = Channel::Event;
     fn validate(&self) -> Result<(), Invalid> {
+        if self.box_id == Some(0) {
+            return invalid(
+                "box",
+                "must be at least 1: a device without a box id omits the field",
+            );
+        }
         check_boot(self.boot)?;
         if self.seq == 0 {
             return invalid(

@@ -115,6 +115,12 @@ pub struct Status {
 pub struct Event {
     /// Schema version.
     pub v: u16,
+    /// The box (the electronics) that counted `boot`: a nonzero id the device draws once, when
+    /// its boot counter starts, and keeps with it (docs/PROTOCOL.md "Identity, ordering,
+    /// duplicates"). Lets a consumer tell a replacement box that counts its boots from 1 again
+    /// from a resend. Optional: devices older than the field omit it. On the wire: `box`.
+    #[serde(rename = "box", default, skip_serializing_if = "Option::is_none")]
+    pub box_id: Option<u32>,
     /// Boot counter: persisted by the device, bumped at every start, starts at 1.
     pub boot: u32,
     /// Sequence number within the boot: 1 for the first event, +1 for each next one.

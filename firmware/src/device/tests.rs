@@ -469,3 +469,25 @@ fn with_an_event_key_every_event_and_every_resend_is_signed() {
     let o = d.next_to_send(20_000, &mut buf).unwrap();
     assert_eq!(dk.verify(topic, &buf[..o.len]), Err(SigError::Missing));
 }
+
+#[test]
+fn the_box_id_is_kept_with_the_boot_counter_and_stamped_on_every_copy() {
+    let mut d = start(Flash::new(), 0);
+    assert_eq!(d.box_id(), None, "no box id before the board sets one");
+    // Journaled before the id was set (the start's counters event): stamped when sent.
+    d.set_box_id(0);
+    assert_eq!(d.box_id(), None, "0 is not a box id");
+    d.set_box_id(0xb0c5);
+    let first = flush(&mut d, 100);
+    assert!(!first.is_empty());
+    assert!(first.iter().all(|e| e.box_id == Some(0xb0c5)), "{first:?}");
+    // A reboot keeps it (persisted with the boot counter) and the next boot's events carry it.
+    let (flash, _) = d.release();
+    let mut d = start(flash, 0);
+    assert_eq!((d.boot(), d.box_id()), (2, Some(0xb0c5)));
+    let second = flush(&mut d, 100);
+    assert!(second.iter().all(|e| e.box_id == Some(0xb0c5) && e.boot == 2));
+    // A wiped state (a new flash) starts the boot count and the box id again.
+    let d = start(Flash::new(), 0);
+    assert_eq!((d.boot(), d.box_id()), (1, None));
+}

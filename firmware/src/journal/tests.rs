@@ -185,6 +185,7 @@ fn append_ack_reopen() {
         on_s: 5,
         busy_s: 2,
         energy_wh: 7,
+        box_id: 0xb0c5,
     };
     j.save_state(&mut f, st).unwrap();
     let j2 = J::open(&mut f, layout()).unwrap();
