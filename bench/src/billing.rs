@@ -111,6 +111,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                 }
                 let ev = Event {
                     v: 1,
+                    box_id: None,
                     boot,
                     seq,
                     uptime_ms: up(wall),

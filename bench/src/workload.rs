@@ -87,6 +87,7 @@ fn machine_events(machine: &str, index: usize, count: usize, members: usize) -> 
         step = if step >= 7 { 1 } else { step + 1 };
         let ev = Event {
             v: 1,
+            box_id: None,
             boot,
             seq,
             uptime_ms: uptime,

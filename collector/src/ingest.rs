@@ -498,6 +498,8 @@ fn process_batch<L: Ledger>(
                 w.metrics.duplicate.fetch_add(1, Relaxed);
             }
             Outcome::DeadLettered => {}
+            // Kept as a dead letter by the ledger itself (a key stored with other content).
+            Outcome::Conflict => w.metrics.reject(crate::ledger::CONFLICT),
         }
     }
     if !points.is_empty() {

@@ -194,6 +194,7 @@ mod tests {
         let members = HashMap::from([(badge.to_string(), "alice".to_string())]);
         let ev = |body| Event {
             v: 1,
+            box_id: None,
             boot: 1,
             seq: 9,
             uptime_ms: 1,

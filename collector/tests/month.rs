@@ -223,6 +223,7 @@ impl Device {
         let uptime_ms = at_ms - self.boot_ms;
         let ev = Event {
             v: 1,
+            box_id: None,
             boot: self.boot,
             seq: self.seq,
             uptime_ms,

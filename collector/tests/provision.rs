@@ -76,6 +76,7 @@ fn publish(client: &Client, conn: &mut Connection, topic: &str, payload: Vec<u8>
 fn state_event(seq: u32) -> Vec<u8> {
     encode_to_vec(&Event {
         v: 1,
+        box_id: None,
         boot: 1,
         seq,
         uptime_ms: u64::from(seq) * 1000,

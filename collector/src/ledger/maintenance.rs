@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension};
 use super::{i64_of, u64_of, SqliteLedger};
 use crate::ledger::{Ledger, LedgerError, MaintenanceRecords, Outage, ServiceRecord};
 
-/// The boot offset of the machine's latest box (0 until a box reused boot numbers).
+/// The boot offset of the machine's latest epoch (0 until a second box served it).
 pub(super) fn boot_offset(
     tx: &rusqlite::Connection,
     site: &str,
@@ -20,21 +20,159 @@ pub(super) fn boot_offset(
         .unwrap_or(0))
 }
 
-/// The ledger boot of an incoming event: the device's boot plus the machine's current offset.
-/// When that key is already stored with another event (not a resend: a resend differs in
-/// `sent_uptime_ms` only), a new box is counting its boots again from where the old one had been:
-/// a new epoch starts past the machine's highest boot, so both boxes' events are kept and the
-/// machine's counters go on. `offset`: the machine's current offset ([`boot_offset`]).
-pub(super) fn ledger_boot(
+/// The epoch row an event's box still needs, written by [`settle`] once the event is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pending {
+    /// The machine's first box id: it takes over the machine's latest epoch.
+    Adopt(u32),
+    /// A box id the machine has not seen: a new epoch past the machine's highest boot.
+    Open(u32),
+}
+
+/// The epoch an event belongs to: the offset added to its device boot to give its ledger boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Epoch {
+    /// Added to the device's boot.
+    pub(super) offset: u32,
+    /// The row to write when the event is settled, if its box is new to the machine.
+    pub(super) pending: Option<Pending>,
+}
+
+/// The epoch of an event of `machine` from box `box_id` (docs/PROTOCOL.md "Identity, ordering,
+/// duplicates"): epochs are keyed by (machine, box). A box already seen keeps its epoch (its late
+/// events too); an event without a box id (a device older than the field) belongs to the latest
+/// epoch; the machine's first box id adopts the latest epoch; any other new box id opens a new
+/// epoch whose offset is the machine's highest ledger boot, so that its boots come after every
+/// boot the machine had. Content never opens an epoch: only a box id does.
+pub(super) fn epoch_of(
+    tx: &rusqlite::Connection,
+    site: &str,
+    known: &mut super::KnownBoots,
+    machine: &str,
+    box_id: Option<u32>,
+) -> Result<Epoch, LedgerError> {
+    let latest = Epoch {
+        offset: known.offset,
+        pending: None,
+    };
+    let Some(b) = box_id else {
+        return Ok(latest);
+    };
+    if let Some(&offset) = known.boxes.get(&b) {
+        return Ok(Epoch {
+            offset,
+            pending: None,
+        });
+    }
+    let stored: Option<u32> = tx
+        .prepare_cached(
+            "SELECT boot_offset FROM boot_epochs WHERE site=?1 AND machine=?2 AND box=?3",
+        )?
+        .query_row(params![site, machine, b], |r| r.get(0))
+        .optional()?;
+    if let Some(offset) = stored {
+        known.boxes.insert(b, offset);
+        return Ok(Epoch {
+            offset,
+            pending: None,
+        });
+    }
+    let any_box: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM boot_epochs WHERE site=?1 AND machine=?2 AND box IS NOT NULL)",
+        )?
+        .query_row(params![site, machine], |r| r.get(0))?;
+    Ok(if any_box {
+        new_epoch(known, b)
+    } else {
+        Epoch {
+            offset: known.offset,
+            pending: Some(Pending::Adopt(b)),
+        }
+    })
+}
+
+/// A new epoch for box `b`: past the machine's highest ledger boot, and past every epoch's offset.
+pub(super) fn new_epoch(known: &super::KnownBoots, b: u32) -> Epoch {
+    Epoch {
+        offset: known
+            .max_boot
+            .unwrap_or(0)
+            .max(known.offset.saturating_add(1)),
+        pending: Some(Pending::Open(b)),
+    }
+}
+
+/// Writes the epoch row of a box new to the machine (once its event is decided) and remembers
+/// it for the rest of the transaction.
+pub(super) fn settle(
+    tx: &rusqlite::Connection,
+    site: &str,
+    known: &mut super::KnownBoots,
+    machine: &str,
+    epoch: Epoch,
+    received_ms: u64,
+) -> Result<(), LedgerError> {
+    match epoch.pending {
+        None => {}
+        Some(Pending::Adopt(b)) => {
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE boot_epochs SET box=?3
+                     WHERE site=?1 AND machine=?2 AND boot_offset=?4 AND box IS NULL",
+                )?
+                .execute(params![site, machine, b, epoch.offset])?;
+            if updated == 0 {
+                tx.prepare_cached(
+                    "INSERT INTO boot_epochs (site, machine, boot_offset, since_ms, box)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    site,
+                    machine,
+                    epoch.offset,
+                    i64_of(received_ms),
+                    b
+                ])?;
+            }
+            tracing::info!(
+                machine,
+                box_id = b,
+                boot_offset = epoch.offset,
+                "first box id of this machine: it counts in the machine's current epoch"
+            );
+            known.boxes.insert(b, epoch.offset);
+        }
+        Some(Pending::Open(b)) => {
+            tx.prepare_cached(
+                "INSERT INTO boot_epochs (site, machine, boot_offset, since_ms, box)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![site, machine, epoch.offset, i64_of(received_ms), b])?;
+            tracing::warn!(
+                machine,
+                box_id = b,
+                boot_offset = epoch.offset,
+                "a new box serves this machine (a replacement?): its boots are counted after the machine's {}",
+                epoch.offset
+            );
+            known.offset = known.offset.max(epoch.offset);
+            known.boxes.insert(b, epoch.offset);
+        }
+    }
+    Ok(())
+}
+
+/// How the event stored under `event`'s key (ledger boot `boot`) differs from `event`, or `None`
+/// when it is the same event (a resend: it may differ in `sent_uptime_ms`, `box` and `sig`
+/// only). `Some` names the first field that differs, for the conflict's dead letter.
+pub(super) fn stored_differs(
     tx: &rusqlite::Connection,
     site: &str,
     machine: &str,
+    boot: u32,
     event: &Event,
-    offset: u32,
-    max_boot: Option<u32>,
-    received_ms: u64,
-) -> Result<u32, LedgerError> {
-    let boot = event.boot.saturating_add(offset);
+) -> Result<Option<&'static str>, LedgerError> {
     let stored: Option<String> = tx
         .prepare_cached(
             "SELECT payload FROM events WHERE site=?1 AND machine=?2 AND boot=?3 AND seq=?4",
@@ -42,27 +180,17 @@ pub(super) fn ledger_boot(
         .query_row(params![site, machine, boot, event.seq], |r| r.get(0))
         .optional()?;
     let Some(stored) = stored else {
-        return Ok(boot);
+        // Not stored (only its tombstone is): nothing to compare, a duplicate.
+        return Ok(None);
     };
-    let same = decode::<Event>(stored.as_bytes()).is_ok_and(|s| {
-        s.uptime_ms == event.uptime_ms && s.ts == event.ts && s.event == event.event
-    });
-    if same {
-        return Ok(boot);
-    }
-    let offset = max_boot.unwrap_or(0);
-    tracing::warn!(
-        machine,
-        device_boot = event.boot,
-        ledger_boot = event.boot.saturating_add(offset),
-        "another box reuses this machine's boot numbers (a replacement?): its boots are counted after the machine's {offset}"
-    );
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO boot_epochs (site, machine, boot_offset, since_ms)
-         VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![site, machine, offset, i64_of(received_ms)])?;
-    Ok(event.boot.saturating_add(offset))
+    Ok(match decode::<Event>(stored.as_bytes()) {
+        Ok(s) if s.uptime_ms != event.uptime_ms => Some("uptime_ms"),
+        Ok(s) if s.ts != event.ts => Some("ts"),
+        Ok(s) if s.event != event.event => Some("event"),
+        Ok(_) => None,
+        // A stored payload that no longer decodes: the new copy cannot be shown equal.
+        Err(_) => Some("the stored payload"),
+    })
 }
 
 pub(super) fn record_service(
@@ -250,6 +378,7 @@ mod tests {
     fn ev(machine: &str, boot: u32, seq: u32, at_s: u64, body: EventBody) -> Record {
         let event = Event {
             v: 1,
+            box_id: None,
             boot,
             seq,
             uptime_ms: at_s * 1000,
@@ -342,14 +471,9 @@ mod tests {
         assert!(l.maintenance_records("nope").expect("read").is_none());
     }
 
-    #[test]
-    fn a_replacement_box_counting_boots_from_one_again_adds_to_the_machine() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut l = open(&dir);
-        l.commit(&busy_for("laser-1", 1, 600)).expect("commit");
-        l.commit(&busy_for("laser-1", 2, 300)).expect("commit");
-        // The new box starts at boot 1 again, with other uptimes: the same keys, other events.
-        let new_box = busy_for("laser-1", 1, 1200)
+    /// `records` with the event's fields changed by `f` (the payload re-encoded).
+    fn changed(records: Vec<Record>, f: impl Fn(&mut Event)) -> Vec<Record> {
+        records
             .into_iter()
             .map(|r| match r {
                 Record::Event {
@@ -358,8 +482,7 @@ mod tests {
                     received_ms,
                     ..
                 } => {
-                    event.uptime_ms += 500;
-                    event.sent_uptime_ms += 500;
+                    f(&mut event);
                     Record::Event {
                         machine,
                         payload: encode_to_vec(&event).expect("encode"),
@@ -369,12 +492,45 @@ mod tests {
                 }
                 other => other,
             })
-            .collect::<Vec<_>>();
+            .collect()
+    }
+
+    fn boxed(records: Vec<Record>, id: u32) -> Vec<Record> {
+        changed(records, |e| e.box_id = Some(id))
+    }
+
+    fn epochs(l: &SqliteLedger) -> Vec<(u32, Option<u32>)> {
+        l.conn
+            .prepare("SELECT boot_offset, box FROM boot_epochs ORDER BY boot_offset")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn a_replacement_box_with_its_own_box_id_counting_boots_from_one_again_adds_to_the_machine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = open(&dir);
+        // An old box without a box id (firmware older than the field), boots 1 and 2.
+        l.commit(&busy_for("laser-1", 1, 600)).expect("commit");
+        l.commit(&busy_for("laser-1", 2, 300)).expect("commit");
+        // The new box has a box id and starts at boot 1 again, with other uptimes: the same
+        // keys, other events. The machine's first box id, reusing its boots: a new epoch.
+        let new_box = boxed(
+            changed(busy_for("laser-1", 1, 1200), |e| {
+                e.uptime_ms += 500;
+                e.sent_uptime_ms += 500;
+            }),
+            7,
+        );
         let outcomes = l.commit(&new_box).expect("commit");
         assert!(
             outcomes.iter().all(|c| c.outcome == Outcome::Accepted),
-            "not taken for duplicates: {outcomes:?}"
+            "not taken for duplicates or conflicts: {outcomes:?}"
         );
+        assert_eq!(epochs(&l), [(2, Some(7))]);
         // Its resends are duplicates, as ever.
         let again = l.commit(&new_box).expect("commit");
         assert!(again.iter().all(|c| c.outcome == Outcome::Duplicate));
@@ -390,9 +546,134 @@ mod tests {
             Some(3),
             "the new box's boot 1 is the machine's boot 3"
         );
-        // Its next boot follows.
-        l.commit(&busy_for("laser-1", 2, 60)[..1]).expect("commit");
+        // Its next boot follows; and a third box opens an epoch past the machine's boot 4.
+        l.commit(&boxed(busy_for("laser-1", 2, 60), 7)[..1])
+            .expect("commit");
         assert_eq!(l.machines().expect("machines")[0].boot, Some(4));
+        let third = l
+            .commit(&boxed(busy_for("laser-1", 1, 60), 9))
+            .expect("commit");
+        assert!(third.iter().all(|c| c.outcome == Outcome::Accepted));
+        assert_eq!(epochs(&l), [(2, Some(7)), (4, Some(9))]);
+        assert_eq!(l.machines().expect("machines")[0].boot, Some(5));
+        // A late event of box 7's boot 2 still goes to box 7's epoch (ledger boot 4), not to the
+        // latest one.
+        let late = l
+            .commit(&boxed(busy_for("laser-1", 2, 60)[1..2].to_vec(), 7))
+            .expect("commit");
+        assert_eq!(late[0].outcome, Outcome::Accepted);
+        let boot4: i64 = l
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE machine='laser-1' AND boot=4",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(boot4, 2);
+    }
+
+    #[test]
+    fn the_first_box_id_of_a_machine_adopts_its_epoch_when_the_device_was_upgraded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = open(&dir);
+        // Boot 1 without a box id; the same box, upgraded, resends its last event with its new
+        // box id (a duplicate) and goes on with boot 2.
+        let before = busy_for("laser-1", 1, 600);
+        l.commit(&before).expect("commit");
+        let resent = l.commit(&boxed(before[2..].to_vec(), 5)).expect("commit");
+        assert_eq!(resent[0].outcome, Outcome::Duplicate);
+        l.commit(&boxed(busy_for("laser-1", 2, 300), 5))
+            .expect("commit");
+        assert_eq!(epochs(&l), [(0, Some(5))]);
+        let r = l.counters("laser-1").expect("read").expect("known");
+        assert_eq!((r.busy_s, r.boots), (900, 2));
+    }
+
+    #[test]
+    fn a_ledger_of_schema_5_keeps_its_epochs_and_its_first_box_id_adopts_the_latest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.sqlite");
+        {
+            // A ledger as version 5 left it: a replacement box found by collision (offset 2).
+            let conn = rusqlite::Connection::open(&path).expect("open");
+            for sql in &super::super::MIGRATIONS[..5] {
+                conn.execute_batch(sql).expect("old migration");
+            }
+            conn.pragma_update(None, "user_version", 5)
+                .expect("version");
+            conn.execute_batch(
+                "INSERT INTO machines VALUES ('site', 'laser-1', 'laser-1', 'laser', 'config', 0);
+                 INSERT INTO boots VALUES ('site', 'laser-1', 2, 0, 0, 0, 3, 3);
+                 INSERT INTO boots VALUES ('site', 'laser-1', 3, 0, 0, 0, 3, 3);
+                 INSERT INTO boot_epochs VALUES ('site', 'laser-1', 2, 0);",
+            )
+            .expect("old rows");
+        }
+        let mut l = open(&dir);
+        assert_eq!(l.schema_version().expect("version"), 6);
+        assert_eq!(epochs(&l), [(2, None)], "the old epoch keeps its offset");
+        // An old device (no box id): the latest epoch, as before.
+        l.commit(&busy_for("laser-1", 2, 60)).expect("commit");
+        assert_eq!(l.machines().expect("machines")[0].boot, Some(4));
+        // The same box, upgraded: its box id adopts that epoch; boot 3 is the ledger's 5.
+        l.commit(&boxed(busy_for("laser-1", 3, 60), 9))
+            .expect("commit");
+        assert_eq!(epochs(&l), [(2, Some(9))]);
+        assert_eq!(l.machines().expect("machines")[0].boot, Some(5));
+    }
+
+    #[test]
+    fn a_changed_resend_is_a_conflict_never_a_new_epoch_or_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = open(&dir);
+        for (id, machine) in [(None, "laser-1"), (Some(3), "laser-2")] {
+            let with = |r: Vec<Record>| changed(r, |e| e.box_id = id);
+            l.commit(&with(busy_for(machine, 1, 600))).expect("commit");
+            let variants: [&dyn Fn(&mut Event); 4] = [
+                &|e| {
+                    e.uptime_ms += 1;
+                    e.sent_uptime_ms += 1;
+                },
+                &|e| e.ts = Some(T0 + 123),
+                &|e| {
+                    e.event = EventBody::State {
+                        from: MachineState::Off,
+                        to: MachineState::Busy,
+                    }
+                },
+                // Only its sent time changed: a resend.
+                &|e| e.sent_uptime_ms += 60_000,
+            ];
+            let mut outcomes = Vec::new();
+            for v in variants {
+                for _ in 0..5 {
+                    let c = l
+                        .commit(&with(changed(busy_for(machine, 1, 600), v)))
+                        .expect("commit");
+                    outcomes.extend(c.into_iter().map(|c| c.outcome));
+                }
+            }
+            let conflicts = outcomes.iter().filter(|o| **o == Outcome::Conflict).count();
+            let duplicates = outcomes
+                .iter()
+                .filter(|o| **o == Outcome::Duplicate)
+                .count();
+            // 3 changed variants x 5 copies x 3 events; the sent-time variant: 15 resends.
+            assert_eq!((conflicts, duplicates), (45, 15), "{machine}: {outcomes:?}");
+            let c = l.counters(machine).expect("read").expect("known");
+            assert_eq!((c.busy_s, c.boots, c.events), (600, 1, 3), "{machine}");
+        }
+        assert_eq!(epochs(&l), [(0, Some(3))], "no epoch but laser-2's box");
+        let dead = l.dead_letters(1000).expect("dead letters");
+        assert_eq!(dead.len(), 90);
+        assert!(dead.iter().all(|d| d.reason == "conflict"));
+        assert!(
+            dead[0].detail.contains("the first copy is kept"),
+            "{}",
+            dead[0].detail
+        );
+        assert_eq!(dead[0].topic, "fabmeter/v1/site/laser-2/event");
     }
 
     #[test]

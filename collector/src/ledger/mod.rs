@@ -7,7 +7,8 @@
 //!
 //! Invariants:
 //! - each event key (site, machine, boot, seq) is stored once; a replay is a no-op reported as
-//!   [`Outcome::Duplicate`];
+//!   [`Outcome::Duplicate`]; another event under a stored key is a conflict ([`Outcome::Conflict`]):
+//!   the first copy wins and the other is a dead letter, so a key is never counted twice;
 //! - a batch is one transaction: when [`Ledger::commit`] returns, every record of the batch is
 //!   durable (WAL, `synchronous=FULL`), so the caller may acknowledge the MQTT messages;
 //! - bad input is kept as a dead letter with its reason, in the same transaction.
@@ -106,7 +107,14 @@ pub enum Outcome {
     Duplicate,
     /// Stored as a dead letter.
     DeadLettered,
+    /// An event whose key is already stored with other content (not a resend): the first copy
+    /// wins, this one is kept as a dead letter with reason [`CONFLICT`] and never applied. The
+    /// caller still acknowledges it.
+    Conflict,
 }
+
+/// The dead-letter reason of an event whose key is already stored with other content.
+pub const CONFLICT: &str = "conflict";
 
 /// A machine as the site knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

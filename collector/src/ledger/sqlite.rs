@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::{
     Committed, DeadLetter, Ledger, LedgerError, LedgerTotals, MachineCounters, MachineInfo,
     MachineView, MaintenanceRecords, Outcome, Record, ServiceRecord, SessionQuery, SessionView,
+    CONFLICT,
 };
 use crate::session::{fold, SessionEvent, SessionFold};
 
@@ -188,6 +189,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX invoices_member ON invoices (site, member);
     CREATE INDEX invoices_period ON invoices (site, period, chain);
     "#,
+    // 6: epochs keyed by (machine, box) (docs/PROTOCOL.md "Identity, ordering, duplicates"): the
+    // box id whose boots an epoch counts. Epochs opened before box ids keep their offsets and
+    // have no box (NULL); the machine's first box id adopts its latest one.
+    r#"
+    ALTER TABLE boot_epochs ADD COLUMN box INTEGER;
+    CREATE UNIQUE INDEX boot_epochs_box ON boot_epochs (site, machine, box) WHERE box IS NOT NULL;
+    "#,
 ];
 
 /// The SQLite implementation of [`Ledger`]. Open one for the writer and one per reader thread:
@@ -253,32 +261,6 @@ impl SqliteLedger {
         Ok(self
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?)
-    }
-
-    /// The ledger boot of `event` when its key is taken or purged ([`maintenance::ledger_boot`]:
-    /// the same boot for a resend, a new epoch for another box), updating the machine's offset.
-    fn epoch_boot(
-        site: &str,
-        tx: &Transaction<'_>,
-        known: &mut KnownBoots,
-        machine: &str,
-        event: &fabmeter_protocol::message::Event,
-        received_ms: u64,
-    ) -> Result<u32, LedgerError> {
-        let boot = maintenance::ledger_boot(
-            tx,
-            site,
-            machine,
-            event,
-            known.offset,
-            known.max_boot,
-            received_ms,
-        )?;
-        if boot != event.boot.saturating_add(known.offset) {
-            // A new epoch started: its offset is the machine's highest boot then.
-            known.offset = known.max_boot.unwrap_or(0);
-        }
-        Ok(boot)
     }
 
     /// Writes a session's row.
@@ -421,7 +403,10 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
 /// and its boots this commit touched.
 struct KnownBoots {
     max_boot: Option<u32>,
+    /// The offset of the machine's latest epoch.
     offset: u32,
+    /// The epoch offset of each box id this transaction resolved.
+    boxes: HashMap<u32, u32>,
     boots: HashMap<u32, BootState>,
 }
 
@@ -484,6 +469,7 @@ fn machine_state<'a>(
             KnownBoots {
                 max_boot,
                 offset,
+                boxes: HashMap::new(),
                 boots: HashMap::new(),
             },
         );
@@ -606,22 +592,18 @@ impl Ledger for SqliteLedger {
                     let machine = machine.as_str();
                     let known = machine_state(&mut machines, &tx, &self.site, machine)?;
                     let max_boot = known.max_boot;
-                    // The ledger's boot: the device's, shifted past the boots of the boxes that
-                    // served this machine before (see maintenance::ledger_boot). Insert first;
-                    // only a key already taken is read back, to tell a resend (a duplicate) from
-                    // another box reusing the boot numbers (a new epoch).
-                    let mut boot = event.boot.saturating_add(known.offset);
-                    let mut checked = false;
+                    // The ledger's boot: the device's, shifted by the offset of the epoch of the
+                    // box that counted it (see maintenance::epoch_of). Insert first; only a key
+                    // already taken is read back, to tell a resend (a duplicate) from another
+                    // event under the same key (a conflict: the first copy wins).
+                    let mut epoch =
+                        maintenance::epoch_of(&tx, &self.site, known, machine, event.box_id)?;
+                    let mut boot = event.boot.saturating_add(epoch.offset);
                     if boot_state(known, &tx, &self.site, machine, boot)?.purged(event.seq) {
                         // Purged or erased (docs/SECURITY.md): its key is gone, its tombstone
-                        // stays; unless another box reuses the key (rare: the stored order).
-                        boot =
-                            Self::epoch_boot(&self.site, &tx, known, machine, event, *received_ms)?;
-                        checked = true;
-                        known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
-                        if boot_state(known, &tx, &self.site, machine, boot)?.purged(event.seq) {
-                            break 'event Outcome::Duplicate;
-                        }
+                        // stays.
+                        maintenance::settle(&tx, &self.site, known, machine, epoch, *received_ms)?;
+                        break 'event Outcome::Duplicate;
                     }
                     let state = match &event.event {
                         EventBody::State { to, .. } => Some(to.as_str()),
@@ -658,27 +640,71 @@ impl Ledger for SqliteLedger {
                                 i64_of(*received_ms),
                                 String::from_utf8_lossy(payload),
                             ])? == 1;
-                        if inserted || checked {
-                            let new = inserted.then_some((event.uptime_ms, event.seq));
-                            b.observe(anchor, *received_ms, new);
-                            break inserted;
+                        if inserted {
+                            b.observe(anchor, *received_ms, Some((event.uptime_ms, event.seq)));
+                            break true;
                         }
-                        checked = true;
-                        let again =
-                            Self::epoch_boot(&self.site, &tx, known, machine, event, *received_ms)?;
-                        if again == boot {
+                        let Some(field) =
+                            maintenance::stored_differs(&tx, &self.site, machine, boot, event)?
+                        else {
                             // A resend: its anchor candidate counts, as it always did.
                             let b = boot_state(known, &tx, &self.site, machine, boot)?;
                             b.observe(anchor, *received_ms, None);
                             break false;
+                        };
+                        if let Some(maintenance::Pending::Adopt(b)) = epoch.pending {
+                            // The machine's first box id, counting boots the machine already
+                            // had: a replacement of a box older than box ids, not a resend.
+                            epoch = maintenance::new_epoch(known, b);
+                            boot = event.boot.saturating_add(epoch.offset);
+                            if boot_state(known, &tx, &self.site, machine, boot)?.purged(event.seq)
+                            {
+                                maintenance::settle(
+                                    &tx,
+                                    &self.site,
+                                    known,
+                                    machine,
+                                    epoch,
+                                    *received_ms,
+                                )?;
+                                wall_ms = None;
+                                break 'event Outcome::Duplicate;
+                            }
+                            continue;
                         }
-                        boot = again;
-                        if boot_state(known, &tx, &self.site, machine, boot)?.purged(event.seq) {
-                            known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
-                            wall_ms = None;
-                            break 'event Outcome::Duplicate;
-                        }
+                        // The same key, another event: the first copy wins, this one is kept
+                        // aside and never applied (docs/PROTOCOL.md: it cannot double-bill).
+                        maintenance::settle(&tx, &self.site, known, machine, epoch, *received_ms)?;
+                        wall_ms = None;
+                        let detail = format!(
+                            "machine {machine} boot {} seq {} (ledger boot {boot}) is already \
+                             stored with another {field}: the first copy is kept and this one is \
+                             not counted. A device resends an event unchanged but for \
+                             sent_uptime_ms; a replacement box sends its own `box` id",
+                            event.boot, event.seq
+                        );
+                        tracing::warn!(
+                            machine,
+                            boot,
+                            seq = event.seq,
+                            field,
+                            "conflicting copy of a stored event kept as a dead letter"
+                        );
+                        let keep = payload.len().min(fabmeter_protocol::MAX_CONFIG_PAYLOAD);
+                        tx.prepare_cached(
+                            "INSERT INTO dead_letters (received_ms, topic, payload, reason, detail)
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![
+                            i64_of(*received_ms),
+                            format!("fabmeter/v1/{}/{machine}/event", self.site),
+                            &payload[..keep],
+                            CONFLICT,
+                            detail
+                        ])?;
+                        break 'event Outcome::Conflict;
                     };
+                    maintenance::settle(&tx, &self.site, known, machine, epoch, *received_ms)?;
                     if !inserted {
                         break 'event Outcome::Duplicate;
                     }

@@ -40,6 +40,7 @@ fn open_in(dir: &std::path::Path) -> SqliteLedger {
 fn ev(boot: u32, seq: u32, at_s: u64, body: EventBody) -> Record {
     let event = Event {
         v: 1,
+        box_id: None,
         boot,
         seq,
         uptime_ms: at_s * 1000,
@@ -106,7 +107,7 @@ fn each_event_key_is_stored_once() {
     drop(l);
     let l = open(&dir);
     assert_eq!(l.totals().expect("totals").events, 1);
-    assert_eq!(l.schema_version().expect("version"), 5);
+    assert_eq!(l.schema_version().expect("version"), 6);
 }
 
 #[test]
@@ -303,7 +304,7 @@ fn a_newer_schema_is_refused() {
             e,
             LedgerError::SchemaTooNew {
                 found: 99,
-                supported: 5
+                supported: 6
             }
         ),
         "{e}"
@@ -314,7 +315,7 @@ fn a_newer_schema_is_refused() {
 /// (`crate::ledger::sqlite::session_rows`): the same batches into two ledgers, one each way, must
 /// leave the same sessions and the same outcomes, whatever the order, duplicates, resends with
 /// another send time (the boot's anchor moves), events with and without `ts`, reboots, a second
-/// box reusing the boot numbers, two ends, or a progress carrying its own seq as its session.
+/// box (its own box id) reusing the boot numbers, changed resends (conflicts), two ends, or a progress carrying its own seq as its session.
 mod incremental_sessions {
     use proptest::prelude::*;
 
@@ -327,7 +328,8 @@ mod incremental_sessions {
     struct Pick {
         boot: u32,
         seq: u32,
-        /// 0: the device's own event; 1: another box's, same key (a new epoch).
+        /// 0: the device's own event (no box id); 1: another box's (box id 2), same key (a new
+        /// epoch); 2: the device's own event changed by 1 ms (a conflict with whichever came first).
         variant: u8,
         send_delay_ms: u64,
         net_ms: u64,
@@ -377,12 +379,14 @@ mod incremental_sessions {
     }
 
     fn record(p: &Pick) -> Record {
-        let (body, with_ts) = body(p.boot, p.seq, p.variant);
-        let uptime_ms = u64::from(p.seq) * 60_000 + u64::from(p.variant) * 7;
+        let base = if p.variant == 2 { 0 } else { p.variant };
+        let (body, with_ts) = body(p.boot, p.seq, base);
+        let uptime_ms = u64::from(p.seq) * 60_000 + u64::from(base) * 7 + u64::from(p.variant == 2);
         let sent_uptime_ms = uptime_ms + p.send_delay_ms;
         let boot_wall = T0 + u64::from(p.boot) * 100_000_000;
         let event = Event {
             v: 1,
+            box_id: (p.variant == 1).then_some(2),
             boot: p.boot,
             seq: p.seq,
             uptime_ms,
@@ -400,20 +404,19 @@ mod incremental_sessions {
     }
 
     fn pick() -> impl Strategy<Value = Pick> {
-        (
-            1u32..=3,
-            1u32..=14,
-            prop::bool::weighted(0.05),
-            0u64..5_000,
-            0u64..3_000,
-        )
-            .prop_map(|(boot, seq, other, send_delay_ms, net_ms)| Pick {
+        (1u32..=3, 1u32..=14, 0u8..40, 0u64..5_000, 0u64..3_000).prop_map(
+            |(boot, seq, v, send_delay_ms, net_ms)| Pick {
                 boot,
                 seq,
-                variant: u8::from(other),
+                variant: match v {
+                    0 | 1 => 1,
+                    2 | 3 => 2,
+                    _ => 0,
+                },
                 send_delay_ms,
                 net_ms,
-            })
+            },
+        )
     }
 
     fn batches() -> impl Strategy<Value = Vec<Vec<Pick>>> {

@@ -531,6 +531,7 @@ fn device_clock_jumps_forward_then_back_mid_session() {
         exp.keys.insert(("m0".to_owned(), 1, seq));
         let ev = Event {
             v: 1,
+            box_id: None,
             boot: 1,
             seq,
             uptime_ms,
@@ -708,4 +709,144 @@ fn disk_full_for_the_backlog() {
         collector.duplicates(),
     )
     .check();
+}
+
+/// `msgs` with every event changed by `f` (and re-encoded).
+fn rewrite(msgs: &[Msg], f: impl Fn(&mut fabmeter_protocol::message::Event)) -> Vec<Msg> {
+    msgs.iter()
+        .map(|m| {
+            let mut ev: fabmeter_protocol::message::Event =
+                fabmeter_protocol::decode(&m.payload).expect("a valid event");
+            f(&mut ev);
+            Msg {
+                topic: m.topic.clone(),
+                payload: fabmeter_protocol::encode_to_vec(&ev).expect("still valid"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn changed_resends_never_count_twice_and_a_replacement_box_counts_in_full() {
+    use fabmeter_protocol::message::EventBody;
+    const OLD_BOX: u32 = 0x0b0c_0001;
+    const NEW_BOX: u32 = 0x0b0c_0002;
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut collector =
+        CollectorProc::start(&site_config(&broker, &["m0"], dir.path()), dir.path());
+    collector.wait_ready();
+    // The old box: two boots of m0, with its box id.
+    let (per_machine, mut exp) = workload(&["m0"], 2, 2, 2);
+    let old = rewrite(&per_machine["m0"], |e| e.box_id = Some(OLD_BOX));
+    publish_all(broker.port(), "device-m0", &old);
+    wait_until(LONG, "the old box's events acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= old.len() as u64
+    });
+    // 20 resends of its events, each changed: uptime_ms +1 ms (with its sent time), ts +1 ms, or
+    // a session end claiming an hour more busy time; every other one without a box id (a
+    // device older than the field, or a forger who leaves it out).
+    let ends: Vec<usize> = (0..old.len())
+        .filter(|&i| {
+            fabmeter_protocol::decode::<fabmeter_protocol::message::Event>(&old[i].payload)
+                .is_ok_and(|e| matches!(e.event, EventBody::SessionEnded { .. }))
+        })
+        .collect();
+    let mut resends = Vec::new();
+    for i in 0..20usize {
+        let k = if i % 3 == 2 {
+            ends[i % ends.len()]
+        } else {
+            (i * 7) % old.len()
+        };
+        resends.extend(rewrite(&old[k..=k], |e| {
+            match i % 3 {
+                0 => {
+                    e.uptime_ms += 1;
+                    e.sent_uptime_ms += 1;
+                }
+                1 => e.ts = e.ts.map(|t| t + 1),
+                _ => {
+                    if let EventBody::SessionEnded { busy_s, .. } = &mut e.event {
+                        *busy_s += 3600;
+                    }
+                }
+            }
+            if i % 2 == 1 {
+                e.box_id = None;
+            }
+        }));
+    }
+    publish_all(broker.port(), "device-m0", &resends);
+    wait_until(LONG, "the 20 changed resends acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= (old.len() + resends.len()) as u64
+    });
+    // The replacement box: its own box id, boots 1 and 2 again, other uptimes. The machine's
+    // highest boot was 2, so its boots are the ledger's 3 and 4.
+    let new = rewrite(&per_machine["m0"], |e| {
+        e.box_id = Some(NEW_BOX);
+        e.uptime_ms += 500;
+        e.sent_uptime_ms += 500;
+    });
+    let old_keys: Vec<_> = exp.keys.iter().cloned().collect();
+    for (m, b, s) in old_keys {
+        exp.keys.insert((m, b + 2, s));
+    }
+    let old_sessions: Vec<_> = exp.sessions.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    for ((m, b, s), busy) in old_sessions {
+        exp.sessions.insert((m, b + 2, s), busy);
+    }
+    publish_all(broker.port(), "device-m0-new", &new);
+    let all = (old.len() + resends.len() + new.len()) as u64;
+    wait_until(LONG, "every delivery acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= all
+    });
+    assert_eq!(
+        collector.metric("fabmeter_rejected_total{reason=\"conflict\"}"),
+        20
+    );
+    assert_eq!(
+        collector.metric("fabmeter_accepted_total"),
+        exp.keys.len() as u64
+    );
+    let db = rusqlite::Connection::open_with_flags(
+        dir.path().join("ledger.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("ledger");
+    let conflicts: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM dead_letters WHERE reason = 'conflict'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("dead letters");
+    assert_eq!(conflicts, 20, "each changed resend kept as a dead letter");
+    let epochs: Vec<(u32, Option<u32>)> = db
+        .prepare("SELECT boot_offset, box FROM boot_epochs WHERE machine = 'm0' ORDER BY 1")
+        .expect("epochs")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("epochs")
+        .collect::<Result<_, _>>()
+        .expect("epoch rows");
+    assert_eq!(
+        epochs,
+        [(0, Some(OLD_BOX)), (2, Some(NEW_BOX))],
+        "one epoch per box, none for the resends"
+    );
+    drop(db);
+    assert!(
+        collector
+            .log()
+            .contains("conflicting copy of a stored event"),
+        "the conflicts are logged"
+    );
+    collector.stop();
+    let t = tally("changed-resend", dir.path(), &exp, collector.duplicates());
+    assert_eq!(
+        t.accepted,
+        2 * old.len() as u64,
+        "both boxes' events, once each"
+    );
+    t.check();
 }

@@ -184,6 +184,7 @@ pub fn workload(
                 let is_state = matches!(body, EventBody::State { .. });
                 let ev = Event {
                     v: 1,
+                    box_id: None,
                     boot,
                     seq,
                     uptime_ms: uptime,

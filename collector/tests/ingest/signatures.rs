@@ -14,6 +14,7 @@ use super::{open_ledger, LONG};
 fn event(seq: u32, body: EventBody) -> Vec<u8> {
     encode_to_vec(&Event {
         v: 1,
+        box_id: None,
         boot: 1,
         seq,
         uptime_ms: u64::from(seq) * 1000,

@@ -35,6 +35,7 @@ pub fn open(c: &Config) -> SqliteLedger {
 pub fn event(machine: &str, boot: u32, seq: u32, ts: u64, body: EventBody) -> Record {
     let event = Event {
         v: 1,
+        box_id: None,
         boot,
         seq,
         uptime_ms: ts - 1_700_000_000_000,

@@ -186,6 +186,7 @@ fn site_config(broker: &Mosquitto, vm: &VictoriaMetrics, dir: &Path) -> Config {
 fn bench_event(broker: &Mosquitto, seq: u32, body: EventBody) {
     let ev = Event {
         v: 1,
+        box_id: None,
         boot: 1,
         seq,
         uptime_ms: u64::from(seq) * 1000,
