@@ -80,7 +80,9 @@ pub struct Config {
 pub struct SecurityConfig {
     /// Refuse every event without a valid signature (reason `signature`). Off (the default, while
     /// devices are being provisioned): unsigned events are accepted, and a signed event must
-    /// verify against its machine's key when the machine has one.
+    /// verify against its machine's key when the machine has one. The default stays off so that
+    /// an upgrade never starts refusing an existing unsigned site's events; new sites turn it on
+    /// (site.example.toml and docs/SECURITY.md do).
     pub require_signed_events: bool,
     /// The device keys (`machine = "<64 hex digits>"`, mode 0600), written by `fabmeter-collector
     /// provision device` and re-read when it changes. Absent: no keys.
@@ -887,6 +889,10 @@ mod example_file {
         assert_eq!(c.machines.len(), 3);
         assert!(c.machines[0].sensing.is_some() && c.timeseries.is_some());
         assert!(c.billing.is_some(), "the example shows billing too");
+        assert!(
+            c.security.require_signed_events && c.security.device_keys_file.is_some(),
+            "a new site starts signed"
+        );
         assert_eq!(c.maintenance.plans.len(), 2, "and maintenance plans");
         assert_eq!(
             c.plans_of(&c.machines[0]).len(),
