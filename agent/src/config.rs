@@ -210,6 +210,8 @@ pub struct Machine {
     pub inputs: InputsConfig,
     /// The key that signs this machine's events, from its credentials file.
     pub device_key: Option<DeviceKey>,
+    /// The box id set in its credentials file (`[device] box`), overriding the drawn one.
+    pub box_id: Option<u32>,
 }
 
 /// The loaded, validated config.
@@ -241,6 +243,10 @@ struct CredDevice {
     /// when the site keeps device keys.
     #[serde(default)]
     key: Option<String>,
+    /// The box id (docs/PROTOCOL.md `box`), nonzero: overrides the one the agent draws and keeps
+    /// in its data dir. Only for a box whose data dir (its boot counter) is restored or moved.
+    #[serde(default, rename = "box")]
+    box_id: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -447,6 +453,7 @@ impl AgentConfig {
                 .as_ref()
                 .or(self.mqtt.credentials_file.as_ref());
             let mut device_key = None;
+            let mut box_id = None;
             let broker = match cred_path {
                 Some(p) => {
                     let ck = if m.credentials_file.is_some() {
@@ -477,6 +484,14 @@ impl AgentConfig {
                         }
                         _ => site = Some(c.device.site.clone()),
                     }
+                    if c.device.box_id == Some(0) {
+                        return Err(err(
+                            &ck,
+                            "[device] box is 0",
+                            "give a box id from 1 to 4294967295, or remove the line to let the agent draw one",
+                        ));
+                    }
+                    box_id = c.device.box_id;
                     if let Some(hex) = &c.device.key {
                         device_key = Some(DeviceKey::from_hex(hex.trim()).map_err(|_| {
                             err(
@@ -521,6 +536,7 @@ impl AgentConfig {
                 simulate,
                 inputs: m.inputs.clone(),
                 device_key,
+                box_id,
             });
         }
         let site = site.ok_or_else(|| {
@@ -699,6 +715,25 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.problem.contains("not \"saw-1\""), "{e}");
+        assert_eq!(
+            l.machines[0].box_id, None,
+            "drawn by the agent, not set here"
+        );
+        // `[device] box` overrides the drawn box id; 0 is refused with the fix.
+        let cred = |line: &str| {
+            std::fs::write(
+                dir.path().join("laser-1.toml"),
+                format!("[device]\nsite = \"lab\"\nmachine = \"laser-1\"\n{line}\n[mqtt]\nurl = \"mqtt://b:1883\"\nusername = \"u\"\npassword = \"p\"\n"),
+            )
+            .unwrap();
+            AgentConfig::from_toml(&text).unwrap().resolve(dir.path())
+        };
+        assert_eq!(cred("box = 4711").unwrap().machines[0].box_id, Some(4711));
+        let e = cred("box = 0").err().unwrap();
+        assert!(
+            e.problem.contains("[device] box is 0") && e.fix.contains("remove the line"),
+            "{e}"
+        );
     }
 
     #[test]

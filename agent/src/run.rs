@@ -64,6 +64,24 @@ pub fn new_device(
         })
 }
 
+/// A random nonzero box id, from the system's random source (the clock if it cannot be read).
+pub fn draw_box_id() -> u32 {
+    use std::io::Read;
+    let mut b = [0u8; 4];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    let x = if random {
+        u32::from_le_bytes(b)
+    } else {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        (t ^ (t >> 32) ^ (t >> 64)) as u32 ^ std::process::id()
+    };
+    x.max(1)
+}
+
 /// How the agent ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -117,6 +135,13 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
                 ),
             };
             dev.set_event_key(Some(signer));
+        }
+        // The box id lives in the machine's flash file with its boot counter: drawn at its first
+        // start, kept after (docs/PROTOCOL.md `box`); `[device] box` overrides it.
+        match m.box_id {
+            Some(b) => dev.set_box_id(b),
+            None if dev.box_id().is_none() => dev.set_box_id(draw_box_id()),
+            None => {}
         }
         let (tx, rx) = mpsc::channel(256);
         let ctx = SourceContext {

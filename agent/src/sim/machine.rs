@@ -110,15 +110,26 @@ struct Machine {
     report: MachineReport,
 }
 
+/// The box id of a simulated machine's box: derived from the seed and the machine, so that a
+/// run depends on the seed only (a real device draws it at random, docs/PROTOCOL.md `box`).
+pub(crate) fn sim_box_id(seed: u64, machine: &str) -> u32 {
+    (Rng::derive(seed ^ 0x626f_7869, machine).next_u64() as u32).max(1)
+}
+
+/// Starts (or restarts) a simulated device; `box_id` is set at its first start and kept after.
 fn new_device(
     flash: SparseFlash<SECTOR>,
     key: &BadgeKey,
     signer: Option<&EventSigner>,
+    box_id: u32,
     now: u64,
 ) -> Result<SimDevice, String> {
     let mut dev = Device::start(flash, NoRelay, key.clone(), INFO, now)
         .map_err(|e| format!("device start: {e:?}"))?;
     dev.set_event_key(signer.cloned());
+    if dev.box_id().is_none() {
+        dev.set_box_id(box_id);
+    }
     Ok(dev)
 }
 
@@ -161,7 +172,8 @@ impl Machine {
             _ = shutdown.cancelled() => return,
         }
         let flash = SparseFlash::<SECTOR>::new(FLASH_SECTORS);
-        match new_device(flash, &self.s.key, self.s.signer.as_ref(), 0) {
+        let box_id = sim_box_id(self.s.seed, &self.s.id);
+        match new_device(flash, &self.s.key, self.s.signer.as_ref(), box_id, 0) {
             Ok(d) => self.dev = Some(d),
             Err(e) => {
                 self.report.error = Some(e);
@@ -278,7 +290,8 @@ impl Machine {
         let Some(flash) = self.dead_flash.take() else {
             return;
         };
-        match new_device(flash, &self.s.key, self.s.signer.as_ref(), t) {
+        let box_id = sim_box_id(self.s.seed, &self.s.id);
+        match new_device(flash, &self.s.key, self.s.signer.as_ref(), box_id, t) {
             Ok(d) => {
                 self.dev = Some(d);
                 self.report.boots += 1;
@@ -384,9 +397,15 @@ mod tests {
     fn a_simulated_device_starts_and_reboots() {
         let key = crate::sim::demo_badge_key();
         let dev =
-            new_device(SparseFlash::new(FLASH_SECTORS), &key, None, 0).expect("geometry fits");
-        assert_eq!(dev.boot(), 1);
-        let dev = new_device(dev.release().0, &key, None, 0).expect("reboots");
-        assert_eq!(dev.boot(), 2);
+            new_device(SparseFlash::new(FLASH_SECTORS), &key, None, 7, 0).expect("geometry fits");
+        assert_eq!((dev.boot(), dev.box_id()), (1, Some(7)));
+        let dev = new_device(dev.release().0, &key, None, 8, 0).expect("reboots");
+        assert_eq!(
+            (dev.boot(), dev.box_id()),
+            (2, Some(7)),
+            "the box keeps the id it drew"
+        );
+        assert_ne!(sim_box_id(1, "laser-1"), sim_box_id(1, "laser-2"));
+        assert_ne!(sim_box_id(1, "laser-1"), sim_box_id(2, "laser-1"));
     }
 }

@@ -64,6 +64,11 @@ mod board {
         0x3e, 0x3f,
     ];
 
+    /// The box id of this image (docs/PROTOCOL.md `box`). The QEMU flash is RAM, so every run is
+    /// a first start; a real board draws the id at its first start from its TRNG (or its chip's
+    /// unique id mixed with ADC noise) and the device keeps it with its boot counter.
+    const BOX_ID: u32 = 0x0b0c_5eed;
+
     /// Core clock as QEMU models the LM3S6965 after reset (measured: see docs/FIRMWARE.md).
     const CORE_HZ: u32 = 12_000_000;
 
@@ -269,6 +274,9 @@ mod board {
             &site,
             &machine,
         )));
+        if dev.box_id().is_none() {
+            dev.set_box_id(BOX_ID);
+        }
         let mut settings = Settings::new(site, machine);
         settings.keep_alive_s = 5;
         settings.ack_timeout_ms = 3000;

@@ -310,16 +310,17 @@ fn a_threshold_alerts_locks_the_device_a_service_releases_it_and_counters_surviv
         .as_f64()
         .expect("busy_h_since");
 
-    // The new box counts its boots from 1 again, like the old one did (same keys, other events),
+    // The new box has its own box id (48879; the simulator derives its boxes' from seed and
+    // machine) and counts its boots from 1 again, like the old one did (same keys, other events),
     // and carries large lifetime counters of its own. It reports under this machine's topic, so
     // what it measures here counts here, after what the old box measured.
     let cli = broker.client().client_id("fm-atelier-laser-1-newbox");
     let topic = format!("fabmeter/v1/{SITE}/{MACHINE}/event");
     let events = [
-        r#"{"v":1,"boot":1,"seq":1,"uptime_ms":1000,"sent_uptime_ms":1001,"event":{"counters":{"on_s":9000000,"busy_s":5000000,"energy_wh":777777,"journal_dropped":0}}}"#,
-        r#"{"v":1,"boot":1,"seq":2,"uptime_ms":2000,"sent_uptime_ms":2001,"event":{"state":{"from":"off","to":"idle"}}}"#,
-        r#"{"v":1,"boot":1,"seq":3,"uptime_ms":3000,"sent_uptime_ms":3001,"event":{"state":{"from":"idle","to":"busy"}}}"#,
-        r#"{"v":1,"boot":1,"seq":4,"uptime_ms":1803000,"sent_uptime_ms":1803001,"event":{"state":{"from":"busy","to":"idle"}}}"#,
+        r#"{"v":1,"box":48879,"boot":1,"seq":1,"uptime_ms":1000,"sent_uptime_ms":1001,"event":{"counters":{"on_s":9000000,"busy_s":5000000,"energy_wh":777777,"journal_dropped":0}}}"#,
+        r#"{"v":1,"box":48879,"boot":1,"seq":2,"uptime_ms":2000,"sent_uptime_ms":2001,"event":{"state":{"from":"off","to":"idle"}}}"#,
+        r#"{"v":1,"box":48879,"boot":1,"seq":3,"uptime_ms":3000,"sent_uptime_ms":3001,"event":{"state":{"from":"idle","to":"busy"}}}"#,
+        r#"{"v":1,"box":48879,"boot":1,"seq":4,"uptime_ms":1803000,"sent_uptime_ms":1803001,"event":{"state":{"from":"busy","to":"idle"}}}"#,
     ];
     for e in events {
         cli.publish(&topic, e, 1, false)
