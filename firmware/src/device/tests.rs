@@ -486,7 +486,9 @@ fn the_box_id_is_kept_with_the_boot_counter_and_stamped_on_every_copy() {
     let mut d = start(flash, 0);
     assert_eq!((d.boot(), d.box_id()), (2, Some(0xb0c5)));
     let second = flush(&mut d, 100);
-    assert!(second.iter().all(|e| e.box_id == Some(0xb0c5) && e.boot == 2));
+    assert!(second
+        .iter()
+        .all(|e| e.box_id == Some(0xb0c5) && e.boot == 2));
     // A wiped state (a new flash) starts the boot count and the box id again.
     let d = start(Flash::new(), 0);
     assert_eq!((d.boot(), d.box_id()), (1, None));
