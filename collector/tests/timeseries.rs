@@ -422,12 +422,34 @@ fn disabled_handle_accepts_nothing_and_counts() {
     assert_eq!(stats.refused(RefusalReason::NoFields), 1);
 }
 
-#[test]
-fn a_url_with_a_path_is_refused() {
+#[tokio::test]
+async fn a_path_prefix_is_kept_so_a_tenant_path_is_reached() {
+    // The vminsert path of a VictoriaMetrics cluster tenant (`/insert/<account>/influx`), served
+    // here by a single VictoriaMetrics under the same prefix: it answers 400 to any path without
+    // it, so the points arrive only if the writer keeps the prefix.
+    let vm = VictoriaMetrics::builder()
+        .path_prefix("/insert/42/influx")
+        .start()
+        .expect("victoria-metrics under /insert/42/influx");
+    assert!(vm.base_url().ends_with("/insert/42/influx"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config("http://127.0.0.1:8086/influx", dir.path());
-    let error = cfg.validate().expect_err("path refused");
-    assert!(error.to_string().contains("`url`"), "{error}");
+    let (handle, task) = TimeSeries::spawn(config(&vm.base_url(), dir.path())).expect("spawn");
+    let points = series("ts_tenant", base_ms(), 50);
+    assert_eq!(handle.send(points.clone()).accepted, points.len());
+    assert_arrives(&vm, r#"{__name__="ts_tenant_v"}"#, &points);
+    let last = finish(handle, task).await;
+    assert_eq!((last.points_written, last.batches_failed), (50, 0));
+}
+
+#[test]
+fn a_url_with_a_query_is_refused_and_names_the_keys_to_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config("http://127.0.0.1:8086/?org=x", dir.path());
+    let error = cfg.validate().expect_err("query refused").to_string();
+    assert!(
+        error.contains("`url`") && error.contains("`org`"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -59,6 +59,7 @@ pub struct VictoriaMetricsBuilder {
     retention_period: String,
     extra_args: Vec<String>,
     startup_timeout: Duration,
+    path_prefix: String,
 }
 
 impl Default for VictoriaMetricsBuilder {
@@ -68,6 +69,7 @@ impl Default for VictoriaMetricsBuilder {
             retention_period: "100y".into(),
             extra_args: Vec::new(),
             startup_timeout: Duration::from_secs(20),
+            path_prefix: String::new(),
         }
     }
 }
@@ -89,6 +91,14 @@ impl VictoriaMetricsBuilder {
     /// Appends a raw command-line flag, e.g. `"-dedup.minScrapeInterval=1ms"`.
     pub fn extra_arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Serves every path under `prefix` (`-http.pathPrefix`), e.g. `/insert/42/influx` as a
+    /// VictoriaMetrics cluster's vminsert path for tenant 42; [`VictoriaMetrics::base_url`] and
+    /// the harness's own requests include it.
+    pub fn path_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.path_prefix = prefix.into();
         self
     }
 
@@ -179,9 +189,12 @@ impl VictoriaMetrics {
         LOCALHOST
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, followed by the [`VictoriaMetricsBuilder::path_prefix`] if any.
     pub fn base_url(&self) -> String {
-        format!("http://{LOCALHOST}:{}", self.port)
+        format!(
+            "http://{LOCALHOST}:{}{}",
+            self.port, self.options.path_prefix
+        )
     }
 
     /// The temp dir (log file and `data/`).
@@ -261,6 +274,10 @@ impl VictoriaMetrics {
             ))
             .arg("-search.disableCache")
             .arg("-search.latencyOffset=0s")
+            .args(
+                (!self.options.path_prefix.is_empty())
+                    .then(|| format!("-http.pathPrefix={}", self.options.path_prefix)),
+            )
             .args(&self.options.extra_args)
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -271,12 +288,13 @@ impl VictoriaMetrics {
                 self.binary.display()
             )))?;
         let port = self.port;
+        let health = format!("{}/health", self.options.path_prefix);
         let outcome = poll_until(
             self.options.startup_timeout,
-            &format!("victoria-metrics GET /health to answer OK on port {port}"),
+            &format!("victoria-metrics GET {health} to answer OK on port {port}"),
             || match child.try_wait() {
                 Ok(None) => {
-                    let healthy = http::get(LOCALHOST, port, "/health")
+                    let healthy = http::get(LOCALHOST, port, &health)
                         .is_ok_and(|r| r.status == 200 && r.text().trim() == "OK");
                     healthy.then_some(Ok(None))
                 }
@@ -320,7 +338,7 @@ impl VictoriaMetrics {
 
     /// `GET path` (path includes the percent-encoded query string).
     pub fn get(&self, path: &str) -> Result<HttpResponse, HarnessError> {
-        http::get(LOCALHOST, self.port, path)
+        http::get(LOCALHOST, self.port, &self.prefixed(path))
     }
 
     /// `POST path`.
@@ -330,7 +348,17 @@ impl VictoriaMetrics {
         content_type: &str,
         body: &[u8],
     ) -> Result<HttpResponse, HarnessError> {
-        http::post(LOCALHOST, self.port, path, content_type, body)
+        http::post(
+            LOCALHOST,
+            self.port,
+            &self.prefixed(path),
+            content_type,
+            body,
+        )
+    }
+
+    fn prefixed(&self, path: &str) -> String {
+        format!("{}{path}", self.options.path_prefix)
     }
 
     fn expect_success(

@@ -47,8 +47,7 @@
 //! [`TimeSeriesConfig::flush_interval`], whichever comes first; one write request is in flight
 //! at a time, at most [`TimeSeriesConfig::request_timeout`] long. Outcomes:
 //!
-//! * 2xx: written (influxdb2 0.5 reports any status but 204 as an error; other 2xx count as
-//!   written).
+//! * 2xx: written (204 from InfluxDB and VictoriaMetrics; any other 2xx counts as written too).
 //! * network error, timeout, 5xx, 429, and 401/403/404 and other 4xx that an operator can fix
 //!   (token, org, bucket): the store counts as down; the batch goes back in front of the
 //!   backlog and is retried with exponential backoff and jitter between
@@ -97,18 +96,20 @@
 //! `backlog_dir` holds segment files named `{seq:020}.lp` (20 decimal digits; name order is
 //! drain order). Each holds complete lines of InfluxDB line protocol with **millisecond**
 //! timestamps, as sent with `precision=ms`, at most `batch_max_lines` lines: one segment is one
-//! write request, sent as-is with `write_line_protocol`. Segments are append-only; the last one
+//! write request, sent as-is in one POST. Segments are append-only; the last one
 //! is fsynced every second while it grows and when it is closed. On start, segments left by a
 //! previous run are recovered (a torn last line from a crash is cut off) and drained first.
 //! Other files in the directory are ignored. One sink per directory.
 //!
-//! # The influxdb2 0.5 URL caveat
+//! # Base URL and tenants
 //!
-//! `influxdb2::Client::new(url, org, token)` keeps only scheme, host and port of `url` and
-//! always posts to `/api/v2/write`: a path such as `http://proxy/influx` would be silently
-//! dropped, so [`TimeSeriesConfig::validate`] refuses URLs with a path, query or fragment (and
-//! URLs the crate could not parse, on which it would panic). Put a store behind a reverse proxy
-//! on its own host or port.
+//! [`TimeSeriesConfig::url`] is a base URL; the writer (`store.rs`, the tree's reqwest) posts to
+//! `{url}/api/v2/write?org=…&bucket=…&precision=ms` and keeps the URL's path. So one site's
+//! series can go to its own tenant: a VictoriaMetrics cluster's
+//! `http://vminsert:8480/insert/<account>/influx` (account = the site's tenant), an InfluxDB org
+//! and bucket per site, or a store behind a reverse proxy at `https://proxy/influx`. A query or
+//! fragment is refused (org and bucket have their own keys). The `influxdb2` crate was used
+//! until it turned out to drop the path (its `Client::url()` calls `set_path`).
 
 mod backlog;
 mod point;
@@ -139,8 +140,9 @@ use store::Store;
 /// defaults, then adjust fields.
 #[derive(Clone, PartialEq)]
 pub struct TimeSeriesConfig {
-    /// Base URL of the InfluxDB 2 API: scheme, host and port only, e.g. `http://127.0.0.1:8086`
-    /// (see the URL caveat in the module docs).
+    /// Base URL of the InfluxDB 2 write API, e.g. `http://127.0.0.1:8086`, with an optional path
+    /// prefix kept as given, e.g. `http://vminsert:8480/insert/42/influx` (module docs, "Base URL
+    /// and tenants").
     pub url: String,
     /// Organization (`org` parameter; VictoriaMetrics ignores it).
     pub org: String,

@@ -1,11 +1,13 @@
-//! The store at the other end: an InfluxDB 2 write API reached through the influxdb2 crate.
+//! The store at the other end: the InfluxDB 2 write API (`POST {url}/api/v2/write`), reached
+//! with the HTTP client already in the tree (reqwest). The base URL keeps its path, so a store
+//! behind a prefix is reachable: VictoriaMetrics cluster's `http://vminsert:8480/insert/42/influx`
+//! (tenant 42), or InfluxDB behind a reverse proxy at `https://proxy/influx`. The lines are
+//! written by [`super::point`].
 
 use std::future::Future;
-use std::str::FromStr;
 use std::time::Duration;
 
-use influxdb2::api::write::TimestampPrecision;
-use influxdb2::RequestError;
+use reqwest::Url;
 
 /// What became of one write request.
 #[derive(Debug, PartialEq)]
@@ -22,20 +24,21 @@ pub(crate) enum WriteOutcome {
 /// A write-only client for one org and bucket.
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
-    client: influxdb2::Client,
-    org: String,
-    bucket: String,
+    client: reqwest::Client,
+    /// `{url}/api/v2/write?org=…&bucket=…&precision=ms`, or the reason the URL is unusable.
+    endpoint: Result<Url, String>,
+    token: String,
     timeout: Duration,
 }
 
 impl Store {
-    /// Builds the client; the URL must have passed [`check_url`] (influxdb2 0.5 panics on an
-    /// unparsable URL).
+    /// Builds the client; the URL should have passed [`check_url`] (if not, every write is
+    /// retried with the reason, nothing panics).
     pub fn new(url: &str, org: &str, bucket: &str, token: &str, timeout: Duration) -> Store {
         Store {
-            client: influxdb2::Client::new(url, org, token),
-            org: org.to_owned(),
-            bucket: bucket.to_owned(),
+            client: reqwest::Client::new(),
+            endpoint: write_endpoint(url, org, bucket),
+            token: token.to_owned(),
             timeout,
         }
     }
@@ -45,15 +48,27 @@ impl Store {
     pub fn write(&self, body: String) -> impl Future<Output = WriteOutcome> + Send + 'static {
         let store = self.clone();
         async move {
-            let request = store.client.write_line_protocol_with_precision(
-                &store.org,
-                &store.bucket,
-                body,
-                TimestampPrecision::Milliseconds,
-            );
-            match tokio::time::timeout(store.timeout, request).await {
-                Ok(Ok(())) => WriteOutcome::Written,
-                Ok(Err(e)) => classify(e),
+            let endpoint = match &store.endpoint {
+                Ok(endpoint) => endpoint.clone(),
+                Err(problem) => return WriteOutcome::Retry(problem.clone()),
+            };
+            let mut request = store
+                .client
+                .post(endpoint)
+                .header("Content-Type", "text/plain; charset=utf-8")
+                .body(body);
+            if !store.token.is_empty() {
+                request = request.header("Authorization", format!("Token {}", store.token));
+            }
+            let answer = async {
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                Ok::<_, reqwest::Error>((status, text))
+            };
+            match tokio::time::timeout(store.timeout, answer).await {
+                Ok(Ok((status, text))) => classify(status, text),
+                Ok(Err(e)) => WriteOutcome::Retry(error_chain(&e)),
                 Err(_) => WriteOutcome::Retry(format!(
                     "no answer within the request timeout of {:?}",
                     store.timeout
@@ -63,23 +78,27 @@ impl Store {
     }
 }
 
-fn classify(error: RequestError) -> WriteOutcome {
-    match error {
-        RequestError::Http { status, text } => {
-            let code = status.as_u16();
-            let mut message = text;
-            truncate_at_char(&mut message, 500);
-            match code {
-                // influxdb2 0.5 calls every answer but 204 an error, 200 included.
-                200..=299 => WriteOutcome::Written,
-                400 | 413 | 422 => WriteOutcome::Rejected {
-                    status: code,
-                    message,
-                },
-                _ => WriteOutcome::Retry(format!("HTTP {code}: {message}")),
-            }
-        }
-        other => WriteOutcome::Retry(error_chain(&other)),
+/// `{url}/api/v2/write` with the org, bucket and precision parameters; the URL's own path is
+/// kept (a trailing `/` or not).
+fn write_endpoint(url: &str, org: &str, bucket: &str) -> Result<Url, String> {
+    check_url(url)?;
+    let mut endpoint = Url::parse(url).map_err(|e| format!("cannot parse {url:?}: {e}"))?;
+    let path = format!("{}/api/v2/write", endpoint.path().trim_end_matches('/'));
+    endpoint.set_path(&path);
+    endpoint
+        .query_pairs_mut()
+        .append_pair("org", org)
+        .append_pair("bucket", bucket)
+        .append_pair("precision", "ms");
+    Ok(endpoint)
+}
+
+fn classify(status: u16, mut message: String) -> WriteOutcome {
+    truncate_at_char(&mut message, 500);
+    match status {
+        200..=299 => WriteOutcome::Written,
+        400 | 413 | 422 => WriteOutcome::Rejected { status, message },
+        _ => WriteOutcome::Retry(format!("HTTP {status}: {message}")),
     }
 }
 
@@ -109,14 +128,13 @@ fn truncate_at_char(text: &mut String, max: usize) {
     }
 }
 
-/// Checks that influxdb2 0.5 will accept `url` without panicking, and that nothing in it
-/// would be silently ignored: the crate keeps only scheme, host and port (it replaces any path
-/// with `/api/v2/write`), so a path, query or fragment is refused here.
+/// Checks that `url` is a base URL the writer can use: `http` or `https`, a host, an optional
+/// path prefix (kept: `/api/v2/write` is appended to it), no query or fragment (the writer sets
+/// the query itself).
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
-    // Parse with the URL type influxdb2 itself uses (its `base` field), without depending on
-    // the `url` crate directly. The probe URL is a constant that always parses.
-    let probe = influxdb2::Client::new("http://127.0.0.1:8086", "", "");
-    let parsed = parse_as(&probe.base, url).map_err(|e| format!("cannot parse {url:?}: {e}"))?;
+    let parsed = Url::parse(url).map_err(|e| {
+        format!("cannot parse {url:?}: {e}; e.g. http://127.0.0.1:8086 or http://vminsert:8480/insert/42/influx")
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
             "{url:?} must start with http:// or https://, e.g. http://127.0.0.1:8086"
@@ -125,18 +143,21 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("{url:?} has no host, e.g. http://127.0.0.1:8086"));
     }
-    if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() {
+    if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(format!(
-            "{url:?} has a path, query or fragment, which the influxdb2 client would silently \
-             drop (it always posts to <scheme>://<host>:<port>/api/v2/write); give only \
-             scheme, host and port, e.g. http://127.0.0.1:8086"
+            "{url:?} has a query or fragment: give the org and bucket as `org` and `bucket`, \
+             and only the base URL here (scheme, host, port and an optional path prefix), \
+             e.g. http://127.0.0.1:8086 or http://vminsert:8480/insert/42/influx"
+        ));
+    }
+    if parsed.path().ends_with("/api/v2/write") {
+        return Err(format!(
+            "{url:?} already ends with /api/v2/write, which the writer appends itself: \
+             give the base URL, e.g. {:?}",
+            url.trim_end_matches('/').trim_end_matches("/api/v2/write")
         ));
     }
     Ok(())
-}
-
-fn parse_as<T: FromStr>(_like: &T, text: &str) -> Result<T, T::Err> {
-    text.parse()
 }
 
 #[cfg(test)]
@@ -150,6 +171,9 @@ mod tests {
             "http://localhost:8086/",
             "https://influx.example.org",
             "http://[::1]:8086",
+            "http://host/influx",
+            "http://vminsert:8480/insert/42/influx",
+            "http://vminsert:8480/insert/42/influx/",
         ] {
             assert_eq!(check_url(good), Ok(()), "{good}");
         }
@@ -161,11 +185,46 @@ mod tests {
             "http://",
             "http://host:99999",
             "http://ho st",
-            "http://host/influx",
             "http://host/?org=x",
+            "http://host/influx#top",
+            "http://host:8086/api/v2/write",
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_write_endpoint_keeps_the_path_prefix() {
+        let at = |url: &str| write_endpoint(url, "my org", "fab").map(|u| u.to_string());
+        assert_eq!(
+            at("http://127.0.0.1:8086").as_deref(),
+            Ok("http://127.0.0.1:8086/api/v2/write?org=my+org&bucket=fab&precision=ms")
+        );
+        assert_eq!(
+            at("http://vminsert:8480/insert/42/influx/").as_deref(),
+            Ok("http://vminsert:8480/insert/42/influx/api/v2/write?org=my+org&bucket=fab&precision=ms")
+        );
+        assert!(at("http://host/?q=1").is_err());
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(classify(204, String::new()), WriteOutcome::Written);
+        assert_eq!(classify(200, String::new()), WriteOutcome::Written);
+        assert_eq!(
+            classify(400, "bad line".into()),
+            WriteOutcome::Rejected {
+                status: 400,
+                message: "bad line".into()
+            }
+        );
+        assert!(
+            matches!(classify(503, String::new()), WriteOutcome::Retry(m) if m.contains("503"))
+        );
+        assert!(matches!(
+            classify(401, String::new()),
+            WriteOutcome::Retry(_)
+        ));
     }
 
     #[test]
