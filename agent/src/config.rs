@@ -307,6 +307,17 @@ fn parse_key(key: &str, hex: &str) -> Result<BadgeKey, ConfigError> {
     Ok(BadgeKey::new(b))
 }
 
+/// A commented `agent.toml` to start from (the shipped `agent.example.toml`), printed by
+/// `fabmeter-agent print-config` when there is no config yet.
+pub fn template() -> String {
+    format!(
+        "# No --config given and no agent.toml here: a template to start from.\n\
+         # Save it with `fabmeter-agent print-config > agent.toml`, edit it (docs/AGENT.md),\n\
+         # then check it with `fabmeter-agent check-config`.\n\n{}",
+        include_str!("../agent.example.toml")
+    )
+}
+
 impl AgentConfig {
     /// Parses `agent.toml` text.
     pub fn from_toml(text: &str) -> Result<AgentConfig, ConfigError> {

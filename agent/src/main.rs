@@ -1,6 +1,6 @@
 //! `fabmeter-agent`: parses arguments and calls the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +29,12 @@ enum Command {
         #[arg(long, default_value = "agent.toml")]
         config: PathBuf,
     },
-    /// Print the effective config (defaults filled in, secrets redacted) and what it resolves to.
+    /// Print the effective config (defaults filled in, secrets redacted) and what it resolves to;
+    /// with no `--config` and no `agent.toml` here, a commented template to start from.
     PrintConfig {
-        /// Agent config file.
-        #[arg(long, default_value = "agent.toml")]
-        config: PathBuf,
+        /// Agent config file [default: agent.toml, if it exists].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Check a config file and every file it names; exit status 0 if it is valid.
     CheckConfig {
@@ -254,6 +255,9 @@ async fn show_progress(stats: Arc<SimStats>, machines: usize, total_ms: Option<u
 /// Exit status after a `reboot` command: the service manager starts the agent again.
 const EXIT_REBOOT: i32 = 75;
 
+/// The config `print-config` reads when none is named and it exists.
+const DEFAULT_CONFIG: &str = "agent.toml";
+
 async fn run_agent(config: PathBuf) -> anyhow::Result<Exit> {
     let loaded = agent::load(&config)?;
     let shutdown = CancellationToken::new();
@@ -302,6 +306,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::PrintConfig { config } => {
+            let config = match config {
+                Some(path) => path,
+                None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+                None => {
+                    print!("{}", fabmeter_agent::config::template());
+                    return Ok(());
+                }
+            };
             let loaded = agent::load(&config)?;
             print!("{}", loaded.config.to_redacted_toml());
             println!(

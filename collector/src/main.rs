@@ -331,6 +331,25 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::PrintConfig(o) => {
+            if o.config.is_none() && o.site.is_none() {
+                // Nothing to read: the defaults, for a placeholder site, as a file to start from.
+                println!("# No --config and no --site given: the defaults for a site \"my-site\".");
+                println!(
+                    "# Save with `fabmeter-collector print-config --site <your-site> > site.toml`,"
+                );
+                println!("# add [[machines]] and [[members]] (collector/site.example.toml, docs/COLLECTOR.md),");
+                println!(
+                    "# then check it with `fabmeter-collector check-config --config site.toml`.\n"
+                );
+            }
+            let o = if o.config.is_none() && o.site.is_none() {
+                Overrides {
+                    site: Some("my-site".into()),
+                    ..o
+                }
+            } else {
+                o
+            };
             print!("{}", o.load()?.to_toml());
             Ok(())
         }

@@ -36,6 +36,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod docs;
 mod error;
 pub mod http;
 mod mosquitto;
