@@ -94,6 +94,11 @@ pub struct MqttConfig {
     /// Longest delay between two connection attempts, seconds (jitter adds up to half).
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_s: u64,
+    /// Keep each event in the journal until the collector confirms it on the machine's `ack`
+    /// topic, not just until the broker's PUBACK: a broker crash then loses nothing
+    /// (docs/PROTOCOL.md "ack"). Needs a collector that confirms (fabmeter-collector does).
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 impl Default for MqttConfig {
@@ -107,6 +112,7 @@ impl Default for MqttConfig {
             credentials_file: None,
             keep_alive_s: default_keep_alive(),
             reconnect_max_s: default_reconnect_max(),
+            confirm: false,
         }
     }
 }
