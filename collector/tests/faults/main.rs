@@ -821,22 +821,34 @@ impl ConfirmingWorkshop {
 fn broker_kill9_x3_mid_stream_loses_nothing_devices_keep_until_confirmed() {
     // A broker without persistence: after each kill -9 it has forgotten the collector's session
     // and whatever it had acknowledged to devices but not delivered. The devices, which forget
-    // an event only when the collector confirms it, send it again.
+    // an event only when the collector confirms it, send it again. Each kill comes while the
+    // collector is frozen and behind, so that the broker holds acknowledged events it has not
+    // delivered: with confirmations off (`cfg.confirm = false`) this test loses events.
     let mut broker = Mosquitto::start().expect("mosquitto without persistence");
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, cfg) = confirming_workshop(&broker, 6, 21, 5, dir.path());
     let mut collector = CollectorProc::start(&config, dir.path());
     collector.wait_ready();
     let shop = ConfirmingWorkshop::start(cfg);
+    let mut queued = 0;
     for kill in 1..=3u64 {
         let before = shop.acked();
         wait_until(LONG, "events acknowledged since the last kill", || {
             shop.acked() >= before + 30
         });
+        // The collector falls behind (frozen, its connection open): the broker acknowledges and
+        // queues for it, and is killed with that queue.
+        collector.freeze(true);
+        let frozen_at = shop.acked();
+        wait_until(LONG, "events queued for the frozen collector", || {
+            shop.acked() >= frozen_at + 60
+        });
+        queued += shop.acked() - frozen_at;
         let pid = broker.pid();
         broker.kill().expect("kill -9 the broker");
         broker.start_again().expect("start the broker again");
         assert_ne!(broker.pid(), pid, "a new broker process");
+        collector.freeze(false);
         wait_until(LONG, "the collector reconnected", || {
             collector.metric("fabmeter_mqtt_connects_total") > kill
         });
@@ -847,7 +859,7 @@ fn broker_kill9_x3_mid_stream_loses_nothing_devices_keep_until_confirmed() {
     });
     assert!(collector.metric("fabmeter_confirms_published_total") > 0);
     println!(
-        "broker-kill9-x3: {} events published for {} distinct, {} confirmations",
+        "broker-kill9-x3: {queued} events acknowledged by the broker while the collector was frozen, {} published for {} distinct, {} confirmations",
         report.events_published(),
         report.events_distinct(),
         collector.metric("fabmeter_confirms_published_total")
