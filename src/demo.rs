@@ -224,6 +224,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     sim_cfg.seed = args.seed;
     sim_cfg.speed = args.speed;
     sim_cfg.device_key_secret = Some(secret);
+    // As a site's devices should: keep each event until the collector confirms it.
+    sim_cfg.confirm = true;
     let sim_shutdown = shutdown.child_token();
     let simulator = tokio::spawn(sim::run(sim_cfg, sim_shutdown));
 

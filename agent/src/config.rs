@@ -94,6 +94,13 @@ pub struct MqttConfig {
     /// Longest delay between two connection attempts, seconds (jitter adds up to half).
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_s: u64,
+    /// Keep each event in the journal until the collector confirms it on the machine's `ack`
+    /// topic, not just until the broker's PUBACK: a broker crash then loses nothing
+    /// (docs/PROTOCOL.md "ack"). On by default; needs a collector that confirms
+    /// (fabmeter-collector does). Off only for a broker without such a collector (then a PUBACK
+    /// removes the event, and a broker crash can lose what it acknowledged).
+    #[serde(default = "default_confirm")]
+    pub confirm: bool,
 }
 
 impl Default for MqttConfig {
@@ -107,8 +114,13 @@ impl Default for MqttConfig {
             credentials_file: None,
             keep_alive_s: default_keep_alive(),
             reconnect_max_s: default_reconnect_max(),
+            confirm: default_confirm(),
         }
     }
+}
+
+fn default_confirm() -> bool {
+    true
 }
 
 /// `[simulate]`: time acceleration and seed of simulated machines (a test and demo feature).

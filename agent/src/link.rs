@@ -71,6 +71,8 @@ pub struct Topics {
     pub config: String,
     /// `…/cmd` (subscribed).
     pub cmd: String,
+    /// `…/ack` (subscribed when the device keeps events until the collector confirms them).
+    pub ack: String,
 }
 
 impl Topics {
@@ -83,6 +85,7 @@ impl Topics {
             telemetry: format!("{base}telemetry"),
             config: format!("{base}config"),
             cmd: format!("{base}cmd"),
+            ack: format!("{base}ack"),
         }
     }
 }
@@ -94,8 +97,11 @@ pub enum Happened {
     Nothing,
     /// Connected (CONNACK): birth published, topics subscribed.
     Connected,
-    /// The broker acknowledged this event; the journal dropped it.
+    /// The broker acknowledged this event; the journal dropped it (or, with confirmations, the
+    /// next event may go).
     Acked(EventKey),
+    /// A confirmation from the collector removed this many events from the journal.
+    Confirmed(usize),
     /// A config payload was handed to the device.
     Config,
     /// A command was handed to the device (see `Device::take_action`).
@@ -316,7 +322,11 @@ impl Link {
                     *slot,
                     self.gen,
                     self.tx.clone(),
-                    [self.topics.config.clone(), self.topics.cmd.clone()],
+                    [
+                        self.topics.config.clone(),
+                        self.topics.cmd.clone(),
+                        self.topics.ack.clone(),
+                    ],
                 );
                 self.conn = Some(Conn::new(self.gen, pipe));
                 return;
@@ -370,7 +380,14 @@ impl Link {
                 let ok = conn
                     .pipe
                     .subscribe(gen, &self.topics.config)
-                    .and_then(|_| conn.pipe.subscribe(gen, &self.topics.cmd));
+                    .and_then(|_| conn.pipe.subscribe(gen, &self.topics.cmd))
+                    .and_then(|_| {
+                        if dev.confirmations() {
+                            conn.pipe.subscribe(gen, &self.topics.ack)
+                        } else {
+                            Ok(())
+                        }
+                    });
                 let birth = dev
                     .birth(now, &mut self.buf)
                     .ok()
@@ -418,6 +435,14 @@ impl Link {
                 } else if topic == self.topics.cmd {
                     dev.on_command(now, &payload);
                     Happened::Command
+                } else if topic == self.topics.ack {
+                    match dev.on_confirm(now, &payload) {
+                        Ok(n) => Happened::Confirmed(n),
+                        Err(e) => {
+                            tracing::warn!(topic = %topic, "confirmation refused: {e}");
+                            Happened::Nothing
+                        }
+                    }
                 } else {
                     Happened::Nothing
                 }
@@ -683,7 +708,7 @@ impl Mux {
         Arc::new(Mux { state, task })
     }
 
-    fn join(&self, slot: usize, gen: u32, tx: mpsc::UnboundedSender<NetMsg>, topics: [String; 2]) {
+    fn join(&self, slot: usize, gen: u32, tx: mpsc::UnboundedSender<NetMsg>, topics: [String; 3]) {
         let mut st = lock(&self.state);
         if slot >= st.members.len() {
             let _ = tx.send((gen, Net::Down(format!("no slot {slot} on this connection"))));

@@ -126,6 +126,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             1.0
         };
         let mut dev = new_device(flash, relay, &loaded.key, 0).map_err(anyhow::Error::msg)?;
+        dev.set_confirmations(cfg.mqtt.confirm);
         if let Some(key) = &m.device_key {
             let signer = match (Id::new(&loaded.site), Id::new(&m.id)) {
                 (Ok(site), Ok(machine)) => EventSigner::new(key.clone(), &site, &machine),
@@ -321,7 +322,8 @@ impl Runner {
                 }
             }
             Happened::Config => tracing::info!(machine = %self.id, "config received"),
-            Happened::Acked(_) | Happened::Command | Happened::Nothing => {}
+            Happened::Acked(_) | Happened::Confirmed(_) | Happened::Command | Happened::Nothing => {
+            }
         }
     }
 
@@ -337,7 +339,7 @@ impl Runner {
                 .await;
         }
         self.link.close(&mut self.dev, now).await;
-        tracing::info!(machine = %self.id, left = self.dev.journal().len(), "stopped");
+        tracing::info!(machine = %self.id, left = self.dev.journal().len(), evicted_unconfirmed = self.dev.evicted_unconfirmed(), "stopped");
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fabmeter_protocol::message::{Event, Status, Telemetry};
+use fabmeter_protocol::message::{Confirm, Event, Status, Telemetry};
 use fabmeter_protocol::topic::{filter, Direction};
 use fabmeter_protocol::{decode, Channel, Id, SigError, Topic, MAX_CONFIG_PAYLOAD};
 use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Packet, Publish, QoS};
@@ -346,7 +346,12 @@ pub fn run_writer<L: Ledger>(
     done: CancellationToken,
 ) {
     let (acks, acks_rx) = mpsc::unbounded_channel();
-    let acker = rt.spawn(run_acker(w.client.clone(), acks_rx, done));
+    let acker = rt.spawn(run_acker(
+        w.client.clone(),
+        acks_rx,
+        w.metrics.clone(),
+        done,
+    ));
     let mut batch: Vec<Incoming> = Vec::with_capacity(w.batch_max);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -371,13 +376,18 @@ pub fn run_writer<L: Ledger>(
 /// request channel is full a single send waits for room, instead of a task per message (flume
 /// scans its waiting senders linearly at every send: thousands of waiting tasks made that
 /// quadratic, docs/BENCHMARKS.md "Ingest"). PUBACK order does not matter in MQTT.
+///
+/// After a batch's PUBACKs it publishes the batch's confirmations (QoS 0) without ever waiting:
+/// when the request channel is full a confirmation is counted and dropped, and the device, which
+/// keeps the events, sends them again after its stall timer.
 async fn run_acker(
     client: AsyncClient,
-    mut acks: mpsc::UnboundedReceiver<Vec<Publish>>,
+    mut acks: mpsc::UnboundedReceiver<Acks>,
+    metrics: Arc<Metrics>,
     done: CancellationToken,
 ) {
     while let Some(batch) = acks.recv().await {
-        for publish in &batch {
+        for publish in &batch.pubacks {
             if client.try_ack(publish).is_ok() {
                 continue;
             }
@@ -385,14 +395,107 @@ async fn run_acker(
                 tracing::warn!(error = %e, "acknowledgement not sent; the broker will redeliver");
             }
         }
+        let mut dropped = 0u64;
+        for (topic, payload) in batch.confirms {
+            if client
+                .try_publish(topic, QoS::AtMostOnce, false, payload)
+                .is_ok()
+            {
+                metrics.confirms_published.fetch_add(1, Relaxed);
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            metrics.confirms_dropped.fetch_add(dropped, Relaxed);
+            tracing::warn!(
+                dropped,
+                "confirmations not published: the MQTT request queue is full; devices resend after their stall timer"
+            );
+        }
     }
     done.cancel();
+}
+
+/// What the acker sends for one committed batch.
+#[derive(Debug, Default)]
+struct Acks {
+    /// The QoS 1 publishes to acknowledge to the broker.
+    pubacks: Vec<Publish>,
+    /// `(topic, payload)` of each confirmation for the devices.
+    confirms: Vec<(String, Vec<u8>)>,
+}
+
+/// The (machine, boot, seq) of a record that the ledger now durably holds and that a device may
+/// therefore forget: an event (accepted or duplicate), or a dead letter on a machine's `event`
+/// topic whose payload names a boot and seq. A dead letter with a bad signature is not confirmed:
+/// anyone who can write the topic could otherwise make a device forget a real event.
+fn confirmable(record: &Record) -> Option<(Id, u32, u32)> {
+    match record {
+        Record::Event { machine, event, .. } => Some((machine.clone(), event.boot, event.seq)),
+        Record::DeadLetter {
+            topic,
+            payload,
+            reason,
+            ..
+        } if reason != "signature" => {
+            let t = Topic::parse(topic)
+                .ok()
+                .filter(|t| t.channel == Channel::Event)?;
+            #[derive(serde::Deserialize)]
+            struct Key {
+                boot: u32,
+                seq: u32,
+            }
+            let k: Key = serde_json::from_slice(payload).ok()?;
+            (k.boot >= 1 && k.seq >= 1).then_some((t.machine, k.boot, k.seq))
+        }
+        _ => None,
+    }
+}
+
+/// The confirmations of `keys` for site `site`: per (machine, boot), one message per contiguous
+/// run of seq, as `(topic, payload)`.
+pub fn confirmations(
+    site: &Id,
+    keys: impl IntoIterator<Item = (Id, u32, u32)>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut by_boot: std::collections::BTreeMap<(Id, u32), Vec<u32>> = Default::default();
+    for (machine, boot, seq) in keys {
+        by_boot.entry((machine, boot)).or_default().push(seq);
+    }
+    let mut out = Vec::new();
+    for ((machine, boot), mut seqs) in by_boot {
+        seqs.sort_unstable();
+        seqs.dedup();
+        let topic = Topic::new(site.clone(), machine, Channel::Ack).to_string();
+        let mut i = 0;
+        while i < seqs.len() {
+            let from = seqs[i];
+            let mut to = from;
+            while i + 1 < seqs.len() && seqs[i + 1] == to + 1 {
+                i += 1;
+                to = seqs[i];
+            }
+            i += 1;
+            let c = Confirm {
+                v: fabmeter_protocol::SCHEMA_VERSION,
+                boot,
+                from,
+                to,
+            };
+            if let Ok(payload) = fabmeter_protocol::encode_to_vec(&c) {
+                out.push((topic.clone(), payload));
+            }
+        }
+    }
+    out
 }
 
 fn process_batch<L: Ledger>(
     w: &mut Writer<L>,
     batch: &mut Vec<Incoming>,
-    acks: &mpsc::UnboundedSender<Vec<Publish>>,
+    acks: &mpsc::UnboundedSender<Acks>,
 ) {
     let mut records = Vec::with_capacity(batch.len());
     let mut points = Vec::new();
@@ -505,6 +608,7 @@ fn process_batch<L: Ledger>(
     if !points.is_empty() {
         w.series.send(points);
     }
+    let confirms = confirmations(&w.rules.site, records.iter().filter_map(confirmable));
     // Acknowledge, through the acker task (never waiting here: see `run_acker`).
     let mut to_ack = Vec::with_capacity(batch.len());
     for m in batch.drain(..) {
@@ -514,7 +618,14 @@ fn process_batch<L: Ledger>(
         }
         w.metrics.ack_latency.observe(m.received.elapsed());
     }
-    if !to_ack.is_empty() && acks.send(to_ack).is_err() {
+    if !(to_ack.is_empty() && confirms.is_empty())
+        && acks
+            .send(Acks {
+                pubacks: to_ack,
+                confirms,
+            })
+            .is_err()
+    {
         tracing::warn!("acknowledgements not sent (the acker is gone); the broker will redeliver");
     }
 }
@@ -684,5 +795,61 @@ mod tests {
             subscriptions(&site, Some("c"))[1],
             "$share/c/fabmeter/v1/atelier/+/event"
         );
+    }
+
+    #[test]
+    fn confirmations_are_one_per_contiguous_run_per_machine_and_boot() {
+        let id = |s: &str| Id::new(s).expect("id");
+        let keys = [
+            (id("laser-1"), 3, 5),
+            (id("laser-1"), 3, 1),
+            (id("laser-1"), 3, 2),
+            (id("laser-1"), 3, 2),
+            (id("laser-1"), 4, 1),
+            (id("cnc"), 3, 9),
+            (id("laser-1"), 3, 3),
+        ];
+        let got: Vec<(String, String)> = confirmations(&id("s1"), keys)
+            .into_iter()
+            .map(|(t, p)| (t, String::from_utf8(p).expect("utf-8")))
+            .collect();
+        let ack = |m: &str, j: &str| (format!("fabmeter/v1/s1/{m}/ack"), j.to_string());
+        assert_eq!(
+            got,
+            [
+                ack("cnc", r#"{"v":1,"boot":3,"from":9,"to":9}"#),
+                ack("laser-1", r#"{"v":1,"boot":3,"from":1,"to":3}"#),
+                ack("laser-1", r#"{"v":1,"boot":3,"from":5,"to":5}"#),
+                ack("laser-1", r#"{"v":1,"boot":4,"from":1,"to":1}"#),
+            ]
+        );
+    }
+
+    #[test]
+    fn dead_letters_on_an_event_topic_are_confirmed_unless_the_signature_failed() {
+        let dl = |topic: &str, payload: &str, reason: &str| Record::DeadLetter {
+            topic: topic.into(),
+            payload: payload.as_bytes().to_vec(),
+            reason: reason.into(),
+            detail: String::new(),
+            received_ms: 0,
+        };
+        let t = "fabmeter/v1/s1/laser-1/event";
+        let bad = r#"{"v":1,"boot":2,"seq":7,"event":{"teleport":{}}}"#;
+        assert_eq!(
+            confirmable(&dl(t, bad, "field")),
+            Some((Id::new("laser-1").expect("id"), 2, 7))
+        );
+        assert_eq!(confirmable(&dl(t, bad, "signature")), None);
+        assert_eq!(
+            confirmable(&dl("fabmeter/v1/s1/laser-1/status", bad, "field")),
+            None
+        );
+        assert_eq!(
+            confirmable(&dl(t, r#"{"v":1,"boot":0,"seq":7}"#, "invalid")),
+            None
+        );
+        assert_eq!(confirmable(&dl(t, "{", "syntax")), None);
+        assert_eq!(confirmable(&dl("nope", bad, "topic")), None);
     }
 }

@@ -63,6 +63,11 @@ pub struct Metrics {
     pub accepted: AtomicU64,
     /// Events already stored (acknowledged, not applied again).
     pub duplicate: AtomicU64,
+    /// Confirmations published on devices' `ack` topics (one per contiguous run of events).
+    pub confirms_published: AtomicU64,
+    /// Confirmations not published because the MQTT request queue was full (the device resends
+    /// after its stall timer, and the resend is confirmed).
+    pub confirms_dropped: AtomicU64,
     /// Telemetry samples passed to the time series.
     pub telemetry: AtomicU64,
     /// QoS 1 messages acknowledged to the broker (after commit).
@@ -141,6 +146,18 @@ impl Metrics {
             "fabmeter_duplicate_total",
             "events already stored, acknowledged again",
             self.duplicate.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_confirms_published_total",
+            "confirmations published to devices (one per contiguous run of events in the ledger)",
+            self.confirms_published.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_confirms_dropped_total",
+            "confirmations not published: the MQTT request queue was full",
+            self.confirms_dropped.load(Relaxed),
         );
         counter(
             &mut out,

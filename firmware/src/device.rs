@@ -4,16 +4,24 @@
 //! current uptime `now`. It assigns `(boot, seq)`: `boot` is bumped and persisted in
 //! [`Device::start`] before any event exists, `seq` grows by one per event. Every event is encoded
 //! with the protocol codec and journaled **before** it can be sent; [`Device::next_to_send`] hands
-//! out the oldest unacknowledged event (one at a time: QoS 1 with one message in flight, which keeps
-//! the order on every broker) with `sent_uptime_ms` refreshed, and [`Device::on_puback`] removes it.
-//! After a reconnect, [`Device::on_disconnect`] makes the journal resend from its oldest entry.
+//! out the oldest unsent event (one at a time: QoS 1 with one message in flight, which keeps the
+//! order on every broker) with `sent_uptime_ms` refreshed. After a reconnect,
+//! [`Device::on_disconnect`] makes the journal resend from its oldest entry.
+//!
+//! When is an event forgotten? Without confirmations ([`Device::set_confirmations`] off, the
+//! default), [`Device::on_puback`] removes it. With them on, a PUBACK only moves the send cursor on,
+//! so several events await confirmation at once, and only [`Device::on_confirm`] (a message of the
+//! collector on `ack`: these events are in the ledger) removes them. Whatever was sent and not
+//! confirmed is sent again from the oldest after a reconnect, and when nothing was confirmed for
+//! [`STALL_MIN_MS`] (doubling up to [`STALL_MAX_MS`], back to the minimum at any confirmation). So a
+//! broker that acknowledged an event and then lost it (a crash, no subscriber) loses nothing.
 
 use embedded_hal::digital::OutputPin;
 use embedded_storage::nor_flash::NorFlash;
 use fabmeter_protocol::message::{
-    Capability, Command, CommandBody, CommandOutcome, DeviceConfig, EndReason, Event, EventBody,
-    FaultCode, MachineState, Presence, Sensing, Status, Telemetry, Text, MAX_CAPABILITIES,
-    SHORT_TEXT,
+    Capability, Command, CommandBody, CommandOutcome, Confirm, DeviceConfig, EndReason, Event,
+    EventBody, FaultCode, MachineState, Presence, Sensing, Status, Telemetry, Text,
+    MAX_CAPABILITIES, SHORT_TEXT,
 };
 use fabmeter_protocol::sig::EventSigner;
 use fabmeter_protocol::{
@@ -32,6 +40,12 @@ pub const JOURNAL_CAP: usize = 64;
 /// Lifetime counters are persisted at least this often while the machine runs (and at every
 /// state change and session end).
 pub const PERSIST_EVERY_MS: u64 = 600_000;
+
+/// With confirmations on: the first wait for a confirmation before the unconfirmed events are sent
+/// again (and the wait after any confirmation).
+pub const STALL_MIN_MS: u64 = 30_000;
+/// With confirmations on: the longest wait; each fruitless resend doubles it up to this.
+pub const STALL_MAX_MS: u64 = 600_000;
 
 /// Static facts about the device, for its birth message.
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +113,12 @@ pub struct Device<S: NorFlash, R: OutputPin, const CAP: usize = JOURNAL_CAP> {
     lifetime: PersistedState,
     last_persist_ms: u64,
     inflight: Option<EventKey>,
+    confirm: bool,
+    cursor: Option<EventKey>,
+    pubacked: Option<EventKey>,
+    stall_since: Option<u64>,
+    stall_ms: u64,
+    evicted: u32,
     telemetry_due: Option<u64>,
     telemetry: Option<Telemetry>,
     action: Option<Action>,
@@ -161,6 +181,12 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
             lifetime,
             last_persist_ms: now,
             inflight: None,
+            confirm: false,
+            cursor: None,
+            pubacked: None,
+            stall_since: None,
+            stall_ms: STALL_MIN_MS,
+            evicted: 0,
             telemetry_due: None,
             telemetry: None,
             action: None,
@@ -204,6 +230,26 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         self.lifetime.box_id = box_id;
         let now = self.last_ms;
         self.persist(now);
+    }
+
+    /// Whether an event stays journaled after its PUBACK until the collector confirms it on `ack`
+    /// ([`Device::on_confirm`]); off by default (a PUBACK removes it). Turn it on only where a
+    /// collector that confirms reads this machine's events, and subscribe to the machine's `ack`
+    /// topic: otherwise the journal fills and its events are resent forever.
+    pub fn set_confirmations(&mut self, on: bool) {
+        self.confirm = on;
+    }
+
+    /// Whether confirmations are on ([`Device::set_confirmations`]).
+    pub fn confirmations(&self) -> bool {
+        self.confirm
+    }
+
+    /// Events acknowledged by the broker but never confirmed that a full journal evicted since
+    /// start (with confirmations on). Such an event most likely reached the ledger; it is not in
+    /// `counters.journal_dropped`, which counts events that never reached the broker.
+    pub fn evicted_unconfirmed(&self) -> u32 {
+        self.evicted
     }
 
     /// Gives the flash and the relay back (to simulate a reboot in tests, or to hand them over).
@@ -389,19 +435,77 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         );
     }
 
-    /// The broker acknowledged the event with this key (PUBACK).
+    /// The broker acknowledged the event with this key (PUBACK). Without confirmations this
+    /// removes it from the journal; with them, the next event may go out and this one waits for
+    /// its confirmation.
     pub fn on_puback(&mut self, key: EventKey) {
-        if self.inflight == Some(key) {
+        let expected = self.inflight == Some(key);
+        if expected {
             self.inflight = None;
+        }
+        if self.confirm {
+            // A stale PUBACK (of a connection before a rewind) does not move the cursor.
+            if expected {
+                self.cursor = self.cursor.max(Some(key));
+            }
+            self.pubacked = self.pubacked.max(Some(key));
+            return;
         }
         // A storage error leaves the event in the journal: it is sent again (a duplicate that the
         // collector ignores), never lost.
         let _ = self.journal.ack(&mut self.flash, key);
     }
 
-    /// The connection dropped: unacknowledged events are sent again from the oldest.
+    /// A payload received on the `ack` topic: the collector holds events `from..=to` of `boot` in
+    /// its ledger, so they leave the journal. Returns how many did; a confirmation of events the
+    /// journal no longer holds removes nothing. A confirmation that does not decode is refused
+    /// with its error and changes nothing (the events are resent and confirmed again).
+    pub fn on_confirm(&mut self, now: u64, payload: &[u8]) -> Result<usize, DecodeError> {
+        let c = decode::<Confirm>(payload)?;
+        let mut removed = 0;
+        while let Some(key) = self
+            .journal
+            .entries()
+            .iter()
+            .map(|e| e.key)
+            .find(|k| k.boot == c.boot && (c.from..=c.to).contains(&k.seq))
+        {
+            if self.journal.ack(&mut self.flash, key).is_err() {
+                // Still journaled: sent again and confirmed again later, never lost.
+                break;
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            self.stall_ms = STALL_MIN_MS;
+            self.stall_since = Some(now);
+        }
+        Ok(removed)
+    }
+
+    /// The connection dropped: unacknowledged (and, with confirmations, unconfirmed) events are
+    /// sent again from the oldest.
     pub fn on_disconnect(&mut self) {
         self.inflight = None;
+        self.cursor = None;
+    }
+
+    /// With confirmations: when events were sent and nothing was confirmed for the stall period,
+    /// sends them again from the oldest and doubles the period.
+    fn stall_check(&mut self, now: u64) {
+        let oldest = self.journal.entries().first().map(|e| e.key);
+        let awaiting = matches!((oldest, self.cursor), (Some(o), Some(c)) if o <= c);
+        if !self.confirm || !awaiting {
+            self.stall_since = None;
+            return;
+        }
+        let since = *self.stall_since.get_or_insert(now);
+        // Rewound only between two events, so that the PUBACK in flight cannot move the cursor.
+        if now.saturating_sub(since) >= self.stall_ms && self.inflight.is_none() {
+            self.cursor = None;
+            self.stall_since = Some(now);
+            self.stall_ms = (self.stall_ms * 2).min(STALL_MAX_MS);
+        }
     }
 
     // ------------------------------------------------------------------------------------------
@@ -419,11 +523,17 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
                 });
             }
         }
+        self.stall_check(now);
         if self.inflight.is_some() {
             return None;
         }
         loop {
-            let entry = *self.journal.entries().first()?;
+            let cursor = self.cursor;
+            let entry = *self
+                .journal
+                .entries()
+                .iter()
+                .find(|e| Some(e.key) > cursor)?;
             let mut json = [0u8; MAX_EVENT_LEN];
             let sent = self
                 .journal
@@ -675,6 +785,7 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
         };
         let mut buf = [0u8; MAX_EVENT_LEN];
         let len = encode(&ev, &mut buf).ok()?;
+        self.evict_for_room();
         match self
             .journal
             .append(&mut self.flash, key, class, &buf[..len])
@@ -683,6 +794,24 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
             // Storage failure: the event could not be kept. The session still runs (a member is
             // never blocked), and its id is still this seq.
             Err(_) => Some(seq),
+        }
+    }
+}
+
+impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
+    /// A full journal with confirmations on first forgets the oldest event that the broker
+    /// acknowledged and the collector did not confirm yet (most likely in the ledger already),
+    /// before the overflow policy drops anything never sent. Counted in
+    /// [`Device::evicted_unconfirmed`].
+    fn evict_for_room(&mut self) {
+        if !self.confirm || self.journal.len() < CAP {
+            return;
+        }
+        let Some(oldest) = self.journal.entries().first().map(|e| e.key) else {
+            return;
+        };
+        if Some(oldest) <= self.pubacked && self.journal.ack(&mut self.flash, oldest).is_ok() {
+            self.evicted = self.evicted.saturating_add(1);
         }
     }
 }

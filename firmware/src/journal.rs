@@ -1,5 +1,5 @@
 //! The journal: a fixed-capacity log of encoded events, kept in flash until the broker acknowledged
-//! them, plus the device's persisted state (boot counter, lifetime counters, overflow counter).
+//! them (or, with confirmations on, until the collector confirmed them: see [`crate::device`]), plus the device's persisted state (boot counter, lifetime counters, overflow counter).
 //!
 //! # Layout
 //!
@@ -13,7 +13,7 @@
 //! | kind | a, b | payload |
 //! |---|---|---|
 //! | event | boot, seq | class, session, the event's JSON (ASCII) with `sent_uptime_ms = uptime_ms` |
-//! | ack | boot, seq | none: the broker acknowledged the event |
+//! | ack | boot, seq | none: the event was acknowledged (PUBACK, or the collector's confirmation) |
 //! | drop | boot, seq | none: the full-journal policy dropped the event |
 //! | state | 0, 0 | boot counter, lifetime counters, overflow counter; the newest one wins |
 //! | retire | sector_seq | none: every sector up to `sector_seq` is dead |

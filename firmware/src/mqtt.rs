@@ -23,9 +23,11 @@
 //! - CONNECT with the client id `fm-{site}-{machine}`, the keep-alive, the clean-session choice, and
 //!   the last will = [`Device::offline`] (QoS 1, retained) on `status`;
 //! - on CONNACK: the birth [`Device::birth`] (QoS 1, retained) on `status`, then SUBSCRIBE to the
-//!   machine's `config` and `cmd` (QoS 1);
+//!   machine's `config` and `cmd` (QoS 1), and with confirmations on ([`Device::set_confirmations`])
+//!   to its `ack` (QoS 0), whose messages go to [`Device::on_confirm`];
 //! - events from [`Device::next_to_send`] as QoS 1 PUBLISH, **one in flight**, and
-//!   [`Device::on_puback`] when its PUBACK arrives; telemetry as QoS 0;
+//!   [`Device::on_puback`] when its PUBACK arrives (which removes the event, or with
+//!   confirmations only lets the next one go); telemetry as QoS 0;
 //! - incoming PUBLISH on `config` / `cmd` go to [`Device::on_config`] / [`Device::on_command`],
 //!   then (QoS 1) the PUBACK is sent: the device has applied and stored the config before the
 //!   broker forgets it;
@@ -456,6 +458,11 @@ impl<const TX: usize, const RX: usize> Client<TX, RX> {
                             self.stats.received += 1;
                             dev.on_command(now, payload);
                         }
+                        Some(Channel::Ack) => {
+                            self.stats.received += 1;
+                            // A refused confirmation removes nothing: the events are resent.
+                            let _ = dev.on_confirm(now, payload);
+                        }
                         _ => {}
                     }
                     if qos > 0 {
@@ -505,6 +512,11 @@ impl<const TX: usize, const RX: usize> Client<TX, RX> {
         let _ = self.queue(now, |b| {
             packet::subscribe(b, pid, &[(&config, 1), (&cmd, 1)])
         });
+        if dev.confirmations() {
+            let ack = self.topic(Channel::Ack);
+            let pid = self.pid();
+            let _ = self.queue(now, |b| packet::subscribe(b, pid, &[(&ack, 0)]));
+        }
     }
 
     /// Queues the next telemetry or event when nothing else waits to be sent.

@@ -10,8 +10,8 @@ use core::fmt::{self, Write as _};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::message::{
-    Alert, Command, CommandBody, DeviceConfig, Event, EventBody, Presence, Sensing, Status,
-    Telemetry, MAX_ALLOW_LIST,
+    Alert, Command, CommandBody, Confirm, DeviceConfig, Event, EventBody, Presence, Sensing,
+    Status, Telemetry, MAX_ALLOW_LIST,
 };
 use crate::topic::Channel;
 use crate::{SCHEMA_VERSION, TS_MAX_MS, TS_MIN_MS};
@@ -436,6 +436,26 @@ impl Message for Alert {
         check_ts("ts", Some(self.ts))?;
         if self.code.is_empty() {
             return invalid("code", "must not be empty (e.g. \"maintenance_due\")");
+        }
+        Ok(())
+    }
+}
+
+impl Message for Confirm {
+    fn version(&self) -> u16 {
+        self.v
+    }
+    const CHANNEL: Channel = Channel::Ack;
+    fn validate(&self) -> Result<(), Invalid> {
+        check_boot(self.boot)?;
+        if self.from == 0 {
+            return invalid(
+                "from",
+                "must be at least 1: the first event of a boot has seq 1",
+            );
+        }
+        if self.to < self.from {
+            return invalid("to", "is less than `from`: a confirmed run is from..=to");
         }
         Ok(())
     }
@@ -910,6 +930,8 @@ pub enum Inbound {
     Command(Command),
     /// From `alert`.
     Alert(Alert),
+    /// From `ack`.
+    Confirm(Confirm),
 }
 
 /// Decodes a payload according to the channel of its topic.
@@ -921,6 +943,7 @@ pub fn decode_for(channel: Channel, payload: &[u8]) -> Result<Inbound, DecodeErr
         Channel::Config => Inbound::Config(decode(payload)?),
         Channel::Cmd => Inbound::Command(decode(payload)?),
         Channel::Alert => Inbound::Alert(decode(payload)?),
+        Channel::Ack => Inbound::Confirm(decode(payload)?),
     })
 }
 
@@ -933,6 +956,7 @@ pub fn decode_core_for(channel: Channel, payload: &[u8]) -> Result<Inbound, Deco
         Channel::Config => Inbound::Config(decode_core(payload)?),
         Channel::Cmd => Inbound::Command(decode_core(payload)?),
         Channel::Alert => Inbound::Alert(decode_core(payload)?),
+        Channel::Ack => Inbound::Confirm(decode_core(payload)?),
     })
 }
 

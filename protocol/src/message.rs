@@ -477,3 +477,22 @@ pub struct Alert {
     /// Human-readable text.
     pub text: Text<LONG_TEXT>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// ack
+
+/// A confirmation from the collector, on `ack`, QoS 0, not retained:
+/// `{"v":1,"boot":12,"from":40,"to":57}` says that the events `from..=to` of boot `boot` of this
+/// machine are durably in the ledger (accepted, duplicates, or kept as dead letters). The device may
+/// then forget them; an event it has not seen confirmed it keeps and sends again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirm {
+    /// Schema version.
+    pub v: u16,
+    /// The boot of the confirmed events.
+    pub boot: u32,
+    /// First confirmed `seq`.
+    pub from: u32,
+    /// Last confirmed `seq` (inclusive, at least `from`).
+    pub to: u32,
+}

@@ -28,6 +28,9 @@ pub enum Channel {
     Cmd,
     /// Collector out, QoS 1: alerts for people and other systems.
     Alert,
+    /// Collector to device, QoS 0, not retained: confirmations that events are in the ledger.
+    /// A device forgets an event only when a confirmation covers it.
+    Ack,
 }
 
 /// Who publishes on a channel.
@@ -43,13 +46,14 @@ pub enum Direction {
 
 impl Channel {
     /// Every channel, in the order of the protocol document.
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Status,
         Channel::Event,
         Channel::Telemetry,
         Channel::Config,
         Channel::Cmd,
         Channel::Alert,
+        Channel::Ack,
     ];
 
     /// The topic level naming this channel.
@@ -61,6 +65,7 @@ impl Channel {
             Channel::Config => "config",
             Channel::Cmd => "cmd",
             Channel::Alert => "alert",
+            Channel::Ack => "ack",
         }
     }
 
@@ -72,7 +77,7 @@ impl Channel {
     /// The MQTT QoS to publish with (0 or 1).
     pub const fn qos(self) -> u8 {
         match self {
-            Channel::Telemetry => 0,
+            Channel::Telemetry | Channel::Ack => 0,
             _ => 1,
         }
     }
@@ -86,7 +91,7 @@ impl Channel {
     pub const fn direction(self) -> Direction {
         match self {
             Channel::Status | Channel::Event | Channel::Telemetry => Direction::DeviceToCollector,
-            Channel::Config | Channel::Cmd => Direction::CollectorToDevice,
+            Channel::Config | Channel::Cmd | Channel::Ack => Direction::CollectorToDevice,
             Channel::Alert => Direction::CollectorOut,
         }
     }
@@ -155,7 +160,7 @@ impl fmt::Display for TopicError {
             TopicError::BadMachine(e) => write!(f, "machine id {e}"),
             TopicError::UnknownChannel => write!(
                 f,
-                "unknown channel; use one of status, event, telemetry, config, cmd, alert"
+                "unknown channel; use one of status, event, telemetry, config, cmd, alert, ack"
             ),
         }
     }
@@ -345,5 +350,9 @@ mod tests {
         assert_eq!(Channel::Config.direction(), Direction::CollectorToDevice);
         assert_eq!(Channel::parse("cmd"), Some(Channel::Cmd));
         assert_eq!(Channel::parse("CMD"), None);
+        assert_eq!(Channel::Ack.qos(), 0);
+        assert!(!Channel::Ack.retained());
+        assert_eq!(Channel::Ack.direction(), Direction::CollectorToDevice);
+        assert_eq!(Channel::parse("ack"), Some(Channel::Ack));
     }
 }

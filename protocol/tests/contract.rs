@@ -19,6 +19,7 @@ fn encode_inbound_std(m: &Inbound) -> Vec<u8> {
         Inbound::Config(m) => encode_to_vec(m),
         Inbound::Command(m) => encode_to_vec(m),
         Inbound::Alert(m) => encode_to_vec(m),
+        Inbound::Confirm(m) => encode_to_vec(m),
     };
     r.expect("a decoded message re-encodes")
 }
@@ -32,6 +33,7 @@ fn encode_inbound_core(m: &Inbound) -> Vec<u8> {
         Inbound::Config(m) => encode(m, &mut buf),
         Inbound::Command(m) => encode(m, &mut buf),
         Inbound::Alert(m) => encode(m, &mut buf),
+        Inbound::Confirm(m) => encode(m, &mut buf),
     };
     let n = r.expect("a decoded message re-encodes without allocation");
     buf[..n].to_vec()
@@ -239,6 +241,7 @@ fn size_limits_are_checked_before_parsing() {
         Channel::Telemetry,
         Channel::Cmd,
         Channel::Alert,
+        Channel::Ack,
     ] {
         assert_eq!(
             decode_for(channel, &big),
@@ -583,4 +586,37 @@ fn fuzz_regressions_decoders_agree() {
         assert!(matches!(a, Err(DecodeError::Syntax { .. })), "{a:?}");
         assert!(matches!(b, Err(DecodeError::Syntax { .. })), "{b:?}");
     }
+}
+
+#[test]
+fn confirmations_round_trip_and_refuse_bad_runs() {
+    use fabmeter_protocol::message::Confirm;
+    let c = Confirm {
+        v: 1,
+        boot: 7,
+        from: 3,
+        to: 3,
+    };
+    let bytes = encode_to_vec(&c).expect("a confirmation encodes");
+    assert_eq!(bytes, br#"{"v":1,"boot":7,"from":3,"to":3}"#);
+    assert_eq!(decode::<Confirm>(&bytes), Ok(c));
+    assert_eq!(decode_core::<Confirm>(&bytes), Ok(c));
+    assert_eq!(decode_for(Channel::Ack, &bytes), Ok(Inbound::Confirm(c)));
+    for (bad, field) in [
+        (r#"{"v":1,"boot":0,"from":1,"to":2}"#, "boot"),
+        (r#"{"v":1,"boot":1,"from":0,"to":2}"#, "from"),
+        (r#"{"v":1,"boot":1,"from":3,"to":2}"#, "to"),
+    ] {
+        match decode::<Confirm>(bad.as_bytes()) {
+            Err(e @ DecodeError::Invalid(_)) => {
+                assert!(e.to_string().contains(field), "{bad}: {e}")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    let mut buf = [0u8; 64];
+    assert!(matches!(
+        encode(&Confirm { to: 2, ..c }, &mut buf),
+        Err(EncodeError::Invalid(_))
+    ));
 }

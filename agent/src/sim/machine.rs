@@ -86,6 +86,8 @@ pub(crate) struct MachineSetup {
     pub connect_delay: Duration,
     pub config_wait: Duration,
     pub drain_timeout: Duration,
+    /// Keep events until the collector confirms them.
+    pub confirm: bool,
     pub crashes: Vec<Crash>,
     pub stats: Arc<SimStats>,
     /// Signs the machine's events, when the simulation has device keys.
@@ -174,7 +176,10 @@ impl Machine {
         let flash = SparseFlash::<SECTOR>::new(FLASH_SECTORS);
         let box_id = sim_box_id(self.s.seed, &self.s.id);
         match new_device(flash, &self.s.key, self.s.signer.as_ref(), box_id, 0) {
-            Ok(d) => self.dev = Some(d),
+            Ok(mut d) => {
+                d.set_confirmations(self.s.confirm);
+                self.dev = Some(d);
+            }
             Err(e) => {
                 self.report.error = Some(e);
                 return;
@@ -292,7 +297,8 @@ impl Machine {
         };
         let box_id = sim_box_id(self.s.seed, &self.s.id);
         match new_device(flash, &self.s.key, self.s.signer.as_ref(), box_id, t) {
-            Ok(d) => {
+            Ok(mut d) => {
+                d.set_confirmations(self.s.confirm);
                 self.dev = Some(d);
                 self.report.boots += 1;
                 self.connect();
@@ -343,7 +349,7 @@ impl Machine {
                 self.s.stats.events_acked.fetch_add(1, Ordering::Relaxed);
             }
             Happened::Config => self.got_config = true,
-            Happened::Command | Happened::Nothing => {}
+            Happened::Confirmed(_) | Happened::Command | Happened::Nothing => {}
         }
     }
 

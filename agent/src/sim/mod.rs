@@ -140,6 +140,9 @@ pub struct SimConfig {
     /// [`DeviceKey::derive`]`(secret, machine id)`, so a collector holding the same derived keys
     /// verifies them. `None`: unsigned events.
     pub device_key_secret: Option<[u8; 32]>,
+    /// Devices keep each event until the collector confirms it on `ack`
+    /// (`Device::set_confirmations`, docs/PROTOCOL.md "ack"); off: a PUBACK removes it.
+    pub confirm: bool,
 }
 
 impl std::fmt::Debug for SimConfig {
@@ -293,6 +296,7 @@ impl SimConfig {
             crashes: Vec::new(),
             device_key_secret: None,
             machines_per_connection: 1,
+            confirm: false,
         }
     }
 
@@ -619,6 +623,7 @@ pub async fn run_with_stats(
                 .map(|mux| (mux.clone(), index % per_conn)),
             config_wait: cfg.config_wait,
             drain_timeout: cfg.drain_timeout,
+            confirm: cfg.confirm,
             crashes: cfg
                 .crashes
                 .iter()

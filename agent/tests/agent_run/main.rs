@@ -93,7 +93,7 @@ impl Drop for Agent {
 fn config(dir: &Path, site: &str, url: &str, speed: f64) -> PathBuf {
     let mut text = format!(
         "site = \"{site}\"\ndata_dir = \"{}\"\nbadge_key = \"{DEMO_BADGE_KEY_HEX}\"\n\n\
-         [mqtt]\nurl = \"{url}\"\nreconnect_max_s = 1\n\n[simulate]\nspeed = {speed}\nseed = 7\n",
+         [mqtt]\nurl = \"{url}\"\nreconnect_max_s = 1\nconfirm = false\n\n[simulate]\nspeed = {speed}\nseed = 7\n",
         dir.join("data").display()
     );
     for (id, kind) in MACHINES {
@@ -393,6 +393,83 @@ fn an_hour_of_broker_outage_loses_and_duplicates_nothing() {
         "{total} distinct events, {during} journaled while the broker was down, {dups} duplicates removed"
     );
     assert!(during > 0, "no event was journaled during the outage");
+}
+
+/// The agent's `left=N` of machine `id` in its "stopped" log line.
+fn left_at_stop(log: &str, id: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("stopped") && l.contains(&format!("machine={id}")))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("left="))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no stopped line for {id} in the log:\n{log}"))
+}
+
+#[test]
+fn with_confirm_a_puback_keeps_events_until_the_collector_confirms_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let site = "confirm";
+    publish_configs(&broker.client(), site, broker.port());
+    let mut sub = subscribe(broker.client(), site);
+    // 60 device ms per wall ms: the 30 s stall timer is half a wall second.
+    let cfg = config(dir.path(), site, &broker.url(), 60.0);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "confirm = false\n",
+            "confirm = true\n",
+        ),
+    )
+    .expect("write config");
+    let agent = Agent::start(&cfg, dir.path().join("agent.log"));
+    let mut seen = Seen::default();
+    // Nobody confirms: every machine sends its first event again after the stall timer, though
+    // the broker acknowledged it.
+    let resent = |seen: &Seen| {
+        MACHINES.iter().all(|(id, _)| {
+            seen.events
+                .get(*id)
+                .is_some_and(|v| v.iter().filter(|e| e.boot == 1 && e.seq == 1).count() >= 2)
+        })
+    };
+    sub.wait_for(Duration::from_secs(30), "unconfirmed events resent", |m| {
+        seen.add(m);
+        resent(&seen)
+    })
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    let before: BTreeMap<String, usize> = MACHINES
+        .iter()
+        .map(|(id, _)| {
+            let distinct: BTreeSet<u32> = seen.events[*id].iter().map(|e| e.seq).collect();
+            ((*id).to_string(), distinct.len())
+        })
+        .collect();
+    // The collector's confirmation of everything so far (and beyond) removes them.
+    for (id, _) in MACHINES {
+        broker
+            .client()
+            .publish(
+                &format!("fabmeter/v1/{site}/{id}/ack"),
+                br#"{"v":1,"boot":1,"from":1,"to":4000000000}"#,
+                0,
+                false,
+            )
+            .expect("publish a confirmation");
+    }
+    agent.stop(Duration::from_secs(20));
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).expect("agent log");
+    for (id, _) in MACHINES {
+        let left = left_at_stop(&log, id);
+        assert!(
+            left < before[id],
+            "{id}: {left} events left at stop, {} were sent before the confirmation",
+            before[id]
+        );
+    }
 }
 
 /// Writes a credentials file the way `fabmeter-collector provision device` does.

@@ -157,6 +157,14 @@ impl CollectorProc {
         self.duplicates_before += dups;
     }
 
+    /// Freezes (SIGSTOP) or resumes (SIGCONT) the running collector: a collector that falls
+    /// behind, its connection open and the broker queueing for it.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("the collector runs").0.id();
+        let signal = if frozen { Signal::Stop } else { Signal::Cont };
+        send_signal(pid, signal).expect("signal the collector");
+    }
+
     /// The collector's log (stderr of every run).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

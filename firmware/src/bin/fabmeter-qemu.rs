@@ -8,6 +8,7 @@
 //! - The relay is the EVB's status LED (PF0).
 //! - With the `scenario` feature a scripted run-signal and badge sequence drives the device
 //!   once its config arrived; without it the image only connects, births and obeys the broker.
+//! - With the `confirm` feature events stay journaled until the collector confirms them on `ack`.
 //!
 //! See docs/FIRMWARE.md for the real board, the pin map and the QEMU command line. On the host this
 //! file builds to a stub `main` so that `cargo test` and `cargo clippy` of the workspace work.
@@ -277,6 +278,9 @@ mod board {
         if dev.box_id().is_none() {
             dev.set_box_id(BOX_ID);
         }
+        // With the `confirm` feature an event leaves the journal only when the collector
+        // confirms it (docs/PROTOCOL.md "ack").
+        dev.set_confirmations(cfg!(feature = "confirm"));
         let mut settings = Settings::new(site, machine);
         settings.keep_alive_s = 5;
         settings.ack_timeout_ms = 3000;

@@ -493,3 +493,151 @@ fn the_box_id_is_kept_with_the_boot_counter_and_stamped_on_every_copy() {
     let d = start(Flash::new(), 0);
     assert_eq!((d.boot(), d.box_id()), (1, None));
 }
+
+fn confirm(d: &mut Dev, now: u64, boot: u32, from: u32, to: u32) -> usize {
+    let json = std::format!(r#"{{"v":1,"boot":{boot},"from":{from},"to":{to}}}"#);
+    d.on_confirm(now, json.as_bytes())
+        .expect("valid confirmation")
+}
+
+/// Sends what goes out now, PUBACKing each; returns the seqs sent.
+fn send_all(d: &mut Dev, now: u64) -> Vec<u32> {
+    let mut buf = [0u8; 1024];
+    let mut seqs = Vec::new();
+    while let Some(o) = d.next_to_send(now, &mut buf) {
+        if let Some(k) = o.key {
+            seqs.push(k.seq);
+            d.on_puback(k);
+        }
+    }
+    seqs
+}
+
+#[test]
+fn with_confirmations_a_puback_keeps_the_event_until_the_collector_confirms_it() {
+    let mut d = start(Flash::new(), 0);
+    d.set_confirmations(true);
+    d.on_config(0, CONFIG.as_bytes());
+    d.on_badge(10, &EVE);
+    d.on_badge(20, &EVE);
+    // counters (1), two denials (2, 3): all go out, several awaiting confirmation at once.
+    assert_eq!(send_all(&mut d, 100), [1, 2, 3]);
+    assert_eq!(d.journal().len(), 3, "a PUBACK forgets nothing");
+    assert_eq!(
+        send_all(&mut d, 200),
+        Vec::<u32>::new(),
+        "nothing sent twice"
+    );
+    // Confirmations of another boot or of unknown seqs change nothing.
+    assert_eq!(confirm(&mut d, 300, 2, 1, 3), 0);
+    assert_eq!(confirm(&mut d, 300, 1, 1, 2), 2);
+    assert_eq!(d.journal().entries()[0].key.seq, 3);
+    assert_eq!(
+        confirm(&mut d, 300, 1, 1, 2),
+        0,
+        "a repeated confirmation is harmless"
+    );
+    // A bad confirmation is refused and removes nothing.
+    assert!(d
+        .on_confirm(300, br#"{"v":1,"boot":1,"from":3,"to":2}"#)
+        .is_err());
+    assert_eq!(d.journal().len(), 1);
+    // A reconnect resends what was not confirmed, from the oldest.
+    d.on_disconnect();
+    assert_eq!(send_all(&mut d, 400), [3]);
+    assert_eq!(confirm(&mut d, 500, 1, 3, 3), 1);
+    assert!(d.journal().is_empty());
+    // The journal survives a reboot with what was unconfirmed.
+    d.on_badge(600, &EVE);
+    assert_eq!(send_all(&mut d, 700), [4]);
+    let (flash, _) = d.release();
+    let d = start(flash, 0);
+    assert_eq!(d.journal().entries()[0].key, EventKey { boot: 1, seq: 4 });
+}
+
+#[test]
+fn with_confirmations_a_stall_resends_from_the_oldest_with_a_doubling_wait() {
+    let mut d = start(Flash::new(), 0);
+    d.set_confirmations(true);
+    d.on_config(0, CONFIG.as_bytes());
+    d.on_badge(10, &EVE);
+    assert_eq!(send_all(&mut d, 1_000), [1, 2]);
+    // The wait starts at the first look after the sends.
+    assert_eq!(
+        send_all(&mut d, 1_000 + STALL_MIN_MS - 1),
+        Vec::<u32>::new()
+    );
+    assert_eq!(send_all(&mut d, 1_000 + STALL_MIN_MS), [1, 2]);
+    let t = 1_000 + STALL_MIN_MS;
+    assert_eq!(
+        send_all(&mut d, t + 2 * STALL_MIN_MS - 1),
+        Vec::<u32>::new()
+    );
+    assert_eq!(send_all(&mut d, t + 2 * STALL_MIN_MS), [1, 2], "doubled");
+    // The wait never exceeds the maximum.
+    let mut t = t + 2 * STALL_MIN_MS;
+    for _ in 0..10 {
+        t += STALL_MAX_MS;
+        assert_eq!(send_all(&mut d, t), [1, 2]);
+    }
+    // A confirmation resets it to the minimum.
+    assert_eq!(confirm(&mut d, t, 1, 1, 1), 1);
+    assert_eq!(send_all(&mut d, t + STALL_MIN_MS - 1), Vec::<u32>::new());
+    assert_eq!(send_all(&mut d, t + STALL_MIN_MS), [2]);
+    assert_eq!(confirm(&mut d, t, 1, 2, 2), 1);
+    assert!(d.journal().is_empty());
+    assert_eq!(send_all(&mut d, t + 10 * STALL_MAX_MS), Vec::<u32>::new());
+}
+
+#[test]
+fn a_rewind_waits_for_the_puback_in_flight() {
+    let mut d = start(Flash::new(), 0);
+    d.set_confirmations(true);
+    d.on_config(0, CONFIG.as_bytes());
+    d.on_badge(10, &EVE);
+    let mut buf = [0u8; 1024];
+    let one = d.next_to_send(0, &mut buf).unwrap().key.unwrap();
+    d.on_puback(one);
+    let two = d.next_to_send(0, &mut buf).unwrap().key.unwrap();
+    // Stalled while seq 2 is in flight: no second message in flight, and its PUBACK then rewinds.
+    assert_eq!(d.next_to_send(STALL_MIN_MS, &mut buf), None);
+    d.on_puback(two);
+    let again = d.next_to_send(STALL_MIN_MS, &mut buf).unwrap().key.unwrap();
+    assert_eq!(again.seq, 1);
+}
+
+#[test]
+fn a_full_journal_evicts_the_oldest_pubacked_unconfirmed_event_first() {
+    let mut d = start(Flash::new(), 0);
+    d.set_confirmations(true);
+    d.on_config(0, CONFIG.as_bytes());
+    // counters (seq 1) sent and PUBACKed, never confirmed.
+    assert_eq!(send_all(&mut d, 0), [1]);
+    let dropped_before = d.lifetime().journal_dropped;
+    let mut now = 10;
+    while d.journal().len() < JOURNAL_CAP {
+        d.on_badge(now, &EVE);
+        now += 10;
+    }
+    d.on_badge(now, &EVE);
+    assert_eq!(d.journal().len(), JOURNAL_CAP);
+    assert_eq!(d.evicted_unconfirmed(), 1);
+    assert_eq!(d.journal().entries()[0].key.seq, 2, "the PUBACKed one went");
+    assert_eq!(
+        d.lifetime().journal_dropped,
+        dropped_before,
+        "nothing unsent was dropped"
+    );
+    // With no PUBACKed event left, the overflow policy drops and counts as before.
+    d.on_badge(now + 10, &EVE);
+    assert_eq!(d.evicted_unconfirmed(), 1);
+    assert_eq!(d.lifetime().journal_dropped, dropped_before + 1);
+}
+
+#[test]
+fn without_confirmations_a_puback_still_removes_the_event() {
+    let mut d = start(Flash::new(), 0);
+    assert!(!d.confirmations());
+    assert_eq!(send_all(&mut d, 0), [1]);
+    assert!(d.journal().is_empty());
+}

@@ -28,6 +28,7 @@ fn reencode(m: &Inbound) -> (Vec<u8>, Vec<u8>) {
         Inbound::Config(m) => both!(m),
         Inbound::Command(m) => both!(m),
         Inbound::Alert(m) => both!(m),
+        Inbound::Confirm(m) => both!(m),
     }
 }
 
