@@ -185,7 +185,7 @@ pub struct SessionParams {
     member: Option<String>,
     from: Option<String>,
     to: Option<String>,
-    limit: Option<u32>,
+    limit: Option<String>,
 }
 
 fn session_query(p: SessionParams) -> Result<SessionQuery, ApiError> {
@@ -207,7 +207,7 @@ fn session_query(p: SessionParams) -> Result<SessionQuery, ApiError> {
         to_ms: time("to", p.to)?,
         machine: p.machine,
         member: p.member,
-        limit: Some(p.limit.unwrap_or(10_000).min(100_000)),
+        limit: Some(limit_param(p.limit.as_deref(), 10_000, 100_000)?),
     })
 }
 
@@ -301,14 +301,39 @@ async fn counters(State(s): State<ApiState>, Path(id): Path<String>) -> Result<R
 
 #[derive(Debug, Deserialize)]
 struct LimitParams {
-    limit: Option<u32>,
+    limit: Option<String>,
+}
+
+/// The `limit` query parameter: absent gives `default`; a value that is not a whole number, or
+/// is 0 or above `max`, is a 400 naming the parameter, its range and the fix.
+fn limit_param(v: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let Some(v) = v else {
+        return Ok(default);
+    };
+    let bad = |problem: String| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "parameter `limit`: {problem}; give a whole number from 1 to {max} (the maximum), e.g. limit={default}, and narrow the query (from, to) to see more"
+            ),
+        )
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if n >= 1 && n <= u64::from(max) => Ok(n as u32),
+        Ok(0) => Err(bad("0 asks for nothing".into())),
+        Ok(n) => Err(bad(format!("{n} is above the maximum {max}"))),
+        Err(_) if !v.is_empty() && v.trim().bytes().all(|b| b.is_ascii_digit()) => {
+            Err(bad(format!("{v} is above the maximum {max}")))
+        }
+        Err(_) => Err(bad(format!("{v:?} is not a whole number"))),
+    }
 }
 
 async fn dead_letters(
     State(s): State<ApiState>,
     Query(p): Query<LimitParams>,
 ) -> Result<Response, ApiError> {
-    let limit = p.limit.unwrap_or(100).min(10_000);
+    let limit = limit_param(p.limit.as_deref(), 100, 10_000)?;
     let rows = read(&s, move |l| l.dead_letters(limit)).await?;
     Ok(Json(serde_json::json!({ "dead_letters": rows })).into_response())
 }
@@ -414,6 +439,13 @@ async fn ready(State(s): State<ApiState>) -> Response {
         )
             .into_response();
     }
+    if let Some(why) = s.metrics.ledger_failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: ledger commits fail ({why}); nothing is acknowledged until one succeeds: free space on the ledger's disk or fix the error\n"),
+        )
+            .into_response();
+    }
     match read(&s, |l| l.totals()).await {
         Ok(_) => "ready\n".into_response(),
         Err(e) => (
@@ -511,6 +543,32 @@ mod tests {
             "2025/11/29",
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_limit_names_the_parameter_its_maximum_and_the_fix() {
+        assert_eq!(limit_param(None, 100, 10_000).map_err(|e| e.1), Ok(100));
+        assert_eq!(
+            limit_param(Some("10000"), 100, 10_000).map_err(|e| e.1),
+            Ok(10_000)
+        );
+        for (v, says) in [
+            ("10001", "10001 is above the maximum 10000"),
+            (
+                "99999999999999999999999",
+                "99999999999999999999999 is above the maximum 10000",
+            ),
+            ("0", "0 asks for nothing"),
+            ("ten", "\"ten\" is not a whole number"),
+            ("-1", "\"-1\" is not a whole number"),
+        ] {
+            let e = limit_param(Some(v), 100, 10_000).expect_err(v);
+            assert_eq!(e.0, StatusCode::BAD_REQUEST);
+            assert_eq!(
+                e.1,
+                format!("parameter `limit`: {says}; give a whole number from 1 to 10000 (the maximum), e.g. limit=100, and narrow the query (from, to) to see more")
+            );
         }
     }
 

@@ -151,7 +151,7 @@ impl Application {
         o.set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(c.keep_alive())
-            .set_max_packet_size(64 * 1024, 64 * 1024)
+            .set_max_packet_size(c.mqtt.max_packet_bytes, 64 * 1024)
             .set_request_channel_capacity(10_000)
             .set_inflight(100);
         if let (Some(u), p) = (&c.mqtt.username, &c.mqtt.password) {

@@ -10,9 +10,10 @@ use fabmeter_protocol::message::Sensing;
 use fabmeter_protocol::{BadgeHash, Id};
 use serde::{Deserialize, Serialize};
 
-/// A configuration problem: which key, what is wrong, and a valid example.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("config key `{key}`: {problem}; for example: {example}")]
+/// A configuration problem: which key (with its table), where in the file, what is wrong, and a
+/// valid example. Displayed as `site.toml:6:16: config key `mqtt.keep_alive_s`: ...; for example:
+/// ...` when the file and position are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// Dotted key, e.g. `machines[2].id`.
     pub key: String,
@@ -20,6 +21,45 @@ pub struct ConfigError {
     pub problem: String,
     /// A valid example value.
     pub example: String,
+    /// 1-based (line, column) in the TOML text, when the problem was found while parsing.
+    pub at: Option<(usize, usize)>,
+    /// The file, when known (see [`ConfigError::in_file`]).
+    pub file: Option<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.file, self.at) {
+            (Some(file), Some((line, col))) => write!(f, "{file}:{line}:{col}: ")?,
+            (Some(file), None) => write!(f, "{file}: ")?,
+            (None, Some((line, col))) => write!(f, "line {line}, column {col}: ")?,
+            (None, None) => {}
+        }
+        write!(
+            f,
+            "config key `{}`: {}; for example: {}",
+            self.key, self.problem, self.example
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// The same error with the line and column of its key in `text` (for an error of
+    /// [`Config::validate`], found after parsing), when the key is written there.
+    pub fn located(mut self, text: &str) -> Self {
+        if self.at.is_none() {
+            self.at = find_key(text, &self.key);
+        }
+        self
+    }
+
+    /// The same error, naming the file it was found in.
+    pub fn in_file(mut self, file: impl Into<String>) -> Self {
+        self.file = Some(file.into());
+        self
+    }
 }
 
 fn err(key: impl Into<String>, problem: impl Into<String>, example: &str) -> ConfigError {
@@ -27,7 +67,84 @@ fn err(key: impl Into<String>, problem: impl Into<String>, example: &str) -> Con
         key: key.into(),
         problem: problem.into(),
         example: example.into(),
+        at: None,
+        file: None,
     }
+}
+
+/// 1-based (line, column) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The dotted key written on the line holding byte `offset` (`mqtt.keep_alive_s`,
+/// `machines[1].tariff`), from the table headers above it; empty when the line holds none.
+fn key_at(text: &str, offset: usize) -> String {
+    let (line_no, _) = line_col(text, offset);
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut key = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_owned();
+            let n = arrays.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_owned();
+        } else if i + 1 == line_no {
+            if let Some((k, _)) = t.split_once('=') {
+                key = k.trim().trim_matches('"').to_owned();
+            }
+        }
+        if i + 1 == line_no {
+            break;
+        }
+    }
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// 1-based (line, column) where the dotted `key` is written in `text` (`machines[1].tariff`), or
+/// the header of its table when the key itself is not written.
+fn find_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    let mut offset = 0;
+    let mut table_at = None;
+    for line in text.split_inclusive('\n') {
+        let here = key_at(text, offset);
+        let t = line.trim_start();
+        let col = line.len() - t.len() + 1;
+        let line_no = text[..offset].matches('\n').count() + 1;
+        if here == key && !t.starts_with('[') && t.contains('=') {
+            return Some((line_no, col));
+        }
+        if t.starts_with('[')
+            && table_at.is_none()
+            && key.starts_with(here.as_str())
+            && !here.is_empty()
+        {
+            table_at = Some((line_no, col));
+        }
+        offset += line.len();
+    }
+    table_at
+}
+
+/// The default value of a dotted key, as TOML (`30` for `mqtt.keep_alive_s`), if it has one.
+fn default_of(key: &str) -> Option<String> {
+    let defaults: toml::Table = toml::from_str(&Config::for_site("atelier").to_toml()).ok()?;
+    let mut v = defaults.get(key.split('.').next()?)?;
+    for part in key.split('.').skip(1) {
+        v = v.get(part)?;
+    }
+    Some(v.to_string())
 }
 
 /// The whole collector configuration.
@@ -229,7 +346,23 @@ pub struct MqttConfig {
     /// MQTT 5 shared-subscription group for several collectors of one site (`$share/{group}/...`);
     /// absent: a plain subscription.
     pub shared_group: Option<String>,
+    /// Largest MQTT packet the collector reads (default 2 MiB). A payload over its channel's
+    /// limit but within this is a dead letter `too_large`; a packet over this cannot be read at
+    /// all (the connection fails and the broker redelivers it), so the broker must refuse
+    /// messages well below it: the `message_size_limit` that `provision` writes is
+    /// [`BROKER_MESSAGE_SIZE_LIMIT`].
+    pub max_packet_bytes: usize,
 }
+
+/// The `message_size_limit` `provision` writes into `mosquitto.conf`: 16 KiB, four times the
+/// largest legitimate payload (`MAX_CONFIG_PAYLOAD`, 4 KiB), far below `mqtt.max_packet_bytes`.
+pub const BROKER_MESSAGE_SIZE_LIMIT: usize = 16 * 1024;
+
+/// Default `mqtt.max_packet_bytes`.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest `mqtt.max_packet_bytes` (MQTT's own packet limit is 256 MiB).
+pub const MAX_MAX_PACKET_BYTES: usize = 256 * 1024 * 1024;
 
 impl Default for MqttConfig {
     fn default() -> Self {
@@ -241,6 +374,7 @@ impl Default for MqttConfig {
             ca_file: None,
             keep_alive_s: 30,
             shared_group: None,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
         }
     }
 }
@@ -257,6 +391,17 @@ pub struct BrokerConfig {
     pub device_url: Option<String>,
     /// The CA file devices verify the broker with (written into their credentials).
     pub device_ca_file: Option<PathBuf>,
+    /// The whole `mosquitto.conf` that `provision` writes (listeners, authentication, ACL,
+    /// persistence on every change, queue and size limits, client ids confined to usernames:
+    /// docs/COLLECTOR.md "Broker setup"); absent: none is written.
+    pub conf_file: Option<PathBuf>,
+    /// Mosquitto's `persistence_location` in that file; absent: `/var/lib/mosquitto/`.
+    pub persistence_location: Option<PathBuf>,
+    /// Certificate of an `mqtts://` listener (PEM), required when `mqtt.url` or
+    /// `broker.device_url` is `mqtts://`.
+    pub tls_certfile: Option<PathBuf>,
+    /// Private key of an `mqtts://` listener (PEM).
+    pub tls_keyfile: Option<PathBuf>,
 }
 
 /// `[ledger]`
@@ -395,29 +540,107 @@ impl Config {
         }
     }
 
-    /// Parses TOML text (unknown keys are errors naming the key).
+    /// Parses TOML text. Every error names the key with its table (`mqtt.keep_alive_s`), its
+    /// line and column, and a fix: a value of the wrong type, an unknown key, a TOML syntax error.
+    /// [`ConfigError::in_file`] adds the file name.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let key = e
-                .span()
-                .map(|s| {
-                    text.get(s.clone())
-                        .unwrap_or("")
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string()
-                })
-                .unwrap_or_default();
-            err(
-                if key.is_empty() {
-                    "(file)"
+        let de = match toml::Deserializer::parse(text) {
+            Ok(de) => de,
+            Err(e) => {
+                let at = e.span().map(|s| line_col(text, s.start));
+                let key = e
+                    .span()
+                    .map(|s| key_at(text, s.start))
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| "(syntax)".into());
+                return Err(ConfigError {
+                    key,
+                    problem: format!("TOML syntax: {}", e.message().trim().replace('\n', "; ")),
+                    example: "fix the syntax at that position: strings in double quotes (name = \"Laser\"), \
+                              numbers bare (keep_alive_s = 30), tables as [mqtt] or [[machines]]"
+                        .into(),
+                    at,
+                    file: None,
+                });
+            }
+        };
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let span = inner.span();
+            let at = span.as_ref().map(|s| line_col(text, s.start));
+            let message = inner.message().trim().replace('\n', "; ");
+            if let Some(field) = message
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+            {
+                let table = if path == "." || path.is_empty() {
+                    span.as_ref()
+                        .map(|s| key_at(text, s.start))
+                        .and_then(|k| k.rsplit_once('.').map(|(t, _)| t.to_owned()))
+                        .unwrap_or_default()
                 } else {
-                    key.as_str()
+                    // serde's path ends at the unknown key itself.
+                    let suffix = format!(".{field}");
+                    match path.strip_suffix(&suffix) {
+                        Some(t) => t.to_owned(),
+                        None if path == field => String::new(),
+                        None => path.clone(),
+                    }
+                };
+                let key = if table.is_empty() {
+                    field.to_owned()
+                } else {
+                    format!("{table}.{field}")
+                };
+                let expected = message.split_once(", expected ").map_or("", |(_, x)| x);
+                let place = if table.is_empty() {
+                    "at the top level".to_owned()
+                } else {
+                    format!("in [{table}]")
+                };
+                return ConfigError {
+                    key,
+                    problem: format!("unknown key `{field}` {place}"),
+                    example: format!(
+                        "remove it or correct its spelling; the keys {place} are {expected} \
+                         (`fabmeter-collector print-config` prints every key with its default)"
+                    ),
+                    at,
+                    file: None,
+                };
+            }
+            let key = if path == "." || path.is_empty() {
+                span.as_ref()
+                    .map(|s| key_at(text, s.start))
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| "(file)".into())
+            } else {
+                path
+            };
+            let example = match default_of(&key) {
+                Some(d) => format!("{key} = {d} (the default)"),
+                None => {
+                    "see `fabmeter-collector print-config` for every key with its default".into()
+                }
+            };
+            let problem = match message.strip_prefix("invalid type: ") {
+                Some(rest) => match rest.split_once(", expected ") {
+                    Some((got, want)) => {
+                        let got = got.split(' ').next().unwrap_or(got);
+                        format!("wrong type: expected {want}, found a {got}")
+                    }
+                    None => format!("wrong type: {rest}"),
                 },
-                e.message().to_string(),
-                "see `fabmeter-collector print-config` for every key with its default",
-            )
+                None => message,
+            };
+            ConfigError {
+                key,
+                problem,
+                example,
+                at,
+                file: None,
+            }
         })
     }
 
@@ -462,6 +685,17 @@ impl Config {
                     "\"mqtts://workshop.example:8883\"",
                 ));
             }
+        }
+        let limit = BROKER_MESSAGE_SIZE_LIMIT + 1024;
+        if !(limit..=MAX_MAX_PACKET_BYTES).contains(&self.mqtt.max_packet_bytes) {
+            return Err(err(
+                "mqtt.max_packet_bytes",
+                format!(
+                    "{} is outside {limit} to {MAX_MAX_PACKET_BYTES}: the collector must read every message the broker lets through (its message_size_limit is {BROKER_MESSAGE_SIZE_LIMIT} bytes plus the topic), or a bigger one wedges the connection",
+                    self.mqtt.max_packet_bytes
+                ),
+                &DEFAULT_MAX_PACKET_BYTES.to_string(),
+            ));
         }
         if self.mqtt.keep_alive_s < 5 {
             return Err(err("mqtt.keep_alive_s", "must be at least 5 seconds", "30"));
@@ -554,6 +788,23 @@ impl Config {
         }
         if self.billing.is_some() {
             self.billing_rules()?;
+        } else if let Some((i, m)) = self
+            .machines
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.tariff.is_some())
+        {
+            let tariff = m.tariff.as_deref().unwrap_or_default();
+            return Err(err(
+                format!("machines[{i}].tariff"),
+                format!(
+                    "machine {} has tariff = {tariff:?} but the site file has no [billing] section, so no tariff exists",
+                    m.id
+                ),
+                &format!(
+                    "add a [billing] section with [[billing.tariffs]] name = {tariff:?} (docs/BILLING.md \"Configuration\"), or remove `tariff` from the machine"
+                ),
+            ));
         }
         self.validate_devices()?;
         if self.privacy.retention_days < MIN_RETENTION_DAYS {
@@ -746,6 +997,55 @@ impl Config {
         self.machines.iter().find(|m| m.id == id)
     }
 
+    /// What `check-config` (and `run` at start) warns about without refusing the file: a broker
+    /// whose size cap is not known to be below `mqtt.max_packet_bytes` (a bigger message cannot
+    /// be read, fails the connection and is redelivered at every reconnect, stopping ingest for
+    /// every machine), and client ids that are not confined to usernames. Each names the fix.
+    pub fn warnings(&self) -> Vec<String> {
+        let max = self.mqtt.max_packet_bytes;
+        let Some(path) = &self.broker.conf_file else {
+            return vec![format!(
+                "broker.conf_file is not set, so nothing says the broker refuses messages the collector cannot read: \
+                 one message over mqtt.max_packet_bytes ({max} bytes) fails the collector's connection at every \
+                 redelivery and stops ingest for every machine. Set broker.conf_file and run \
+                 `fabmeter-collector provision acl` (it writes message_size_limit {BROKER_MESSAGE_SIZE_LIMIT} and \
+                 use_username_as_clientid true), or set both in your broker (docs/COLLECTOR.md \"Broker setup\")"
+            )];
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return vec![format!(
+                "broker.conf_file {} cannot be read: run `fabmeter-collector provision acl` to write it",
+                path.display()
+            )];
+        };
+        let value = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix(key))
+                .filter_map(|v| v.strip_prefix(' '))
+                .next_back()
+                .map(|v| v.trim().to_owned())
+        };
+        let mut out = Vec::new();
+        match value("message_size_limit").and_then(|v| v.parse::<usize>().ok()) {
+            Some(n) if n > 0 && n + 1024 <= max => {}
+            other => out.push(format!(
+                "{}: message_size_limit is {} but must be 1 to {} (mqtt.max_packet_bytes {max} minus room for the topic): \
+                 a bigger message stops ingest; run `fabmeter-collector provision acl` to rewrite the file",
+                path.display(),
+                other.map_or("not set".to_owned(), |n| n.to_string()),
+                max - 1024
+            )),
+        }
+        if value("use_username_as_clientid").as_deref() != Some("true") {
+            out.push(format!(
+                "{}: use_username_as_clientid is not true: a device account can take over the collector's session \
+                 with its client id; run `fabmeter-collector provision acl` to rewrite the file",
+                path.display()
+            ));
+        }
+        out
+    }
+
     /// Keep-alive as a duration.
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.mqtt.keep_alive_s)
@@ -827,6 +1127,63 @@ badges = ["ba279e0c1e5c2464"]
         assert_eq!(c.validate().unwrap_err().key, "security.device_keys_file");
         c.security.device_keys_file = Some("keys.toml".into());
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_its_table_the_line_and_the_fix() {
+        // A wrong type: the key with its table and the line, not the value.
+        let text = GOOD.replace(
+            "url = \"mqtt://127.0.0.1:1883\"",
+            "url = \"mqtt://127.0.0.1:1883\"\nkeep_alive_s = \"five\"",
+        );
+        let e = Config::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, "mqtt.keep_alive_s", "{e}");
+        assert_eq!(e.at.map(|a| a.0), Some(8), "{e}");
+        let shown = e.clone().in_file("site.toml").to_string();
+        assert!(shown.starts_with("site.toml:8:16: config key `mqtt.keep_alive_s`: wrong type: expected u64, found a string"), "{shown}");
+        assert!(
+            !shown.contains("five"),
+            "names the key, not the value: {shown}"
+        );
+        assert!(shown.contains("keep_alive_s = 30 (the default)"), "{shown}");
+        // An unknown key: its table and line.
+        let e =
+            Config::from_toml(&GOOD.replace("name = \"Laser\"", "nmae = \"Laser\"")).unwrap_err();
+        assert_eq!(e.key, "machines[0].nmae", "{e}");
+        assert_eq!(e.at.map(|a| a.0), Some(11), "{e}");
+        assert!(
+            e.problem.contains("unknown key `nmae` in [machines[0]]"),
+            "{e}"
+        );
+        assert!(e.example.contains("`name`"), "lists the valid keys: {e}");
+        let e = Config::from_toml(&GOOD.replace("[mqtt]", "[mqtt]\nport = 1883")).unwrap_err();
+        assert_eq!(e.key, "mqtt.port", "{e}");
+        assert!(e.problem.contains("in [mqtt]"), "{e}");
+        // A syntax error: line and column, and the key of that line.
+        let e = Config::from_toml(&GOOD.replace("kind = \"laser\"", "kind = laser")).unwrap_err();
+        let shown = e.clone().in_file("site.toml").to_string();
+        assert_eq!(e.key, "machines[0].kind", "{e}");
+        assert!(
+            shown.starts_with("site.toml:12:8: config key `machines[0].kind`: TOML syntax"),
+            "{shown}"
+        );
+        assert!(shown.contains("strings in double quotes"), "{shown}");
+    }
+
+    #[test]
+    fn a_tariff_without_billing_is_refused_with_the_fix() {
+        let c = Config::from_toml(
+            &GOOD.replace("kind = \"laser\"", "kind = \"laser\"\ntariff = \"nope\""),
+        )
+        .expect("parses");
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "machines[0].tariff");
+        assert!(e.problem.contains("no [billing] section"), "{e}");
+        assert!(
+            e.example
+                .contains("add a [billing] section with [[billing.tariffs]] name = \"nope\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -114,6 +114,23 @@ pub fn classify(
         Ok(t) => t,
         Err(e) => return dead(topic, payload, "topic", e.to_string(), received_ms),
     };
+    // Before anything else looks at it: an oversized payload is refused whatever its topic says
+    // (a bounded prefix is kept), acknowledged like any dead letter, and stops nothing.
+    let max = t.channel.max_payload();
+    if payload.len() > max {
+        return dead(
+            topic,
+            payload,
+            "too_large",
+            format!(
+                "payload of {} bytes exceeds the {max}-byte limit of the {} channel; send smaller messages \
+                 (the broker should refuse it first: message_size_limit in the config `provision` writes)",
+                payload.len(),
+                t.channel
+            ),
+            received_ms,
+        );
+    }
     if t.site != rules.site {
         return dead(
             topic,
@@ -278,7 +295,19 @@ pub async fn run_mqtt(
                 if to_writer.is_none() {
                     break; // shutting down and the connection is gone: nothing more to flush
                 }
-                if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
+                if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    rumqttc::Error::PayloadSizeLimitExceeded(len),
+                )) = &e
+                {
+                    // The packet cannot be read, so it cannot be acknowledged or dead-lettered:
+                    // the broker redelivers it at every reconnect (docs/COLLECTOR.md "Bad input").
+                    metrics.oversized_packets.fetch_add(1, Relaxed);
+                    tracing::error!(
+                        packet_bytes = len,
+                        retry_in = ?backoff,
+                        "the broker sent a message larger than mqtt.max_packet_bytes: it cannot be read and is redelivered at every reconnect, which stops ingest; make the broker refuse such messages (message_size_limit in the mosquitto.conf `fabmeter-collector provision acl` writes) and remove it from the collector's session, or raise mqtt.max_packet_bytes"
+                    );
+                } else if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
                     tracing::error!(
                         reason = ?code,
                         retry_in = ?backoff,
@@ -568,10 +597,12 @@ fn process_batch<L: Ledger>(
             Ok(c) => {
                 w.metrics.commit_time.observe(started.elapsed());
                 w.metrics.commits.fetch_add(1, Relaxed);
+                w.metrics.set_ledger_failure(None);
                 break c;
             }
             Err(e) => {
                 w.metrics.commit_errors.fetch_add(1, Relaxed);
+                w.metrics.set_ledger_failure(Some(e.to_string()));
                 tracing::error!(error = %e, retry_in = ?pause, "ledger commit failed; nothing acknowledged");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(5));
@@ -734,6 +765,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_oversized_payload_is_too_large_whatever_else_is_wrong() {
+        let big = vec![b'{'; 64 * 1024];
+        for topic in [
+            "fabmeter/v1/atelier/laser-1/event",
+            "fabmeter/v1/atelier/saw-9/status",
+            "fabmeter/v1/other/laser-1/telemetry",
+        ] {
+            match classify(&rules(false), topic, &big, 5, |m| m == "laser-1") {
+                Classified::Record(Record::DeadLetter {
+                    reason,
+                    payload,
+                    detail,
+                    ..
+                }) => {
+                    assert_eq!(reason, "too_large", "{topic}");
+                    assert_eq!(payload.len(), MAX_CONFIG_PAYLOAD, "a bounded prefix");
+                    assert!(
+                        detail.contains("65536 bytes exceeds the 1024-byte limit"),
+                        "{detail}"
+                    );
+                }
+                other => panic!("{topic}: {other:?}"),
+            }
+        }
+        // At the limit it goes on to the decoder.
+        let at = vec![b'{'; fabmeter_protocol::MAX_PAYLOAD];
+        let c = classify(
+            &rules(false),
+            "fabmeter/v1/atelier/laser-1/event",
+            &at,
+            5,
+            |_| true,
+        );
+        assert_eq!(reason(&c), Some("syntax"));
     }
 
     #[test]

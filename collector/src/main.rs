@@ -186,7 +186,8 @@ enum ProvisionCommand {
     Device(ProvisionDeviceArgs),
     /// Create (or renew) the collector's own broker account.
     Collector(Overrides),
-    /// Rewrite the ACL file from the machines of the site file.
+    /// Rewrite the ACL file from the machines of the site file, and the broker's mosquitto.conf
+    /// (`broker.conf_file`, docs/COLLECTOR.md "Broker setup").
     Acl(Overrides),
 }
 
@@ -269,11 +270,12 @@ struct Overrides {
 
 impl Overrides {
     fn load(self) -> anyhow::Result<Config> {
+        let mut text = String::new();
         let mut config = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read the config file {}", path.display()))?;
-                Config::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+                Config::from_toml(&text).map_err(|e| e.in_file(path.display().to_string()))?
             }
             None => match &self.site {
                 Some(site) => Config::for_site(site),
@@ -314,7 +316,10 @@ impl Overrides {
         if let (Some(token), Some(ts)) = (self.influx_token, config.timeseries.as_mut()) {
             ts.token = token;
         }
-        config.validate()?;
+        config.validate().map_err(|e| match &self.config {
+            Some(path) => e.located(&text).in_file(path.display().to_string()),
+            None => e,
+        })?;
         Ok(config)
     }
 }
@@ -355,6 +360,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::CheckConfig(o) => {
             let c = o.load()?;
+            for w in c.warnings() {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "config ok: site {}, {} machines, {} members",
                 c.site.id,
@@ -391,6 +399,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let app = Application::build(config).await?;
     println!("fabmeter collector: http://{}/", app.http_addr());
     let shutdown = CancellationToken::new();
@@ -535,6 +546,18 @@ fn provision(p: ProvisionCommand) -> anyhow::Result<()> {
     use fabmeter_collector::provision as pv;
     const RELOAD: &str =
         "reload the broker to apply: `systemctl reload mosquitto` (or send it SIGHUP)";
+    let conf_note = |config: &Config| {
+        match &config.broker.conf_file {
+        Some(path) => eprintln!(
+            "broker configuration written to {} (the broker must read it: `mosquitto -c {}`; a changed listener or limit needs a restart, not a reload)",
+            path.display(),
+            path.display()
+        ),
+        None => eprintln!(
+            "broker.conf_file is not set: no mosquitto.conf written; set it to get the settings of docs/COLLECTOR.md \"Broker setup\""
+        ),
+    }
+    };
     match p {
         ProvisionCommand::Device(a) => {
             let config = a.o.load()?;
@@ -550,6 +573,7 @@ fn provision(p: ProvisionCommand) -> anyhow::Result<()> {
                 }
                 None => print!("{}", creds.to_toml()),
             }
+            conf_note(&config);
             eprintln!("{RELOAD}");
         }
         ProvisionCommand::Collector(o) => {
@@ -557,6 +581,7 @@ fn provision(p: ProvisionCommand) -> anyhow::Result<()> {
             let (user, password) = pv::provision_collector(&config)?;
             println!("# add to the [mqtt] section of the site file (or FABMETER_MQTT_USERNAME / FABMETER_MQTT_PASSWORD):");
             println!("username = \"{user}\"\npassword = \"{password}\"");
+            conf_note(&config);
             eprintln!("{RELOAD}");
         }
         ProvisionCommand::Acl(o) => {
@@ -567,6 +592,7 @@ fn provision(p: ProvisionCommand) -> anyhow::Result<()> {
                 config.machines.len(),
                 path.display()
             );
+            conf_note(&config);
             eprintln!("{RELOAD}");
         }
     }

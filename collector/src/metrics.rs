@@ -97,8 +97,12 @@ pub struct Metrics {
     pub webhook_errors: AtomicU64,
     /// Alerts the webhook never took (attempts exhausted, or the queue was full).
     pub webhook_dropped: AtomicU64,
+    /// Packets over `mqtt.max_packet_bytes` that failed the connection (unreadable, redelivered).
+    pub oversized_packets: AtomicU64,
     /// Rejections by reason (dead letters).
     rejected: Mutex<BTreeMap<String, u64>>,
+    /// Why the last ledger commit failed, while commits fail (`None` once one succeeds).
+    ledger_failure: Mutex<Option<String>>,
     /// Reception to acknowledgement.
     pub ack_latency: Histogram,
     /// Duration of ledger transactions.
@@ -110,6 +114,25 @@ impl Metrics {
     pub fn reject(&self, reason: &str) {
         let mut m = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// Records that ledger commits fail (`Some(reason)`) or succeed again (`None`).
+    pub fn set_ledger_failure(&self, failure: Option<String>) {
+        let mut f = self
+            .ledger_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *f != failure {
+            *f = failure;
+        }
+    }
+
+    /// Why ledger commits fail, while they do.
+    pub fn ledger_failure(&self) -> Option<String> {
+        self.ledger_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Rejections by reason.
@@ -194,6 +217,12 @@ impl Metrics {
             "fabmeter_mqtt_connection_errors_total",
             "failed or broken MQTT connections",
             self.connection_errors.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "fabmeter_mqtt_oversized_packets_total",
+            "packets over mqtt.max_packet_bytes that failed the connection (the broker must refuse them)",
+            self.oversized_packets.load(Relaxed),
         );
         counter(
             &mut out,

@@ -49,8 +49,8 @@ mod victoria;
 
 pub use error::HarnessError;
 pub use mosquitto::{
-    write_acl_file, write_password_file, Mosquitto, MosquittoBuilder, TlsListener,
-    DEFAULT_MAX_QUEUED_MESSAGES, LOCALHOST,
+    hand_to_broker_user, write_acl_file, write_password_file, Mosquitto, MosquittoBuilder,
+    TlsListener, DEFAULT_MAX_QUEUED_MESSAGES, LOCALHOST,
 };
 pub use mqtt_cli::{MqttCli, ReceivedMessage, Subscription};
 pub use tls::TestPki;

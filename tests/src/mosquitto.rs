@@ -84,6 +84,8 @@ pub struct MosquittoBuilder {
     verbose_log: bool,
     extra_config: Vec<String>,
     startup_timeout: Duration,
+    /// Set by [`Mosquitto::start_from_config`]: the broker reads this file as it is.
+    given_config: Option<PathBuf>,
 }
 
 impl Default for MosquittoBuilder {
@@ -102,6 +104,7 @@ impl Default for MosquittoBuilder {
             verbose_log: false,
             extra_config: Vec::new(),
             startup_timeout: Duration::from_secs(10),
+            given_config: None,
         }
     }
 }
@@ -330,6 +333,53 @@ impl Mosquitto {
         MosquittoBuilder::default()
     }
 
+    /// Starts Mosquitto on a configuration file written by someone else (e.g. `fabmeter-collector
+    /// provision`), exactly as it is: `mosquitto -c config`. `port` is the port of a listener the
+    /// file declares, polled for readiness (with the ` running` line of the broker's own log,
+    /// which goes to stderr when the file sets no `log_dest`, captured in the harness's temp
+    /// dir). [`Mosquitto::kill`], [`Mosquitto::stop`] and [`Mosquitto::start_again`] work as for
+    /// a built broker; [`Mosquitto::persistence_dir`] is not the file's.
+    ///
+    /// As root, Mosquitto 2 drops privileges to user `mosquitto` before it opens the password,
+    /// ACL and persistence files: hand them to that user first, as on a real site
+    /// ([`hand_to_broker_user`]).
+    pub fn start_from_config(config: &Path, port: u16) -> Result<Mosquitto, HarnessError> {
+        let binary = Tool::Mosquitto.locate()?;
+        let config = absolute(config, "mosquitto config")?;
+        let dir = tempfile::Builder::new()
+            .prefix("fabmeter-mosquitto-")
+            .tempdir()
+            .map_err(HarnessError::io("creating the mosquitto temp dir"))?;
+        let dir_path = dir.path().to_path_buf();
+        let stderr_path = dir_path.join("mosquitto.stderr.log");
+        let options = MosquittoBuilder {
+            given_config: Some(config.clone()),
+            ..MosquittoBuilder::default()
+        };
+        let mut broker = Mosquitto {
+            process: ServiceProcess::new("mosquitto", vec![stderr_path.clone()]),
+            binary,
+            config_path: config,
+            log_path: stderr_path.clone(),
+            stderr_path,
+            persistence_dir: dir_path.join("persistence"),
+            password_file: None,
+            acl_file: None,
+            tls: None,
+            port,
+            tls_port: None,
+            options,
+            dir_path,
+            dir: Some(dir),
+        };
+        match broker.launch_once()? {
+            Launch::Ready => Ok(broker),
+            Launch::PortInUse => Err(broker
+                .process
+                .failure(format!("port {port} of the given config is in use"))),
+        }
+    }
+
     /// Starts a broker with default options (anonymous, no persistence).
     pub fn start() -> Result<Mosquitto, HarnessError> {
         Self::builder().start()
@@ -529,7 +579,9 @@ impl Mosquitto {
 
     /// Spawns the broker once on the current port(s) and waits for readiness.
     fn launch_once(&mut self) -> Result<Launch, HarnessError> {
-        self.write_config()?;
+        if self.options.given_config.is_none() {
+            self.write_config()?;
+        }
         let log_offset = std::fs::metadata(&self.log_path)
             .map(|m| m.len())
             .unwrap_or(0);
@@ -554,13 +606,16 @@ impl Mosquitto {
             )))?;
 
         let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
+        let given = self.options.given_config.is_some();
         let log_path = &self.log_path;
         let outcome = poll_until(
             self.options.startup_timeout,
             &format!("mosquitto to accept connections on port(s) {ports:?}"),
             || match child.try_wait() {
                 Ok(None) => {
-                    let ready = log_since(log_path, log_offset).contains(" running")
+                    // A given config may log below `information` (no ` running` line): the
+                    // port, which the harness did not choose, then stands alone.
+                    let ready = (given || log_since(log_path, log_offset).contains(" running"))
                         && ports.iter().all(|&p| port_accepts_connections(p));
                     ready.then_some(Ok(None))
                 }
@@ -642,6 +697,30 @@ pub fn write_password_file(path: &Path, users: &[(&str, &str)]) -> Result<(), Ha
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
     }
+}
+
+/// As root, hands `paths` (files or directories, recursively) to user `mosquitto`, which
+/// Mosquitto 2 runs as once it dropped its privileges, as an operator does on a real site; not
+/// root, does nothing (the broker then runs as the caller and reads what the caller wrote).
+pub fn hand_to_broker_user(paths: &[&Path]) -> Result<(), HarnessError> {
+    if !running_as_root() {
+        return Ok(());
+    }
+    for path in paths {
+        let status = Command::new("chown")
+            .args(["-R", "mosquitto:"])
+            .arg(path)
+            .status()
+            .map_err(HarnessError::io("running chown"))?;
+        if !status.success() {
+            return Err(HarnessError::CommandFailed {
+                command: format!("chown -R mosquitto: {}", path.display()),
+                status: status.to_string(),
+                stderr: String::new(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes `text` as a mosquitto ACL file.

@@ -417,14 +417,8 @@ fn with_confirm_a_puback_keeps_events_until_the_collector_confirms_them() {
     // 60 device ms per wall ms: the 30 s stall timer is half a wall second.
     let cfg = config(dir.path(), site, &broker.url(), 60.0);
     let text = std::fs::read_to_string(&cfg).expect("read config");
-    std::fs::write(
-        &cfg,
-        text.replace(
-            "confirm = false\n",
-            "confirm = true\n",
-        ),
-    )
-    .expect("write config");
+    std::fs::write(&cfg, text.replace("confirm = false\n", "confirm = true\n"))
+        .expect("write config");
     let agent = Agent::start(&cfg, dir.path().join("agent.log"));
     let mut seen = Seen::default();
     // Nobody confirms: every machine sends its first event again after the stall timer, though

@@ -1057,3 +1057,399 @@ fn broker_kill9_while_the_collector_is_stopped_loses_nothing() {
     )
     .check();
 }
+
+/// `n` bytes of JSON-looking junk: an oversized "event".
+fn oversized(n: usize) -> Vec<u8> {
+    let mut p = b"{\"v\":1,\"pad\":\"".to_vec();
+    p.resize(n - 2, b'x');
+    p.extend_from_slice(b"\"}");
+    p
+}
+
+/// GET on the collector: (status, body).
+fn get(collector: &CollectorProc, path: &str) -> (u16, String) {
+    let r = fabmeter_e2e::http::get("127.0.0.1", collector.port, path).expect("HTTP GET");
+    (r.status, r.text())
+}
+
+/// Dead letters of a reason in the ledger: (count, largest stored payload).
+fn dead_letters(dir: &std::path::Path, reason: &str) -> (u64, u64) {
+    rusqlite::Connection::open_with_flags(
+        dir.join("ledger.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|db| {
+        db.query_row(
+            "SELECT COUNT(*), COALESCE(MAX(LENGTH(payload)), 0) FROM dead_letters WHERE reason = ?1",
+            [reason],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    })
+    .expect("dead letters")
+}
+
+#[test]
+fn oversized_payloads_are_dead_letters_and_stop_nothing() {
+    // A broker that caps nothing (Mosquitto's default): the collector itself must cope.
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = ["m0", "m1", "m2"];
+    let mut collector =
+        CollectorProc::start(&site_config(&broker, &machines, dir.path()), dir.path());
+    collector.wait_ready();
+    let (per_machine, exp) = workload(&machines, 1, 6, 2);
+    // m0's stream carries the big ones among its events: 64 KiB and 1 MiB, three times each.
+    let mut m0 = Vec::new();
+    let topic = format!("fabmeter/v1/{SITE}/m0/event");
+    let mut big = 0;
+    for (i, m) in per_machine["m0"].iter().enumerate() {
+        m0.push(m.clone());
+        if i % 5 == 2 && big < 6 {
+            let size = if big % 2 == 0 { 64 * 1024 } else { 1 << 20 };
+            m0.push(Msg {
+                topic: topic.clone(),
+                payload: oversized(size),
+            });
+            big += 1;
+        }
+    }
+    assert_eq!(big, 6);
+    let deliveries = (m0.len() + per_machine["m1"].len() + per_machine["m2"].len()) as u64;
+    let port = broker.port();
+    std::thread::scope(|s| {
+        s.spawn(|| publish_as(port, "device-m0", None, &m0));
+        for m in ["m1", "m2"] {
+            let msgs = &per_machine[m];
+            s.spawn(move || publish_as(port, &format!("device-{m}"), None, msgs));
+        }
+    });
+    wait_until(LONG, "every delivery acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= deliveries
+    });
+    let text = collector.metrics();
+    assert_eq!(
+        metric_of(&text, "fabmeter_rejected_total{reason=\"too_large\"}"),
+        6,
+        "{text}"
+    );
+    assert_eq!(
+        metric_of(&text, "fabmeter_mqtt_connects_total"),
+        1,
+        "the connection never failed"
+    );
+    assert_eq!(metric_of(&text, "fabmeter_mqtt_connection_errors_total"), 0);
+    assert_eq!(
+        metric_of(&text, "fabmeter_accepted_total"),
+        exp.keys.len() as u64
+    );
+    let (n, kept) = dead_letters(dir.path(), "too_large");
+    assert_eq!(n, 6, "each big one kept aside once");
+    assert!(kept <= 4096, "a bounded prefix is kept: {kept} bytes");
+    assert_eq!(get(&collector, "/readyz").0, 200);
+    collector.stop();
+    tally(
+        "oversized-payload",
+        dir.path(),
+        &exp,
+        collector.duplicates(),
+    )
+    .check();
+}
+
+#[test]
+fn the_provisioned_broker_refuses_oversized_messages_and_keeps_the_collectors_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = ["m0", "m1"];
+    let site = provisioned_site(&machines, dir.path());
+    for line in [
+        "allow_anonymous false",
+        "use_username_as_clientid true",
+        "persistence true",
+        "autosave_on_changes true",
+        "autosave_interval 1",
+        "max_queued_messages 0",
+        "message_size_limit 16384",
+    ] {
+        assert!(
+            site.conf_text.lines().any(|l| l == line),
+            "{line} in:\n{}",
+            site.conf_text
+        );
+    }
+    let port = site.broker.port();
+    let mut collector = CollectorProc::start(&site.config, dir.path());
+    // The collector's account is accepted (ready = connected and subscribed).
+    collector.wait_ready();
+    let (per_machine, exp) = workload(&machines, 1, 6, 2);
+    let parts = parts(&per_machine, 2);
+    // An oversized message on m0's own topic, from m0's own account, while m1 streams: the
+    // broker drops it; the collector never sees it and m1's traffic flows. Then m0's events.
+    std::thread::scope(|s| {
+        s.spawn(|| publish_as(port, "any-id-2", site.creds("m1"), &parts[0][1].1));
+        s.spawn(|| {
+            let mut o = rumqttc::MqttOptions::new("any-id", "127.0.0.1", port);
+            o.set_max_packet_size(4 << 20, 4 << 20);
+            if let Some((u, p)) = site.creds("m0") {
+                o.set_credentials(u, p);
+            }
+            let (client, mut conn) = rumqttc::Client::new(o, 10);
+            client
+                .publish(
+                    format!("fabmeter/v1/{SITE}/m0/event"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    oversized(64 * 1024),
+                )
+                .expect("queue the big one");
+            let mut outcome = None;
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        outcome = Some("acknowledged");
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        outcome = Some("connection closed");
+                        break;
+                    }
+                }
+            }
+            // Mosquitto 2.0 acknowledges and drops it (seen here), or closes the connection;
+            // either way it is not delivered (asserted below).
+            assert!(outcome.is_some(), "the broker answered the big one");
+            println!(
+                "broker-size-cap: the 64 KiB message was {}",
+                outcome.unwrap_or_default()
+            );
+        });
+    });
+    publish_as(port, "any-id", site.creds("m0"), &parts[0][0].1);
+    wait_until(LONG, "part 1 acknowledged by the collector", || {
+        collector.metric("fabmeter_acked_total") >= count(&parts[0])
+    });
+    // Part 2 while the collector is stopped: queued for its persistent session, which the
+    // broker keys by the collector's username.
+    collector.stop();
+    publish_parallel_as(&site, port, &parts[1]);
+    collector.spawn();
+    collector.wait_ready();
+    wait_until(LONG, "every distinct event in the ledger", || {
+        read_ledger(dir.path()).keys.len() == exp.keys.len()
+    });
+    let text = collector.metrics();
+    assert_eq!(
+        collector.metric("fabmeter_received_total"),
+        count(&parts[1]),
+        "the second run got the queued part, nothing else: {text}"
+    );
+    assert_eq!(
+        dead_letters(dir.path(), "too_large").0,
+        0,
+        "the broker refused it first"
+    );
+    let log = site.broker.log_contents();
+    assert!(
+        log.contains(&format!("as _collector@{SITE}")) && !log.contains("as fm-collector-"),
+        "the collector's session is keyed by its username:\n{log}"
+    );
+    // A wrong password is refused.
+    let o = {
+        let mut o = rumqttc::MqttOptions::new("x", "127.0.0.1", port);
+        o.set_credentials(format!("m0@{SITE}"), "wrong");
+        o
+    };
+    let (_c, mut conn) = rumqttc::Client::new(o, 10);
+    assert!(
+        matches!(
+            conn.iter().next(),
+            Some(Err(rumqttc::ConnectionError::ConnectionRefused(_)))
+        ),
+        "a wrong password is refused"
+    );
+    collector.stop();
+    tally("broker-size-cap", dir.path(), &exp, collector.duplicates()).check();
+}
+
+/// Each machine's messages from its own device account, in parallel.
+fn publish_parallel_as(site: &ProvisionedSite, port: u16, part: &[(String, Vec<Msg>)]) {
+    std::thread::scope(|s| {
+        for (id, msgs) in part {
+            let machine = id.trim_start_matches("device-");
+            let creds = site.creds(machine);
+            s.spawn(move || publish_as(port, id, creds, msgs));
+        }
+    });
+}
+
+#[test]
+fn a_device_account_cannot_take_over_the_collectors_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = ["m0", "m1", "m2", "intruder"];
+    let site = provisioned_site(&machines, dir.path());
+    let port = site.broker.port();
+    let mut collector = CollectorProc::start(&site.config, dir.path());
+    collector.wait_ready();
+    let stream = ["m0", "m1", "m2"];
+    let (per_machine, exp) = workload(&stream, 1, 10, 3);
+    let victim_id = site.config.client_id();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let attacks = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|s| {
+        // The attacker: the `intruder` device account, connecting again and again with the
+        // collector's client id while the devices stream.
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                || attacks.load(std::sync::atomic::Ordering::Relaxed) < 5
+            {
+                let mut o = rumqttc::MqttOptions::new(victim_id.clone(), "127.0.0.1", port);
+                o.set_clean_session(false);
+                if let Some((u, p)) = site.creds("intruder") {
+                    o.set_credentials(u, p);
+                }
+                let (client, mut conn) = rumqttc::Client::new(o, 10);
+                for ev in conn.iter() {
+                    match ev {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => {
+                            assert_eq!(a.code, rumqttc::ConnectReturnCode::Success);
+                            attacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("the attacker's connection failed: {e}"),
+                    }
+                }
+                let _ = client.disconnect();
+                let _ = conn.iter().take(2).count();
+            }
+        });
+        let publishers: Vec<_> = stream
+            .iter()
+            .map(|m| {
+                let msgs = &per_machine[*m];
+                let creds = site.creds(m);
+                s.spawn(move || publish_as(port, &format!("device-{m}"), creds, msgs))
+            })
+            .collect();
+        for p in publishers {
+            p.join().expect("publisher");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    wait_until(LONG, "every distinct event in the ledger", || {
+        read_ledger(dir.path()).keys.len() == exp.keys.len()
+    });
+    let attacks = attacks.into_inner();
+    assert!(attacks >= 5, "{attacks} takeover attempts");
+    assert_eq!(
+        collector.metric("fabmeter_mqtt_connects_total"),
+        1,
+        "the collector was never disconnected; log:\n{}",
+        collector.log()
+    );
+    assert_eq!(collector.metric("fabmeter_mqtt_connection_errors_total"), 0);
+    let log = site.broker.log_contents();
+    assert!(
+        log.contains(&format!("as intruder@{SITE}")),
+        "the attacker's client id was replaced by its username:\n{log}"
+    );
+    println!("session-takeover: {attacks} connections of the intruder account with client id {victim_id}");
+    collector.stop();
+    tally("session-takeover", dir.path(), &exp, collector.duplicates()).check();
+}
+
+/// A copy of the ledger files in `inside` (a directory seen through `/proc/{pid}/root`, which
+/// SQLite would resolve to our own root) in a temp dir of ours, to read with [`read_ledger`].
+fn ledger_copy(inside: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("tempdir");
+    for f in ["ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"] {
+        let _ = std::fs::copy(inside.join(f), copy.path().join(f));
+    }
+    copy
+}
+
+#[test]
+fn ledger_disk_full_makes_readyz_503_until_commits_succeed() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    std::fs::create_dir(&db).expect("ledger dir");
+    let mut config = site_config(&broker, &["m0", "m1"], dir.path());
+    config.ledger.path = db.join("ledger.sqlite");
+    let mut collector = CollectorProc::start_wrapped(&config, dir.path(), on_small_disk(&db, "4m"));
+    collector.wait_ready();
+    // The small disk is in the collector's mount namespace: reach it through its /proc root.
+    let pid = collector.pid().expect("running");
+    let inside = std::path::PathBuf::from(format!("/proc/{pid}/root"))
+        .join(db.strip_prefix("/").expect("absolute"));
+    let (per_machine, exp) = workload(&["m0", "m1"], 1, 40, 4);
+    let parts = parts(&per_machine, 4);
+    publish_parallel(broker.port(), parts[0].clone());
+    wait_until(LONG, "part 1 acknowledged", || {
+        collector.metric("fabmeter_acked_total") >= count(&parts[0])
+    });
+    // Fill the disk, then send the rest: every commit fails.
+    let filler = inside.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).and_then(|()| f.sync_all()).is_ok() {}
+    }
+    let rest: Vec<(String, Vec<Msg>)> = parts[1..].iter().fold(
+        parts[1]
+            .iter()
+            .map(|(id, _)| (id.clone(), Vec::new()))
+            .collect(),
+        |mut acc: Vec<(String, Vec<Msg>)>, p| {
+            for (i, (_, msgs)) in p.iter().enumerate() {
+                acc[i].1.extend(msgs.iter().cloned());
+            }
+            acc
+        },
+    );
+    let publisher = std::thread::spawn({
+        let port = broker.port();
+        move || publish_parallel(port, rest)
+    });
+    wait_until(LONG, "a failed commit", || {
+        collector.metric("fabmeter_commit_errors_total") > 0
+    });
+    let (status, body) = get(&collector, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("ledger commits fail")
+            && body.contains("database or disk is full")
+            && body.contains("free space"),
+        "the reason and the fix: {body}"
+    );
+    // The HTTP API still answers, and a bad `limit` is a clear 400.
+    let (status, body) = get(&collector, "/api/sessions?limit=99999999999");
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("parameter `limit`: 99999999999 is above the maximum 100000"),
+        "{body}"
+    );
+    let acked = collector.metric("fabmeter_acked_total");
+    std::fs::remove_file(&filler).expect("free the disk");
+    publisher.join().expect("publishers");
+    wait_until(LONG, "every distinct event in the ledger", || {
+        read_ledger(ledger_copy(&inside).path()).keys.len() == exp.keys.len()
+    });
+    wait_until(LONG, "ready again", || get(&collector, "/readyz").0 == 200);
+    assert!(collector.metric("fabmeter_acked_total") > acked);
+    println!(
+        "ledger-disk-full: {} failed commits while the disk was full, readyz 503 then 200",
+        collector.metric("fabmeter_commit_errors_total")
+    );
+    // The ledger lives on the collector's own tmpfs: tally before it stops.
+    let copy = ledger_copy(&inside);
+    let t = tally(
+        "ledger-disk-full",
+        copy.path(),
+        &exp,
+        collector.duplicates(),
+    );
+    collector.stop();
+    t.check();
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fabmeter_collector::config::Config;
 use fabmeter_e2e::{send_signal, wait_for_exit, wait_until, KillOnDrop, Signal};
 
-use crate::helpers::{metric_of, Expected, SITE};
+use crate::helpers::{metric_of, Expected, Msg, SITE};
 
 /// Long enough for anything in this suite on a loaded 2-core machine.
 pub const LONG: Duration = Duration::from_secs(120);
@@ -99,6 +99,11 @@ impl CollectorProc {
                 )
             });
         self.child = Some(child);
+    }
+
+    /// Pid of the running process (the binary itself: a wrapper `exec`s it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.0.id())
     }
 
     /// `/metrics` as text ("" while unreachable).
@@ -526,5 +531,158 @@ pub fn sim_tally(
         lost,
         double,
         detail,
+    }
+}
+
+/// Publishes `msgs` at QoS 1 from one client (with `creds`, if any) and returns once the broker
+/// acknowledged every one; unlike `publish_all`, packets up to 4 MiB leave the client (the
+/// oversized-payload tests send 1 MiB).
+pub fn publish_as(port: u16, client_id: &str, creds: Option<(&str, &str)>, msgs: &[Msg]) {
+    use rumqttc::{Client, Event as MqttEvent, MqttOptions, Outgoing, Packet, QoS};
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(4 << 20, 4 << 20);
+    if let Some((u, p)) = creds {
+        o.set_credentials(u, p);
+    }
+    let (client, mut conn) = Client::new(o, 1000);
+    let n = msgs.len();
+    let msgs = msgs.to_vec();
+    let publisher = std::thread::spawn(move || {
+        for m in msgs {
+            client
+                .publish(m.topic, QoS::AtLeastOnce, false, m.payload)
+                .expect("queue publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = std::time::Instant::now() + LONG;
+    for ev in conn.iter() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{client_id}: only {acked}/{n} acknowledged"
+        );
+        match ev {
+            Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
+                acked += 1;
+                if acked == n {
+                    break;
+                }
+            }
+            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{client_id}: publisher connection failed: {e}"),
+        }
+    }
+    let client = publisher.join().expect("publisher thread");
+    let _ = client.disconnect();
+}
+
+/// A site whose broker runs on exactly the files `fabmeter-collector provision` wrote (password
+/// file, ACL, `mosquitto.conf`), on a free port of 127.0.0.1.
+pub struct ProvisionedSite {
+    /// The broker, started with `mosquitto -c` on the written `mosquitto.conf`.
+    pub broker: fabmeter_e2e::Mosquitto,
+    /// The collector's site configuration, its broker account filled in.
+    pub config: Config,
+    /// Machine → (username, password) of its device account.
+    pub devices: BTreeMap<String, (String, String)>,
+    /// The written `mosquitto.conf`.
+    pub conf_text: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ProvisionedSite {
+    /// The device account of `machine`, as rumqttc credentials.
+    pub fn creds(&self, machine: &str) -> Option<(&str, &str)> {
+        self.devices
+            .get(machine)
+            .map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+}
+
+/// Value of `key = "..."` in TOML-like text.
+fn value_of(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+        .to_owned()
+}
+
+/// Provisions the collector and one device account per machine with the real binary, then
+/// starts Mosquitto on what it wrote. The collector's ledger goes to `data_dir`.
+pub fn provisioned_site(machines: &[&str], data_dir: &Path) -> ProvisionedSite {
+    let dir = tempfile::tempdir().expect("broker tempdir");
+    let d = dir.path();
+    let port = fabmeter_e2e::free_port();
+    let mut c = Config::for_site(SITE);
+    c.mqtt.url = format!("mqtt://127.0.0.1:{port}");
+    c.ledger.path = data_dir.join("ledger.sqlite");
+    c.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    c.machines = machines
+        .iter()
+        .map(|m| fabmeter_collector::config::MachineConfig {
+            id: (*m).into(),
+            name: format!("Machine {m}"),
+            kind: "laser".into(),
+            tariff: None,
+            sensing: None,
+        })
+        .collect();
+    c.members = vec![fabmeter_collector::config::MemberConfig {
+        id: "alice".into(),
+        name: "Alice".into(),
+        badges: vec![crate::helpers::badge().to_string()],
+    }];
+    c.broker.password_file = Some(d.join("fabmeter.passwd"));
+    c.broker.acl_file = Some(d.join("fabmeter.acl"));
+    c.broker.conf_file = Some(d.join("mosquitto.conf"));
+    c.broker.persistence_location = Some(d.join("persistence"));
+    std::fs::create_dir(d.join("persistence")).expect("persistence dir");
+    let site = d.join("site.toml");
+    std::fs::write(&site, c.to_toml()).expect("site file");
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = crate::helpers::collector_cli(&site, args);
+        assert!(ok, "provision {args:?}: {err}");
+        (out, err)
+    };
+    let (out, err) = cli(&["provision", "collector"]);
+    assert!(
+        err.contains("broker configuration written to"),
+        "provision says where the broker config went: {err}"
+    );
+    c.mqtt.username = Some(value_of(&out, "username"));
+    c.mqtt.password = Some(value_of(&out, "password"));
+    let mut devices = BTreeMap::new();
+    for m in machines {
+        let file = d.join(format!("{m}.toml"));
+        cli(&[
+            "provision",
+            "device",
+            "--machine",
+            m,
+            "--out",
+            &file.display().to_string(),
+        ]);
+        let text = std::fs::read_to_string(&file).expect("device credentials");
+        devices.insert(
+            (*m).to_owned(),
+            (value_of(&text, "username"), value_of(&text, "password")),
+        );
+    }
+    let conf = d.join("mosquitto.conf");
+    let conf_text = std::fs::read_to_string(&conf).expect("provision wrote mosquitto.conf");
+    // As root, Mosquitto runs as user mosquitto: the operator hands it the files (SECURITY.md).
+    fabmeter_e2e::hand_to_broker_user(&[d]).expect("hand the broker files to mosquitto");
+    let broker = fabmeter_e2e::Mosquitto::start_from_config(&conf, port)
+        .expect("mosquitto starts on the provisioned config");
+    ProvisionedSite {
+        broker,
+        config: c,
+        devices,
+        conf_text,
+        _dir: dir,
     }
 }
