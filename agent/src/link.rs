@@ -323,9 +323,10 @@ impl Link {
                     self.gen,
                     self.tx.clone(),
                     [
-                        self.topics.config.clone(),
-                        self.topics.cmd.clone(),
-                        self.topics.ack.clone(),
+                        Some(self.topics.config.clone()),
+                        Some(self.topics.cmd.clone()),
+                        // Confirmations only for a device that waits for them.
+                        dev.confirmations().then(|| self.topics.ack.clone()),
                     ],
                 );
                 self.conn = Some(Conn::new(self.gen, pipe));
@@ -708,13 +709,19 @@ impl Mux {
         Arc::new(Mux { state, task })
     }
 
-    fn join(&self, slot: usize, gen: u32, tx: mpsc::UnboundedSender<NetMsg>, topics: [String; 3]) {
+    fn join(
+        &self,
+        slot: usize,
+        gen: u32,
+        tx: mpsc::UnboundedSender<NetMsg>,
+        topics: [Option<String>; 3],
+    ) {
         let mut st = lock(&self.state);
         if slot >= st.members.len() {
             let _ = tx.send((gen, Net::Down(format!("no slot {slot} on this connection"))));
             return;
         }
-        for t in topics {
+        for t in topics.into_iter().flatten() {
             st.topics.insert(t, slot);
         }
         if st.up {

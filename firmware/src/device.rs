@@ -459,9 +459,14 @@ impl<S: NorFlash, R: OutputPin, const CAP: usize> Device<S, R, CAP> {
     /// A payload received on the `ack` topic: the collector holds events `from..=to` of `boot` in
     /// its ledger, so they leave the journal. Returns how many did; a confirmation of events the
     /// journal no longer holds removes nothing. A confirmation that does not decode is refused
-    /// with its error and changes nothing (the events are resent and confirmed again).
+    /// with its error and changes nothing (the events are resent and confirmed again). Without
+    /// [`Device::set_confirmations`] it changes nothing either: the PUBACK removes events.
     pub fn on_confirm(&mut self, now: u64, payload: &[u8]) -> Result<usize, DecodeError> {
         let c = decode::<Confirm>(payload)?;
+        if !self.confirm {
+            // Without confirmations the PUBACK removes events; the journal is left to it.
+            return Ok(0);
+        }
         let mut removed = 0;
         while let Some(key) = self
             .journal

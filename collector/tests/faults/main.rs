@@ -40,6 +40,38 @@ fn count(part: &[(String, Vec<Msg>)]) -> u64 {
     part.iter().map(|(_, v)| v.len() as u64).sum()
 }
 
+/// The site file for a simulated workshop: its machines and members (badges hashed with its
+/// key), configs not published (the simulated devices bring their own).
+fn site_of_workshop(
+    broker: &Mosquitto,
+    dir: &std::path::Path,
+    cfg: &fabmeter_agent::sim::SimConfig,
+) -> fabmeter_collector::config::Config {
+    let mut config = site_config(broker, &[], dir);
+    config.devices.publish_configs = false;
+    config.machines = cfg
+        .machines
+        .iter()
+        .map(|m| fabmeter_collector::config::MachineConfig {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            kind: m.kind.as_str().into(),
+            tariff: None,
+            sensing: None,
+        })
+        .collect();
+    config.members = cfg
+        .members
+        .iter()
+        .map(|m| fabmeter_collector::config::MemberConfig {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            badges: vec![cfg.badge_key.hash(&m.uid).to_hex().to_string()],
+        })
+        .collect();
+    config
+}
+
 #[test]
 fn duplicate_storm_one_event_100_times() {
     let broker = Mosquitto::start().expect("mosquitto");
@@ -333,28 +365,7 @@ fn network_cut_between_devices_and_broker() {
     cfg.speed = 2880.0;
     cfg.duration_ms = Some(8 * HOUR);
     cfg.drain_timeout = LONG;
-    let mut config = site_config(&broker, &[], dir.path());
-    config.devices.publish_configs = false;
-    config.machines = cfg
-        .machines
-        .iter()
-        .map(|m| fabmeter_collector::config::MachineConfig {
-            id: m.id.clone(),
-            name: m.name.clone(),
-            kind: m.kind.as_str().into(),
-            tariff: None,
-            sensing: None,
-        })
-        .collect();
-    config.members = cfg
-        .members
-        .iter()
-        .map(|m| fabmeter_collector::config::MemberConfig {
-            id: m.id.clone(),
-            name: m.name.clone(),
-            badges: vec![cfg.badge_key.hash(&m.uid).to_hex().to_string()],
-        })
-        .collect();
+    let config = site_of_workshop(&broker, dir.path(), &cfg);
     let mut collector = CollectorProc::start(&config, dir.path());
     collector.wait_ready();
 
@@ -882,28 +893,7 @@ fn confirming_workshop(
     cfg.speed = 480.0;
     cfg.duration_ms = Some(hours * HOUR);
     cfg.drain_timeout = LONG;
-    let mut config = site_config(broker, &[], dir);
-    config.devices.publish_configs = false;
-    config.machines = cfg
-        .machines
-        .iter()
-        .map(|m| fabmeter_collector::config::MachineConfig {
-            id: m.id.clone(),
-            name: m.name.clone(),
-            kind: m.kind.as_str().into(),
-            tariff: None,
-            sensing: None,
-        })
-        .collect();
-    config.members = cfg
-        .members
-        .iter()
-        .map(|m| fabmeter_collector::config::MemberConfig {
-            id: m.id.clone(),
-            name: m.name.clone(),
-            badges: vec![cfg.badge_key.hash(&m.uid).to_hex().to_string()],
-        })
-        .collect();
+    let config = site_of_workshop(broker, dir, &cfg);
     (config, cfg)
 }
 

@@ -534,51 +534,6 @@ pub fn sim_tally(
     }
 }
 
-/// Publishes `msgs` at QoS 1 from one client (with `creds`, if any) and returns once the broker
-/// acknowledged every one; unlike `publish_all`, packets up to 4 MiB leave the client (the
-/// oversized-payload tests send 1 MiB).
-pub fn publish_as(port: u16, client_id: &str, creds: Option<(&str, &str)>, msgs: &[Msg]) {
-    use rumqttc::{Client, Event as MqttEvent, MqttOptions, Outgoing, Packet, QoS};
-    let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(4 << 20, 4 << 20);
-    if let Some((u, p)) = creds {
-        o.set_credentials(u, p);
-    }
-    let (client, mut conn) = Client::new(o, 1000);
-    let n = msgs.len();
-    let msgs = msgs.to_vec();
-    let publisher = std::thread::spawn(move || {
-        for m in msgs {
-            client
-                .publish(m.topic, QoS::AtLeastOnce, false, m.payload)
-                .expect("queue publish");
-        }
-        client
-    });
-    let mut acked = 0;
-    let deadline = std::time::Instant::now() + LONG;
-    for ev in conn.iter() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{client_id}: only {acked}/{n} acknowledged"
-        );
-        match ev {
-            Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
-                acked += 1;
-                if acked == n {
-                    break;
-                }
-            }
-            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(e) => panic!("{client_id}: publisher connection failed: {e}"),
-        }
-    }
-    let client = publisher.join().expect("publisher thread");
-    let _ = client.disconnect();
-}
-
 /// A site whose broker runs on exactly the files `fabmeter-collector provision` wrote (password
 /// file, ACL, `mosquitto.conf`), on a free port of 127.0.0.1.
 pub struct ProvisionedSite {

@@ -267,9 +267,18 @@ pub fn workload(
 /// Publishes `msgs` at QoS 1 from one real MQTT client and returns once the broker acknowledged
 /// every one (PUBACK).
 pub fn publish_all(broker_port: u16, client_id: &str, msgs: &[Msg]) {
+    publish_as(broker_port, client_id, None, msgs)
+}
+
+/// [`publish_all`] with the broker account `creds`, if any; packets up to 4 MiB leave the client
+/// (the oversized-payload tests send 1 MiB).
+pub fn publish_as(broker_port: u16, client_id: &str, creds: Option<(&str, &str)>, msgs: &[Msg]) {
     let mut o = MqttOptions::new(client_id, "127.0.0.1", broker_port);
     o.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(64 * 1024, 64 * 1024);
+        .set_max_packet_size(4 << 20, 4 << 20);
+    if let Some((u, p)) = creds {
+        o.set_credentials(u, p);
+    }
     let (client, mut conn) = Client::new(o, 1000);
     let n = msgs.len();
     let msgs = msgs.to_vec();

@@ -230,15 +230,21 @@ fn every_documented_and_queried_series_is_written_and_nothing_else() {
     })
     .expect("collector ready");
 
-    // The workshop, a week ago from 08:45 UTC (opening at 09:00), a day per minute, with
-    // telemetry every simulated minute.
+    // The workshop, on the Wednesday a week or more ago from 08:45 UTC (opening at 09:00), a day
+    // per minute, with telemetry every simulated minute.
     let mut sc = SimConfig::demo(SITE, broker.port());
     // Signed, as the demo's site requires.
     sc.device_key_secret = Some(
         fabmeter::demo::write_device_keys(&dir.path().join(fabmeter::demo::DEVICE_KEYS_FILE))
             .expect("device keys"),
     );
-    sc.start_unix_ms = (now_ms() / DAY_MS - 7) * DAY_MS + (8 * 60 + 45) * 60_000;
+    // A Wednesday, so that the workshop is open whatever day the test runs (a week ago on a
+    // Sunday was closed all day: no machine ran, no session).
+    let mut day = now_ms() / DAY_MS - 7;
+    while (day + 3) % 7 != 2 {
+        day -= 1; // 1970-01-01 was a Thursday: (day + 3) % 7 is 0 on Mondays.
+    }
+    sc.start_unix_ms = day * DAY_MS + (8 * 60 + 45) * 60_000;
     sc.telemetry_s = 60;
     sc.seed = 3;
     let sim_stop = CancellationToken::new();
