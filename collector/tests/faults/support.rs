@@ -10,7 +10,7 @@ use std::time::Duration;
 use fabmeter_collector::config::Config;
 use fabmeter_e2e::{send_signal, wait_for_exit, wait_until, KillOnDrop, Signal};
 
-use crate::helpers::{metric_of, Expected, Msg, SITE};
+use crate::helpers::{metric_of, Expected, SITE};
 
 /// Long enough for anything in this suite on a loaded 2-core machine.
 pub const LONG: Duration = Duration::from_secs(120);
