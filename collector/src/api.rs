@@ -102,11 +102,12 @@ async fn member_export(
     use crate::privacy::{export_member, PrivacyError};
     let now = crate::ingest::now_ms();
     let doc = tokio::task::spawn_blocking(move || {
-        let ledger = crate::ledger::SqliteLedger::open(
-            &config.ledger.path,
+        let ledger = crate::ledger::AnyLedger::open(
+            &config.ledger,
             &config.site_id()?,
             config.badge_directory(),
-        )?;
+        )?
+        .into_sqlite("member export")?;
         export_member(&config, &ledger, &id, now)
     })
     .await
@@ -442,7 +443,7 @@ async fn ready(State(s): State<ApiState>) -> Response {
     if let Some(why) = s.metrics.ledger_failure() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: ledger commits fail ({why}); nothing is acknowledged until one succeeds: free space on the ledger's disk or fix the error\n"),
+            format!("not ready: ledger commits fail ({why}); nothing is acknowledged until one succeeds: free space on the ledger's disk, bring the PostgreSQL server of ledger.url back, or fix the error\n"),
         )
             .into_response();
     }

@@ -16,7 +16,7 @@ use crate::api::{self, ApiState};
 use crate::config::{mqtt_host_port, Config, ConfigError};
 use crate::device_keys::DeviceKeys;
 use crate::ingest::{self, SiteRules, Writer};
-use crate::ledger::{Ledger, LedgerError, MachineInfo, SqliteLedger};
+use crate::ledger::{AnyLedger, Ledger, LedgerError, MachineInfo};
 use crate::maintenance::task::MaintenanceTask;
 use crate::metrics::Metrics;
 use crate::timeseries::{TimeSeries, TimeSeriesConfig, TimeSeriesHandle};
@@ -62,10 +62,10 @@ pub struct Application {
     config: Config,
     listener: TcpListener,
     http_addr: SocketAddr,
-    writer_ledger: SqliteLedger,
-    reader_ledger: SqliteLedger,
-    maintenance_ledger: SqliteLedger,
-    privacy_ledger: SqliteLedger,
+    writer_ledger: AnyLedger,
+    reader_ledger: AnyLedger,
+    maintenance_ledger: AnyLedger,
+    privacy_ledger: AnyLedger,
     metrics: Arc<Metrics>,
     series: TimeSeriesHandle,
     series_task: Option<tokio::task::JoinHandle<crate::timeseries::TimeSeriesStats>>,
@@ -78,11 +78,23 @@ impl Application {
         config.validate()?;
         let site = config.site_id()?;
         let badges = config.badge_directory();
-        let mut writer_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
-        register_configured_machines(&config, &mut writer_ledger)?;
-        let reader_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
-        let maintenance_ledger = SqliteLedger::open(&config.ledger.path, &site, badges.clone())?;
-        let privacy_ledger = SqliteLedger::open(&config.ledger.path, &site, badges)?;
+        // Opened off the async threads: the PostgreSQL client blocks.
+        let (writer_ledger, reader_ledger, maintenance_ledger, privacy_ledger) = {
+            let (config, site) = (config.clone(), site.clone());
+            tokio::task::spawn_blocking(move || -> Result<_, LedgerError> {
+                let mut writer = AnyLedger::open(&config.ledger, &site, badges.clone())?;
+                register_configured_machines(&config, &mut writer)?;
+                let reader = AnyLedger::open(&config.ledger, &site, badges.clone())?;
+                let maintenance = AnyLedger::open(&config.ledger, &site, badges.clone())?;
+                let privacy = AnyLedger::open(&config.ledger, &site, badges)?;
+                Ok((writer, reader, maintenance, privacy))
+            })
+            .await
+            .map_err(|e| LedgerError::Column(format!("opening the ledger: {e}")))??
+        };
+        if config.ledger.url.is_some() {
+            tracing::info!(site = %site, "ledger: PostgreSQL (ledger.url)");
+        }
 
         let (series, series_task) = match &config.timeseries {
             Some(ts) => {
@@ -262,12 +274,20 @@ impl Application {
             .run(shutdown.clone()),
         );
 
-        let purges = tokio::spawn(crate::privacy::run_purges(
-            config.clone(),
-            privacy_ledger,
-            ingest::now_ms,
-            shutdown.clone(),
-        ));
+        let purges = match privacy_ledger {
+            AnyLedger::Sqlite(l) => tokio::spawn(crate::privacy::run_purges(
+                config.clone(),
+                l,
+                ingest::now_ms,
+                shutdown.clone(),
+            )),
+            AnyLedger::Postgres(_) => {
+                tracing::warn!(
+                    "the daily retention purge (privacy.retention_days) does not run on a PostgreSQL ledger yet (issue #15): personal data is kept until it does"
+                );
+                tokio::spawn(async {})
+            }
+        };
 
         let mqtt = tokio::spawn(ingest::run_mqtt(
             client,

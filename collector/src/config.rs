@@ -408,8 +408,13 @@ pub struct BrokerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
-    /// SQLite file (created with its directory if missing).
+    /// SQLite file (created with its directory if missing); unused when `url` is set.
     pub path: PathBuf,
+    /// A shared PostgreSQL ledger instead of the SQLite file, e.g.
+    /// `postgres://fabmeter@db.example/fabmeter` (docs/SCALING.md): one database for many sites
+    /// and several collectors. The schema is created or migrated at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Most messages committed in one transaction (default 16000: larger transactions write fewer
     /// pages per event, docs/BENCHMARKS.md "Ingest"; at low rates batches stay small anyway).
     pub batch_max: usize,
@@ -419,6 +424,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             path: PathBuf::from("fabmeter-data/ledger.sqlite"),
+            url: None,
             batch_max: 16_000,
         }
     }
@@ -702,6 +708,19 @@ impl Config {
         }
         if self.ledger.batch_max == 0 {
             return Err(err("ledger.batch_max", "must be at least 1", "1000"));
+        }
+        if let Some(url) = &self.ledger.url {
+            const EXAMPLE: &str = "\"postgres://fabmeter@127.0.0.1:5432/fabmeter\"";
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(err(
+                    "ledger.url",
+                    "is not a postgres:// URL (for the SQLite ledger, remove it and set ledger.path)",
+                    EXAMPLE,
+                ));
+            }
+            if let Err(e) = crate::ledger::parse_postgres_url(url) {
+                return Err(err("ledger.url", e.to_string(), EXAMPLE));
+            }
         }
         if let Some(ts) = &self.timeseries {
             if !(ts.url.starts_with("http://") || ts.url.starts_with("https://")) {

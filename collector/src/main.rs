@@ -380,7 +380,7 @@ fn main() -> anyhow::Result<()> {
         Command::Member(m) => member(m),
         Command::Privacy(PrivacyCommand::Purge { o, dry_run }) => {
             let config = o.load()?;
-            let mut ledger = open_ledger(&config)?;
+            let mut ledger = open_ledger(&config, "privacy purge")?;
             let r = fabmeter_collector::privacy::purge(
                 &config,
                 &mut ledger,
@@ -415,12 +415,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_ledger(config: &Config) -> anyhow::Result<fabmeter_collector::ledger::SqliteLedger> {
-    Ok(fabmeter_collector::ledger::SqliteLedger::open(
-        &config.ledger.path,
+/// The SQLite ledger, for the commands not on PostgreSQL yet (`what` names them in the error).
+fn open_ledger(
+    config: &Config,
+    what: &str,
+) -> anyhow::Result<fabmeter_collector::ledger::SqliteLedger> {
+    Ok(fabmeter_collector::ledger::AnyLedger::open(
+        &config.ledger,
         &config.site_id()?,
         config.badge_directory(),
-    )?)
+    )?
+    .into_sqlite(what)?)
 }
 
 fn member(m: MemberCommand) -> anyhow::Result<()> {
@@ -432,7 +437,7 @@ fn member(m: MemberCommand) -> anyhow::Result<()> {
             reason,
         } => {
             let config = o.load()?;
-            let mut ledger = open_ledger(&config)?;
+            let mut ledger = open_ledger(&config, "member erase")?;
             let r = fabmeter_collector::privacy::erase_member(
                 &config,
                 &mut ledger,
@@ -457,7 +462,7 @@ fn member(m: MemberCommand) -> anyhow::Result<()> {
         }
         MemberCommand::Export { o, member, out } => {
             let config = o.load()?;
-            let ledger = open_ledger(&config)?;
+            let ledger = open_ledger(&config, "member export")?;
             let doc = fabmeter_collector::privacy::export_member(
                 &config,
                 &ledger,
@@ -612,11 +617,7 @@ mod billing {
         let billing = Billing::from_config(&config)?.ok_or_else(|| {
             anyhow::anyhow!("no [billing] section in the configuration; see docs/BILLING.md")
         })?;
-        let ledger = SqliteLedger::open(
-            &config.ledger.path,
-            &config.site_id()?,
-            config.badge_directory(),
-        )?;
+        let ledger = super::open_ledger(&config, "invoicing")?;
         Ok((billing, ledger))
     }
 
@@ -726,16 +727,13 @@ mod billing {
 /// The maintenance subcommands: check against the site file, write to the ledger.
 mod maintenance {
     use super::*;
-    use fabmeter_collector::ledger::SqliteLedger;
+    use fabmeter_collector::ledger::AnyLedger;
     use fabmeter_collector::maintenance::{admin, task};
 
-    fn open(o: Overrides) -> anyhow::Result<(Config, SqliteLedger)> {
+    fn open(o: Overrides) -> anyhow::Result<(Config, AnyLedger)> {
         let config = o.load()?;
-        let mut ledger = SqliteLedger::open(
-            &config.ledger.path,
-            &config.site_id()?,
-            config.badge_directory(),
-        )?;
+        let mut ledger =
+            AnyLedger::open(&config.ledger, &config.site_id()?, config.badge_directory())?;
         fabmeter_collector::app::register_configured_machines(&config, &mut ledger)?;
         Ok((config, ledger))
     }

@@ -237,7 +237,15 @@ fn refold_sessions(
     let mut out = Vec::new();
     for key in keys {
         let newer = latest.get(&key.machine).is_some_and(|b| *b > key.boot);
-        let Some(f) = fold_stored(conn, site, &key.machine, key.boot, key.session, newer)? else {
+        let Some(f) = fold_stored(
+            &mut super::Lite(conn),
+            site,
+            &key.machine,
+            key.boot,
+            key.session,
+            newer,
+        )?
+        else {
             continue;
         };
         let (Some(start_ms), Some(badge)) = (f.start_ms, f.badge.as_deref()) else {

@@ -1,22 +1,21 @@
-//! Maintenance records in the SQLite ledger: services, out-of-order periods, alerted states.
-//! The plan logic itself is pure and lives in `crate::maintenance`.
+//! Maintenance records in the ledger: box epochs, services, out-of-order periods, alerted
+//! states. The plan logic itself is pure and lives in `crate::maintenance`.
 
 use fabmeter_protocol::decode;
 use fabmeter_protocol::message::Event;
-use rusqlite::{params, OptionalExtension};
 
-use super::{i64_of, u64_of, SqliteLedger};
-use crate::ledger::{Ledger, LedgerError, MaintenanceRecords, Outage, ServiceRecord};
+use super::super::sql::{args, Db};
+use super::{counters, KnownBoots};
+use crate::ledger::{LedgerError, MaintenanceRecords, Outage, ServiceRecord};
 
 /// The boot offset of the machine's latest epoch (0 until a second box served it).
-pub(super) fn boot_offset(
-    tx: &rusqlite::Connection,
-    site: &str,
-    machine: &str,
-) -> Result<u32, LedgerError> {
+pub(super) fn boot_offset(tx: &mut dyn Db, site: &str, machine: &str) -> Result<u32, LedgerError> {
     Ok(tx
-        .prepare_cached("SELECT MAX(boot_offset) FROM boot_epochs WHERE site=?1 AND machine=?2")?
-        .query_row(params![site, machine], |r| r.get::<_, Option<u32>>(0))?
+        .one(
+            "SELECT MAX(boot_offset) FROM boot_epochs WHERE site=?1 AND machine=?2",
+            args![site, machine],
+        )?
+        .opt_u32(0)?
         .unwrap_or(0))
 }
 
@@ -45,9 +44,9 @@ pub(super) struct Epoch {
 /// epoch whose offset is the machine's highest ledger boot, so that its boots come after every
 /// boot the machine had. Content never opens an epoch: only a box id does.
 pub(super) fn epoch_of(
-    tx: &rusqlite::Connection,
+    tx: &mut dyn Db,
     site: &str,
-    known: &mut super::KnownBoots,
+    known: &mut KnownBoots,
     machine: &str,
     box_id: Option<u32>,
 ) -> Result<Epoch, LedgerError> {
@@ -64,12 +63,13 @@ pub(super) fn epoch_of(
             pending: None,
         });
     }
-    let stored: Option<u32> = tx
-        .prepare_cached(
+    let stored = tx
+        .row(
             "SELECT boot_offset FROM boot_epochs WHERE site=?1 AND machine=?2 AND box=?3",
+            args![site, machine, b],
         )?
-        .query_row(params![site, machine, b], |r| r.get(0))
-        .optional()?;
+        .map(|r| r.u32(0))
+        .transpose()?;
     if let Some(offset) = stored {
         known.boxes.insert(b, offset);
         return Ok(Epoch {
@@ -77,11 +77,12 @@ pub(super) fn epoch_of(
             pending: None,
         });
     }
-    let any_box: bool = tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM boot_epochs WHERE site=?1 AND machine=?2 AND box IS NOT NULL)",
+    let any_box = tx
+        .row(
+            "SELECT 1 FROM boot_epochs WHERE site=?1 AND machine=?2 AND box IS NOT NULL LIMIT 1",
+            args![site, machine],
         )?
-        .query_row(params![site, machine], |r| r.get(0))?;
+        .is_some();
     Ok(if any_box {
         new_epoch(known, b)
     } else {
@@ -93,7 +94,7 @@ pub(super) fn epoch_of(
 }
 
 /// A new epoch for box `b`: past the machine's highest ledger boot, and past every epoch's offset.
-pub(super) fn new_epoch(known: &super::KnownBoots, b: u32) -> Epoch {
+pub(super) fn new_epoch(known: &KnownBoots, b: u32) -> Epoch {
     Epoch {
         offset: known
             .max_boot
@@ -106,34 +107,25 @@ pub(super) fn new_epoch(known: &super::KnownBoots, b: u32) -> Epoch {
 /// Writes the epoch row of a box new to the machine (once its event is decided) and remembers
 /// it for the rest of the transaction.
 pub(super) fn settle(
-    tx: &rusqlite::Connection,
+    tx: &mut dyn Db,
     site: &str,
-    known: &mut super::KnownBoots,
+    known: &mut KnownBoots,
     machine: &str,
     epoch: Epoch,
     received_ms: u64,
 ) -> Result<(), LedgerError> {
+    const INSERT: &str = "INSERT INTO boot_epochs (site, machine, boot_offset, since_ms, box)
+                          VALUES (?1, ?2, ?3, ?4, ?5)";
     match epoch.pending {
         None => {}
         Some(Pending::Adopt(b)) => {
-            let updated = tx
-                .prepare_cached(
-                    "UPDATE boot_epochs SET box=?3
-                     WHERE site=?1 AND machine=?2 AND boot_offset=?4 AND box IS NULL",
-                )?
-                .execute(params![site, machine, b, epoch.offset])?;
+            let updated = tx.exec(
+                "UPDATE boot_epochs SET box=?3
+                 WHERE site=?1 AND machine=?2 AND boot_offset=?4 AND box IS NULL",
+                args![site, machine, b, epoch.offset],
+            )?;
             if updated == 0 {
-                tx.prepare_cached(
-                    "INSERT INTO boot_epochs (site, machine, boot_offset, since_ms, box)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    site,
-                    machine,
-                    epoch.offset,
-                    i64_of(received_ms),
-                    b
-                ])?;
+                tx.exec(INSERT, args![site, machine, epoch.offset, received_ms, b])?;
             }
             tracing::info!(
                 machine,
@@ -144,11 +136,7 @@ pub(super) fn settle(
             known.boxes.insert(b, epoch.offset);
         }
         Some(Pending::Open(b)) => {
-            tx.prepare_cached(
-                "INSERT INTO boot_epochs (site, machine, boot_offset, since_ms, box)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![site, machine, epoch.offset, i64_of(received_ms), b])?;
+            tx.exec(INSERT, args![site, machine, epoch.offset, received_ms, b])?;
             tracing::warn!(
                 machine,
                 box_id = b,
@@ -163,59 +151,36 @@ pub(super) fn settle(
     Ok(())
 }
 
-/// How the event stored under `event`'s key (ledger boot `boot`) differs from `event`, or `None`
-/// when it is the same event (a resend: it may differ in `sent_uptime_ms`, `box` and `sig`
+/// How the event stored under `event`'s key (its payload `stored`) differs from `event`, or
+/// `None` when it is the same event (a resend: it may differ in `sent_uptime_ms`, `box` and `sig`
 /// only). `Some` names the first field that differs, for the conflict's dead letter.
-pub(super) fn stored_differs(
-    tx: &rusqlite::Connection,
-    site: &str,
-    machine: &str,
-    boot: u32,
-    event: &Event,
-) -> Result<Option<&'static str>, LedgerError> {
-    let stored: Option<String> = tx
-        .prepare_cached(
-            "SELECT payload FROM events WHERE site=?1 AND machine=?2 AND boot=?3 AND seq=?4",
-        )?
-        .query_row(params![site, machine, boot, event.seq], |r| r.get(0))
-        .optional()?;
-    let Some(stored) = stored else {
-        // Not stored (only its tombstone is): nothing to compare, a duplicate.
-        return Ok(None);
-    };
-    Ok(match decode::<Event>(stored.as_bytes()) {
+pub(super) fn stored_differs(stored: &str, event: &Event) -> Option<&'static str> {
+    match decode::<Event>(stored.as_bytes()) {
         Ok(s) if s.uptime_ms != event.uptime_ms => Some("uptime_ms"),
         Ok(s) if s.ts != event.ts => Some("ts"),
         Ok(s) if s.event != event.event => Some("event"),
         Ok(_) => None,
         // A stored payload that no longer decodes: the new copy cannot be shown equal.
         Err(_) => Some("the stored payload"),
-    })
+    }
 }
 
 pub(super) fn record_service(
-    l: &mut SqliteLedger,
+    tx: &mut dyn Db,
+    site: &str,
     machine: &str,
     plan: &str,
     by: &str,
     note: &str,
     at_ms: u64,
 ) -> Result<Option<ServiceRecord>, LedgerError> {
-    let Some(counters) = l.counters(machine)? else {
+    let Some(counters) = counters(tx, site, machine)? else {
         return Ok(None);
     };
-    l.conn.execute(
+    tx.exec(
         "INSERT INTO services (site, machine, plan, done_ms, done_by, note, busy_s_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            l.site,
-            machine,
-            plan,
-            i64_of(at_ms),
-            by,
-            note,
-            i64_of(counters.busy_s)
-        ],
+        args![site, machine, plan, at_ms, by, note, counters.busy_s],
     )?;
     Ok(Some(ServiceRecord {
         machine: machine.to_owned(),
@@ -228,122 +193,134 @@ pub(super) fn record_service(
 }
 
 pub(super) fn open_outage(
-    l: &mut SqliteLedger,
+    tx: &mut dyn Db,
+    site: &str,
     machine: &str,
     source: &str,
     reason: &str,
     by: &str,
     at_ms: u64,
 ) -> Result<bool, LedgerError> {
-    let n = l.conn.execute(
+    let n = tx.exec(
         "INSERT INTO outages (site, machine, source, reason, marked_by, from_ms, to_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
          ON CONFLICT (site, machine, source) WHERE to_ms IS NULL DO NOTHING",
-        params![l.site, machine, source, reason, by, i64_of(at_ms)],
+        args![site, machine, source, reason, by, at_ms],
     )?;
     Ok(n > 0)
 }
 
 pub(super) fn close_outage(
-    l: &mut SqliteLedger,
+    tx: &mut dyn Db,
+    site: &str,
     machine: &str,
     source: &str,
     at_ms: u64,
 ) -> Result<bool, LedgerError> {
-    let n = l.conn.execute(
+    let n = tx.exec(
         "UPDATE outages SET to_ms = MAX(from_ms, ?4)
          WHERE site=?1 AND machine=?2 AND source=?3 AND to_ms IS NULL",
-        params![l.site, machine, source, i64_of(at_ms)],
+        args![site, machine, source, at_ms],
     )?;
     Ok(n > 0)
 }
 
 pub(super) fn records(
-    l: &SqliteLedger,
+    db: &mut dyn Db,
+    site: &str,
     machine: &str,
 ) -> Result<Option<MaintenanceRecords>, LedgerError> {
-    let Some(counters) = l.counters(machine)? else {
+    let Some(counters) = counters(db, site, machine)? else {
         return Ok(None);
     };
-    let services = l
-        .conn
-        .prepare_cached(
+    let services = db
+        .rows(
             "SELECT plan, done_ms, done_by, note, busy_s_at FROM services
              WHERE site=?1 AND machine=?2 ORDER BY done_ms, id",
+            args![site, machine],
         )?
-        .query_map(params![l.site, machine], |r| {
+        .into_iter()
+        .map(|r| {
             Ok(ServiceRecord {
                 machine: machine.to_owned(),
-                plan: r.get(0)?,
-                done_ms: u64_of(r.get(1)?),
-                by: r.get(2)?,
-                note: r.get(3)?,
-                busy_s_at: u64_of(r.get(4)?),
+                plan: r.text(0)?,
+                done_ms: r.u64(1)?,
+                by: r.text(2)?,
+                note: r.text(3)?,
+                busy_s_at: r.u64(4)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let outages = l
-        .conn
-        .prepare_cached(
+        })
+        .collect::<Result<Vec<_>, LedgerError>>()?;
+    let outages = db
+        .rows(
             "SELECT source, reason, marked_by, from_ms, to_ms FROM outages
              WHERE site=?1 AND machine=?2 ORDER BY from_ms, id",
+            args![site, machine],
         )?
-        .query_map(params![l.site, machine], |r| {
+        .into_iter()
+        .map(|r| {
             Ok(Outage {
                 machine: machine.to_owned(),
-                source: r.get(0)?,
-                reason: r.get(1)?,
-                by: r.get(2)?,
-                from_ms: u64_of(r.get(3)?),
-                to_ms: r.get::<_, Option<i64>>(4)?.map(u64_of),
+                source: r.text(0)?,
+                reason: r.text(1)?,
+                by: r.text(2)?,
+                from_ms: r.u64(3)?,
+                to_ms: r.opt_u64(4)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })
+        .collect::<Result<Vec<_>, LedgerError>>()?;
     // The stored payload is the device's JSON; the reason is a fixed wire name in it.
-    let refused_locked: i64 = l
-        .conn
-        .prepare_cached(
+    let refused_locked = db
+        .one(
             "SELECT COUNT(*) + COALESCE((SELECT refused_locked FROM purged_totals p
                     WHERE p.site=?1 AND p.machine=?2), 0)
              FROM events WHERE site=?1 AND machine=?2
              AND kind='access_denied' AND payload LIKE '%\"maintenance_lock\"%'",
+            args![site, machine],
         )?
-        .query_row(params![l.site, machine], |r| r.get(0))?;
-    let registered_ms: i64 = l
-        .conn
-        .prepare_cached("SELECT registered_ms FROM machines WHERE site=?1 AND machine=?2")?
-        .query_row(params![l.site, machine], |r| r.get(0))?;
+        .u64(0)?;
+    let registered_ms = db
+        .one(
+            "SELECT registered_ms FROM machines WHERE site=?1 AND machine=?2",
+            args![site, machine],
+        )?
+        .u64(0)?;
     Ok(Some(MaintenanceRecords {
         counters,
         services,
         outages,
-        registered_ms: u64_of(registered_ms),
-        refused_locked: u64_of(refused_locked),
+        registered_ms,
+        refused_locked,
     }))
 }
 
-pub(super) fn alert_states(l: &SqliteLedger) -> Result<Vec<(String, String, String)>, LedgerError> {
-    let rows = l
-        .conn
-        .prepare_cached("SELECT machine, plan, state FROM maintenance_alerts WHERE site=?1")?
-        .query_map(params![l.site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+pub(super) fn alert_states(
+    db: &mut dyn Db,
+    site: &str,
+) -> Result<Vec<(String, String, String)>, LedgerError> {
+    db.rows(
+        "SELECT machine, plan, state FROM maintenance_alerts WHERE site=?1",
+        args![site],
+    )?
+    .into_iter()
+    .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))
+    .collect()
 }
 
 pub(super) fn set_alert_state(
-    l: &mut SqliteLedger,
+    tx: &mut dyn Db,
+    site: &str,
     machine: &str,
     plan: &str,
     state: &str,
     at_ms: u64,
 ) -> Result<(), LedgerError> {
-    l.conn.execute(
+    tx.exec(
         "INSERT INTO maintenance_alerts (site, machine, plan, state, changed_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (site, machine, plan) DO UPDATE SET
             state=excluded.state, changed_ms=excluded.changed_ms",
-        params![l.site, machine, plan, state, i64_of(at_ms)],
+        args![site, machine, plan, state, at_ms],
     )?;
     Ok(())
 }
@@ -597,7 +574,7 @@ mod tests {
         {
             // A ledger as version 5 left it: a replacement box found by collision (offset 2).
             let conn = rusqlite::Connection::open(&path).expect("open");
-            for sql in &super::super::MIGRATIONS[..5] {
+            for sql in &crate::ledger::sqlite::MIGRATIONS[..5] {
                 conn.execute_batch(sql).expect("old migration");
             }
             conn.pragma_update(None, "user_version", 5)
@@ -611,7 +588,7 @@ mod tests {
             .expect("old rows");
         }
         let mut l = open(&dir);
-        assert_eq!(l.schema_version().expect("version"), 6);
+        assert_eq!(l.schema_version().expect("version"), 7);
         assert_eq!(epochs(&l), [(2, None)], "the old epoch keeps its offset");
         // An old device (no box id): the latest epoch, as before.
         l.commit(&busy_for("laser-1", 2, 60)).expect("commit");

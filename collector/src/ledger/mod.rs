@@ -13,11 +13,69 @@
 //!   durable (WAL, `synchronous=FULL`), so the caller may acknowledge the MQTT messages;
 //! - bad input is kept as a dead letter with its reason, in the same transaction.
 
+mod ops;
+mod pg;
+mod sql;
 mod sqlite;
 
+pub use pg::{parse_url as parse_postgres_url, BadUrl, PgLedger};
 pub use sqlite::invoices::{AuditDifference, BillingError, IssueReport};
 pub use sqlite::privacy::{ByMachineMonth, ErasureReport, PurgeReport, PurgedCounts, StoredEvent};
 pub use sqlite::SqliteLedger;
+
+/// A ledger of either engine, as `[ledger]` selects it: PostgreSQL when `url` is set, else the
+/// SQLite file at `path`.
+#[derive(Debug)]
+pub enum AnyLedger {
+    /// The SQLite file of one site.
+    Sqlite(SqliteLedger),
+    /// A shared PostgreSQL database (boxed: its client configuration is large).
+    Postgres(Box<PgLedger>),
+}
+
+impl AnyLedger {
+    /// Opens the ledger `config` names for `site` (migrating its schema).
+    pub fn open(
+        config: &crate::config::LedgerConfig,
+        site: &Id,
+        badges: std::collections::HashMap<String, String>,
+    ) -> Result<AnyLedger, LedgerError> {
+        Ok(match &config.url {
+            Some(url) => AnyLedger::Postgres(Box::new(PgLedger::open(url, site, badges)?)),
+            None => AnyLedger::Sqlite(SqliteLedger::open(&config.path, site, badges)?),
+        })
+    }
+
+    /// The SQLite ledger, or an error naming what is not on PostgreSQL yet.
+    pub fn into_sqlite(self, what: &str) -> Result<SqliteLedger, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => Ok(l),
+            AnyLedger::Postgres(_) => Err(LedgerError::NotOnPostgres(what.to_owned())),
+        }
+    }
+}
+
+impl ops::Engine for AnyLedger {
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn sql::Db, &ops::Ctx<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.write(f),
+            AnyLedger::Postgres(l) => l.write(f),
+        }
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn sql::Db, &str) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.read(f),
+            AnyLedger::Postgres(l) => l.read(f),
+        }
+    }
+}
 
 use fabmeter_protocol::message::{Event, Status};
 use fabmeter_protocol::Id;
@@ -30,6 +88,18 @@ pub enum LedgerError {
     /// The database refused an operation.
     #[error("ledger database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL refused an operation or cannot be reached.
+    #[error("PostgreSQL ledger error: {}", pg_detail(.0))]
+    Postgres(#[from] postgres::Error),
+    /// `ledger.url` cannot be used.
+    #[error(transparent)]
+    BadUrl(#[from] pg::BadUrl),
+    /// A feature that works on the SQLite ledger only so far.
+    #[error("{0} works on the SQLite ledger only so far (issue #15): remove ledger.url to use it, or run it on a SQLite copy")]
+    NotOnPostgres(String),
+    /// A stored value is not of the type the ledger expects (a schema from another build?).
+    #[error("ledger value: {0}")]
+    Column(String),
     /// The ledger file or its directory could not be created or opened.
     #[error("cannot open the ledger at {path}: {source}")]
     Open {
@@ -48,6 +118,23 @@ pub enum LedgerError {
         /// Latest version this build knows.
         supported: i64,
     },
+}
+
+/// A PostgreSQL error with the server's message, detail and hint when there is one.
+fn pg_detail(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
 }
 
 /// One thing to record, already decoded and checked by the ingest.
@@ -99,7 +186,7 @@ pub struct Committed {
 }
 
 /// What became of one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// New, stored and applied.
     Accepted,

@@ -14,12 +14,11 @@
 //! anchor may have moved since (see `protocol::clock`), so the start and the `last_seq` event are
 //! re-dated from their stored uptime and `ts` with the current anchor, like the full fold does.
 
-use fabmeter_protocol::clock::ClockAnchor;
-use fabmeter_protocol::message::EventBody;
-use rusqlite::{params, Connection, OptionalExtension};
-
+use super::super::sql::{args, Db};
 use super::{fold_stored, u64_of, LedgerError};
 use crate::session::{fold, SessionEvent, SessionFold, SessionStatus};
+use fabmeter_protocol::clock::ClockAnchor;
+use fabmeter_protocol::message::EventBody;
 
 /// An event of this batch that names a session (accepted: new in the ledger).
 #[derive(Debug, Clone, Copy)]
@@ -72,25 +71,25 @@ pub(super) struct Key<'a> {
 /// by the full fold. `anchor`: the boot's anchor as it stands now (after this batch); `newer`:
 /// the machine has a later boot. `None`: no event names the session.
 pub(super) fn recompute(
-    conn: &Connection,
+    db: &mut dyn Db,
     k: &Key<'_>,
     new: &[NewEvent<'_>],
     anchor: Option<u64>,
     newer: bool,
 ) -> Result<Option<SessionRow>, LedgerError> {
-    if let Some(row) = incremental(conn, k, new, anchor, newer)? {
+    if let Some(row) = incremental(db, k, new, anchor, newer)? {
         return Ok(Some(row));
     }
-    full(conn, k, newer)
+    full(db, k, newer)
 }
 
 /// The reference: the fold of every stored event of the session.
 pub(super) fn full(
-    conn: &Connection,
+    db: &mut dyn Db,
     k: &Key<'_>,
     newer: bool,
 ) -> Result<Option<SessionRow>, LedgerError> {
-    Ok(fold_stored(conn, k.site, k.machine, k.boot, k.session, newer)?.map(SessionRow::from))
+    Ok(fold_stored(db, k.site, k.machine, k.boot, k.session, newer)?.map(SessionRow::from))
 }
 
 fn wall(anchor: Option<u64>, uptime_ms: u64, ts: Option<u64>) -> Option<u64> {
@@ -100,7 +99,7 @@ fn wall(anchor: Option<u64>, uptime_ms: u64, ts: Option<u64>) -> Option<u64> {
 
 /// `None`: the row does not allow it (see the module's doc); the caller folds the stored events.
 fn incremental(
-    conn: &Connection,
+    db: &mut dyn Db,
     k: &Key<'_>,
     new: &[NewEvent<'_>],
     anchor: Option<u64>,
@@ -113,35 +112,37 @@ fn incremental(
     {
         return Ok(None);
     }
-    let row: Option<SessionRow> = conn
-        .prepare_cached(
+    let row = db
+        .row(
             "SELECT badge, start_ms, end_ms, busy_s, idle_s, energy_wh, status, reason, last_seq
              FROM sessions WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
+            args![k.site, k.machine, k.boot, k.session],
         )?
-        .query_row(params![k.site, k.machine, k.boot, k.session], |r| {
-            Ok(SessionRow {
-                badge: r.get(0)?,
-                start_ms: r.get::<_, Option<i64>>(1)?.map(u64_of),
-                end_ms: r.get::<_, Option<i64>>(2)?.map(u64_of),
-                busy_s: r.get(3)?,
-                idle_s: r.get(4)?,
-                energy_wh: r.get(5)?,
-                status: r.get(6)?,
-                reason: r.get(7)?,
-                last_seq: r.get(8)?,
+        .map(|r| {
+            Ok::<_, LedgerError>(SessionRow {
+                badge: r.opt_text(0)?,
+                start_ms: r.opt_u64(1)?,
+                end_ms: r.opt_u64(2)?,
+                busy_s: r.u32(3)?,
+                idle_s: r.u32(4)?,
+                energy_wh: r.u32(5)?,
+                status: r.text(6)?,
+                reason: r.opt_text(7)?,
+                last_seq: r.u32(8)?,
             })
         })
-        .optional()?;
+        .transpose()?;
     let Some(row) = row else {
         // No row yet: the batch's events are the whole session when the ledger holds no other.
-        let stored: i64 = conn
-            .prepare_cached(
+        let stored = db
+            .one(
                 // The session index, named: without statistics SQLite prefers the primary key's
                 // (site, machine, boot) prefix and counts through every event of the boot.
                 "SELECT COUNT(*) FROM events INDEXED BY events_session
                  WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
+                args![k.site, k.machine, k.boot, k.session],
             )?
-            .query_row(params![k.site, k.machine, k.boot, k.session], |r| r.get(0))?;
+            .i64(0)?;
         if usize::try_from(stored).ok() != Some(new.len()) || new.is_empty() {
             return Ok(None);
         }
@@ -187,22 +188,13 @@ fn incremental(
     let mut start_at = None;
     let mut last_at = None;
     {
-        let mut stmt = conn.prepare_cached(
+        let rows = db.rows(
             "SELECT seq, uptime_ms, ts_ms FROM events
              WHERE site=?1 AND machine=?2 AND boot=?3 AND seq IN (?4, ?5)",
-        )?;
-        let rows = stmt.query_map(
-            params![k.site, k.machine, k.boot, k.session, row.last_seq],
-            |r| {
-                Ok((
-                    r.get::<_, u32>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                ))
-            },
+            args![k.site, k.machine, k.boot, k.session, row.last_seq],
         )?;
         for r in rows {
-            let (seq, uptime, ts) = r?;
+            let (seq, uptime, ts) = (r.u32(0)?, r.i64(1)?, r.opt_i64(2)?);
             let at = wall(anchor, u64_of(uptime), ts.map(u64_of));
             if seq == k.session && had_start {
                 start_at = Some(at);

@@ -1,0 +1,1054 @@
+//! The ledger's logic, written once for both engines over [`Db`]: an engine ([`Engine`]) only
+//! says how to open a transaction and a read; every [`Engine`] is a [`Ledger`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use fabmeter_protocol::clock::ClockAnchor;
+use fabmeter_protocol::decode;
+use fabmeter_protocol::message::{EventBody, Presence};
+
+use super::sql::{args, Db, Val};
+use super::{
+    Committed, DeadLetter, Ledger, LedgerError, LedgerTotals, MachineCounters, MachineInfo,
+    MachineView, MaintenanceRecords, Outcome, Record, ServiceRecord, SessionQuery, SessionView,
+    CONFLICT,
+};
+use crate::session::{fold, SessionEvent, SessionFold};
+
+pub(super) fn u64_of(x: i64) -> u64 {
+    u64::try_from(x).unwrap_or(0)
+}
+
+pub(super) fn i64_of(x: u64) -> i64 {
+    i64::try_from(x).unwrap_or(i64::MAX)
+}
+
+/// What the shared logic needs of a ledger's engine: its site, its badge directory, and a
+/// transaction or a read on its database.
+pub(crate) trait Engine: Send {
+    /// Runs `f` in one transaction, committed when it returns `Ok`; `f` gets the site, the badge
+    /// directory and whether sessions are folded in full (tests).
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError>;
+    /// Runs `f` on a read connection.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Db, &str) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError>;
+}
+
+/// What a write knows besides the database.
+pub(crate) struct Ctx<'a> {
+    pub(super) site: &'a str,
+    pub(super) badges: &'a HashMap<String, String>,
+    pub(super) full_session_recompute: bool,
+}
+
+/// The member a badge hash (hex) belongs to, or `badge:<hash>` when the badge is unknown.
+pub(super) fn member_of(badges: &HashMap<String, String>, badge: &str) -> String {
+    badges
+        .get(badge)
+        .cloned()
+        .unwrap_or_else(|| format!("badge:{badge}"))
+}
+
+/// Folds one session from its stored raw events (see `crate::session`). `newer_boot`: the
+/// machine has a later boot. `None` when no stored event names the session.
+pub(super) fn fold_stored(
+    db: &mut dyn Db,
+    site: &str,
+    machine: &str,
+    boot: u32,
+    session: u32,
+    newer_boot: bool,
+) -> Result<Option<SessionFold>, LedgerError> {
+    let anchor = db
+        .row(
+            "SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3",
+            args![site, machine, boot],
+        )?
+        .map(|r| r.i64(0))
+        .transpose()?;
+    let anchor = anchor.map_or_else(ClockAnchor::new, |a| {
+        ClockAnchor::from_boot_wall_ms(u64_of(a))
+    });
+    let rows = db.rows(
+        // The session index, named: without statistics SQLite prefers the primary key's
+        // (site, machine, boot) prefix, which reads every event of the boot to keep the
+        // session's few (328 µs against 13 µs per session on a year's ledger, docs/BENCHMARKS.md).
+        "SELECT seq, uptime_ms, ts_ms, payload FROM events INDEXED BY events_session
+         WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
+        args![site, machine, boot, session],
+    )?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (seq, uptime, ts, payload) = (row.u32(0)?, row.i64(1)?, row.opt_i64(2)?, row.text(3)?);
+        // Stored payloads were validated on the way in; one that no longer decodes (a
+        // future schema?) is skipped rather than failing the batch.
+        let Ok(ev) = decode::<fabmeter_protocol::message::Event>(payload.as_bytes()) else {
+            tracing::warn!(
+                machine,
+                boot,
+                seq,
+                "stored event no longer decodes; skipped"
+            );
+            continue;
+        };
+        let uptime_ms = u64_of(uptime);
+        events.push(SessionEvent {
+            seq,
+            uptime_ms,
+            wall_ms: ts.map(u64_of).or_else(|| anchor.wall_time(uptime_ms)),
+            body: ev.event,
+        });
+    }
+    Ok(fold(session, &events, newer_boot))
+}
+
+/// A machine's highest ledger boot and current boot offset, as a commit has read and changed them,
+/// and its boots this commit touched.
+pub(super) struct KnownBoots {
+    pub(super) max_boot: Option<u32>,
+    /// The offset of the machine's latest epoch.
+    pub(super) offset: u32,
+    /// The epoch offset of each box id this transaction resolved.
+    pub(super) boxes: HashMap<u32, u32>,
+    boots: HashMap<u32, BootState>,
+}
+
+/// One boot of a machine as a commit sees it: its stored anchor and tombstone, read once, and
+/// what the batch's events add to its `boots` row, written once at the end of the batch
+/// ([`flush_boots`]) instead of once per event.
+#[derive(Debug, Default)]
+struct BootState {
+    /// The boot's anchor: the stored one, lowered by the batch's events (`MIN`, as the row).
+    anchor: Option<i64>,
+    /// The highest seq purged or erased in this boot (docs/SECURITY.md): at or below it, a
+    /// resend is a duplicate.
+    tombstone: Option<u32>,
+    /// Whether an event of the batch went to this boot (the row is then written).
+    dirty: bool,
+    /// Reception of the first such event (for a new row).
+    first_received_ms: i64,
+    /// Highest uptime and seq of the batch's new events, and how many there were.
+    max_uptime_ms: i64,
+    max_seq: u32,
+    events: i64,
+}
+
+impl BootState {
+    /// Whether `seq` is at or below the boot's tombstone.
+    fn purged(&self, seq: u32) -> bool {
+        self.tombstone.is_some_and(|max| max >= seq)
+    }
+
+    /// Takes an event of the batch into account: its anchor candidate always (a duplicate too,
+    /// as the per-event upsert did), its uptime, seq and count when it was new.
+    fn observe(&mut self, anchor: i64, received_ms: u64, new: Option<(u64, u32)>) {
+        if !self.dirty {
+            self.dirty = true;
+            self.first_received_ms = i64_of(received_ms);
+        }
+        self.anchor = Some(anchor);
+        if let Some((uptime_ms, seq)) = new {
+            self.max_uptime_ms = self.max_uptime_ms.max(i64_of(uptime_ms));
+            self.max_seq = self.max_seq.max(seq);
+            self.events += 1;
+        }
+    }
+}
+
+/// The boots of `machine` known to this transaction, read from the ledger on first use.
+fn machine_state<'a>(
+    machines: &'a mut HashMap<String, KnownBoots>,
+    tx: &mut dyn Db,
+    site: &str,
+    machine: &str,
+) -> Result<&'a mut KnownBoots, LedgerError> {
+    if !machines.contains_key(machine) {
+        let max_boot = tx
+            .one(
+                "SELECT MAX(boot) FROM boots WHERE site=?1 AND machine=?2",
+                args![site, machine],
+            )?
+            .opt_u32(0)?;
+        let offset = maintenance::boot_offset(tx, site, machine)?;
+        machines.insert(
+            machine.to_owned(),
+            KnownBoots {
+                max_boot,
+                offset,
+                boxes: HashMap::new(),
+                boots: HashMap::new(),
+            },
+        );
+    }
+    machines
+        .get_mut(machine)
+        // Never: inserted just above.
+        .ok_or_else(|| LedgerError::Column("machine state vanished".into()))
+}
+
+/// One boot of a machine as this transaction knows it, its anchor and tombstone read on first use.
+fn boot_state<'a>(
+    known: &'a mut KnownBoots,
+    tx: &mut dyn Db,
+    site: &str,
+    machine: &str,
+    boot: u32,
+) -> Result<&'a mut BootState, LedgerError> {
+    if let std::collections::hash_map::Entry::Vacant(v) = known.boots.entry(boot) {
+        let r = tx.one(
+            "SELECT (SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3),
+                (SELECT max_seq FROM purged_keys WHERE site=?1 AND machine=?2 AND boot=?3)",
+            args![site, machine, boot],
+        )?;
+        v.insert(BootState {
+            anchor: r.opt_i64(0)?,
+            tombstone: r.opt_u32(1)?,
+            ..BootState::default()
+        });
+    }
+    known
+        .boots
+        .get_mut(&boot)
+        // Never: inserted just above.
+        .ok_or_else(|| LedgerError::Column("boot state vanished".into()))
+}
+
+/// Writes the `boots` rows the batch touched: one upsert per (machine, boot).
+fn flush_boots(
+    tx: &mut dyn Db,
+    site: &str,
+    machines: &HashMap<String, KnownBoots>,
+) -> Result<(), LedgerError> {
+    for (machine, known) in machines {
+        for (boot, b) in known.boots.iter().filter(|(_, b)| b.dirty) {
+            tx.exec(
+                "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms,
+                    max_uptime_ms, max_seq, events)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (site, machine, boot) DO UPDATE SET
+                    anchor_ms = MIN(boots.anchor_ms, excluded.anchor_ms),
+                    max_uptime_ms = MAX(boots.max_uptime_ms, excluded.max_uptime_ms),
+                    max_seq = MAX(boots.max_seq, excluded.max_seq),
+                    events = boots.events + excluded.events",
+                args![
+                    site,
+                    machine.as_str(),
+                    *boot,
+                    b.anchor,
+                    b.first_received_ms,
+                    b.max_uptime_ms,
+                    b.max_seq,
+                    b.events
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Where an event's key stands in this transaction.
+enum Taken {
+    /// Free: the event is new.
+    Free,
+    /// Taken by a new event of this batch (its index in [`NewEvents::rows`]).
+    Batch(usize),
+    /// Taken by a stored event.
+    Stored,
+}
+
+/// The batch's new events, written together at the end of the batch ([`NewEvents::flush`])
+/// instead of one statement each: a key is known free or taken by reading the stored keys of a
+/// (machine, boot) once per batch, over the seq range the batch's events of that boot span.
+/// Only the writer inserts events of its site (the transaction holds the site), so a key found
+/// free stays free until the flush.
+#[derive(Default)]
+struct NewEvents<'b> {
+    /// Per (machine, device boot): the lowest and highest seq of the batch's events.
+    spans: HashMap<(&'b str, u32), (u32, u32)>,
+    /// Per (machine, ledger boot): the seq range read and the stored seqs in it.
+    stored: HashMap<(&'b str, u32), (u32, u32, std::collections::HashSet<u32>)>,
+    /// The new events' keys (machine, ledger boot, seq), to their row.
+    keys: HashMap<(&'b str, u32, u32), usize>,
+    /// The rows to insert, in the order of the batch.
+    rows: Vec<[Val; EVENT_COLUMNS]>,
+}
+
+/// The columns of an `events` row, as [`NewEvents::flush`] writes them.
+const EVENT_COLUMNS: usize = 12;
+/// Where the payload is in a row of [`NewEvents::rows`].
+const PAYLOAD_COLUMN: usize = 11;
+
+impl<'b> NewEvents<'b> {
+    fn new(batch: &'b [Record]) -> Self {
+        let mut spans: HashMap<(&str, u32), (u32, u32)> = HashMap::new();
+        for r in batch {
+            if let Record::Event { machine, event, .. } = r {
+                let s = spans
+                    .entry((machine.as_str(), event.boot))
+                    .or_insert((event.seq, event.seq));
+                s.0 = s.0.min(event.seq);
+                s.1 = s.1.max(event.seq);
+            }
+        }
+        NewEvents {
+            spans,
+            ..NewEvents::default()
+        }
+    }
+
+    /// Whether the key (machine, ledger `boot`, `seq`) of an event of device boot `device_boot`
+    /// is free, taken by this batch or stored.
+    fn taken(
+        &mut self,
+        tx: &mut dyn Db,
+        site: &str,
+        machine: &'b str,
+        device_boot: u32,
+        boot: u32,
+        seq: u32,
+    ) -> Result<Taken, LedgerError> {
+        if let Some(&i) = self.keys.get(&(machine, boot, seq)) {
+            return Ok(Taken::Batch(i));
+        }
+        if let Some((lo, hi, seqs)) = self.stored.get(&(machine, boot)) {
+            if (*lo..=*hi).contains(&seq) {
+                return Ok(if seqs.contains(&seq) {
+                    Taken::Stored
+                } else {
+                    Taken::Free
+                });
+            }
+            // Outside the range read (a boot reached from two device boots, through two box
+            // epochs): this key alone.
+            let stored = tx
+                .row(
+                    "SELECT 1 FROM events WHERE site=?1 AND machine=?2 AND boot=?3 AND seq=?4",
+                    args![site, machine, boot, seq],
+                )?
+                .is_some();
+            return Ok(if stored { Taken::Stored } else { Taken::Free });
+        }
+        let (lo, hi) = self
+            .spans
+            .get(&(machine, device_boot))
+            .copied()
+            .unwrap_or((seq, seq));
+        let (lo, hi) = (lo.min(seq), hi.max(seq));
+        let seqs = tx
+            .rows(
+                "SELECT seq FROM events
+                 WHERE site=?1 AND machine=?2 AND boot=?3 AND seq BETWEEN ?4 AND ?5",
+                args![site, machine, boot, lo, hi],
+            )?
+            .iter()
+            .map(|r| r.u32(0))
+            .collect::<Result<std::collections::HashSet<u32>, _>>()?;
+        let taken = seqs.contains(&seq);
+        self.stored.insert((machine, boot), (lo, hi, seqs));
+        Ok(if taken { Taken::Stored } else { Taken::Free })
+    }
+
+    /// The payload under a taken key.
+    fn payload(
+        &self,
+        tx: &mut dyn Db,
+        site: &str,
+        machine: &str,
+        boot: u32,
+        seq: u32,
+        taken: &Taken,
+    ) -> Result<Option<String>, LedgerError> {
+        match taken {
+            Taken::Free => Ok(None),
+            Taken::Batch(i) => Ok(match self.rows.get(*i).map(|r| &r[PAYLOAD_COLUMN]) {
+                Some(Val::Text(p)) => Some(p.clone()),
+                _ => None,
+            }),
+            Taken::Stored => tx
+                .row(
+                    "SELECT payload FROM events WHERE site=?1 AND machine=?2 AND boot=?3 AND seq=?4",
+                    args![site, machine, boot, seq],
+                )?
+                .map(|r| r.text(0))
+                .transpose(),
+        }
+    }
+
+    /// Takes a new event (its key was free).
+    fn insert(&mut self, machine: &'b str, boot: u32, seq: u32, row: [Val; EVENT_COLUMNS]) {
+        self.keys.insert((machine, boot, seq), self.rows.len());
+        self.rows.push(row);
+    }
+
+    /// Inserts the new events: multi-row statements of 128, 64, ... 1 rows, so that a few
+    /// statement shapes serve every batch (PostgreSQL prepares each once per connection).
+    fn flush(self, tx: &mut dyn Db) -> Result<(), LedgerError> {
+        const HEAD: &str = "INSERT INTO events (site, machine, boot, seq, kind, state, session,
+            uptime_ms, ts_ms, wall_ms, received_ms, payload) VALUES ";
+        let mut rows = self.rows.as_slice();
+        let mut shapes: HashMap<usize, String> = HashMap::new();
+        while !rows.is_empty() {
+            let n = 1usize << (rows.len().min(128).ilog2());
+            let (chunk, rest) = rows.split_at(n);
+            let sql = shapes.entry(n).or_insert_with(|| {
+                let tuples: Vec<String> = (0..n)
+                    .map(|r| {
+                        let cols: Vec<String> = (1..=EVENT_COLUMNS)
+                            .map(|c| format!("?{}", r * EVENT_COLUMNS + c))
+                            .collect();
+                        format!("({})", cols.join(", "))
+                    })
+                    .collect();
+                format!("{HEAD}{}", tuples.join(", "))
+            });
+            let args: Vec<Val> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
+            let written = tx.exec(sql, &args)?;
+            if written != u64::try_from(n).unwrap_or(u64::MAX) {
+                return Err(LedgerError::Column(format!(
+                    "{written} of {n} new events written"
+                )));
+            }
+            rows = rest;
+        }
+        Ok(())
+    }
+}
+
+fn session_of(body: &EventBody, seq: u32) -> Option<u32> {
+    match body {
+        EventBody::SessionStarted { .. } => Some(seq),
+        EventBody::SessionProgress { session, .. } | EventBody::SessionEnded { session, .. } => {
+            Some(*session)
+        }
+        _ => None,
+    }
+}
+
+/// Writes a session's row.
+fn write_session(
+    badges: &HashMap<String, String>,
+    tx: &mut dyn Db,
+    k: &session_rows::Key<'_>,
+    f: &session_rows::SessionRow,
+) -> Result<(), LedgerError> {
+    let member = f.badge.as_deref().map(|b| member_of(badges, b));
+    tx.exec(
+        "INSERT INTO sessions (site, machine, boot, session, badge, member, start_ms, end_ms,
+            busy_s, idle_s, energy_wh, status, reason, last_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (site, machine, boot, session) DO UPDATE SET
+            badge=excluded.badge, member=excluded.member, start_ms=excluded.start_ms,
+            end_ms=excluded.end_ms, busy_s=excluded.busy_s, idle_s=excluded.idle_s,
+            energy_wh=excluded.energy_wh, status=excluded.status, reason=excluded.reason,
+            last_seq=excluded.last_seq",
+        args![
+            k.site,
+            k.machine,
+            k.boot,
+            k.session,
+            f.badge.as_deref(),
+            member,
+            f.start_ms,
+            f.end_ms,
+            f.busy_s,
+            f.idle_s,
+            f.energy_wh,
+            f.status.as_str(),
+            f.reason.as_deref(),
+            f.last_seq,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores a batch (see [`Ledger::commit`]) in the caller's transaction.
+fn commit(tx: &mut dyn Db, ctx: &Ctx<'_>, batch: &[Record]) -> Result<Vec<Committed>, LedgerError> {
+    let site = ctx.site;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    // The sessions the batch touched, with the batch's new events naming them.
+    let mut touched: BTreeMap<(String, u32, u32), Vec<session_rows::NewEvent<'_>>> =
+        BTreeMap::new();
+    let mut rebooted: BTreeSet<String> = BTreeSet::new();
+    // What this transaction knows of each machine's boots (only the writer changes them).
+    let mut machines: HashMap<String, KnownBoots> = HashMap::new();
+    let mut new_events = NewEvents::new(batch);
+    for record in batch {
+        let mut wall_ms = None;
+        let outcome = match record {
+            Record::Event {
+                machine,
+                event,
+                payload,
+                received_ms,
+            } => 'event: {
+                let machine = machine.as_str();
+                let known = machine_state(&mut machines, tx, site, machine)?;
+                let max_boot = known.max_boot;
+                // The ledger's boot: the device's, shifted by the offset of the epoch of the
+                // box that counted it (see maintenance::epoch_of). Insert first; only a key
+                // already taken is read back, to tell a resend (a duplicate) from another
+                // event under the same key (a conflict: the first copy wins).
+                let mut epoch = maintenance::epoch_of(tx, site, known, machine, event.box_id)?;
+                let mut boot = event.boot.saturating_add(epoch.offset);
+                if boot_state(known, tx, site, machine, boot)?.purged(event.seq) {
+                    // Purged or erased (docs/SECURITY.md): its key is gone, its tombstone stays.
+                    maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
+                    break 'event Outcome::Duplicate;
+                }
+                let state = match &event.event {
+                    EventBody::State { to, .. } => Some(to.as_str()),
+                    _ => None,
+                };
+                let session = session_of(&event.event, event.seq);
+                let candidate = i64_of(received_ms.saturating_sub(event.sent_uptime_ms));
+                let inserted = loop {
+                    known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
+                    let b = boot_state(known, tx, site, machine, boot)?;
+                    // The boot's anchor after this event.
+                    let anchor = b.anchor.map_or(candidate, |a| a.min(candidate));
+                    let wall = event
+                        .ts
+                        .unwrap_or_else(|| u64_of(anchor).saturating_add(event.uptime_ms));
+                    wall_ms = Some(wall);
+                    let taken = new_events.taken(tx, site, machine, event.boot, boot, event.seq)?;
+                    if matches!(taken, Taken::Free) {
+                        new_events.insert(
+                            machine,
+                            boot,
+                            event.seq,
+                            [
+                                Val::from(site),
+                                Val::from(machine),
+                                Val::from(boot),
+                                Val::from(event.seq),
+                                Val::from(event.event.kind()),
+                                Val::from(state),
+                                Val::from(session),
+                                Val::from(event.uptime_ms),
+                                Val::from(event.ts),
+                                Val::from(wall),
+                                Val::from(*received_ms),
+                                Val::from(String::from_utf8_lossy(payload).into_owned()),
+                            ],
+                        );
+                        let b = boot_state(known, tx, site, machine, boot)?;
+                        b.observe(anchor, *received_ms, Some((event.uptime_ms, event.seq)));
+                        break true;
+                    }
+                    let stored =
+                        new_events.payload(tx, site, machine, boot, event.seq, &taken)?;
+                    // Not stored (only its tombstone is): nothing to compare, a duplicate.
+                    let differs = stored
+                        .as_deref()
+                        .and_then(|p| maintenance::stored_differs(p, event));
+                    let Some(field) = differs else {
+                        // A resend: its anchor candidate counts, as it always did.
+                        let b = boot_state(known, tx, site, machine, boot)?;
+                        b.observe(anchor, *received_ms, None);
+                        break false;
+                    };
+                    if let Some(maintenance::Pending::Adopt(b)) = epoch.pending {
+                        // The machine's first box id, counting boots the machine already
+                        // had: a replacement of a box older than box ids, not a resend.
+                        epoch = maintenance::new_epoch(known, b);
+                        boot = event.boot.saturating_add(epoch.offset);
+                        if boot_state(known, tx, site, machine, boot)?.purged(event.seq) {
+                            maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
+                            wall_ms = None;
+                            break 'event Outcome::Duplicate;
+                        }
+                        continue;
+                    }
+                    // The same key, another event: the first copy wins, this one is kept
+                    // aside and never applied (docs/PROTOCOL.md: it cannot double-bill).
+                    maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
+                    wall_ms = None;
+                    let detail = format!(
+                        "machine {machine} boot {} seq {} (ledger boot {boot}) is already \
+                         stored with another {field}: the first copy is kept and this one is \
+                         not counted. A device resends an event unchanged but for \
+                         sent_uptime_ms; a replacement box sends its own `box` id",
+                        event.boot, event.seq
+                    );
+                    tracing::warn!(
+                        machine,
+                        boot,
+                        seq = event.seq,
+                        field,
+                        "conflicting copy of a stored event kept as a dead letter"
+                    );
+                    let keep = payload.len().min(fabmeter_protocol::MAX_CONFIG_PAYLOAD);
+                    dead_letter(
+                        tx,
+                        site,
+                        *received_ms,
+                        &format!("fabmeter/v1/{site}/{machine}/event"),
+                        &payload[..keep],
+                        CONFLICT,
+                        &detail,
+                    )?;
+                    break 'event Outcome::Conflict;
+                };
+                maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
+                if !inserted {
+                    break 'event Outcome::Duplicate;
+                }
+                if let Some(s) = session {
+                    touched
+                        .entry((machine.to_owned(), boot, s))
+                        .or_default()
+                        .push(session_rows::NewEvent {
+                            seq: event.seq,
+                            // As stored and read back by the full fold.
+                            uptime_ms: u64_of(i64_of(event.uptime_ms)),
+                            ts: event.ts.map(|t| u64_of(i64_of(t))),
+                            body: &event.event,
+                        });
+                }
+                if max_boot.is_some_and(|b| boot > b) {
+                    rebooted.insert(machine.to_owned());
+                }
+                Outcome::Accepted
+            }
+            Record::Status {
+                machine,
+                status,
+                received_ms,
+            } => {
+                let caps = status
+                    .caps
+                    .as_ref()
+                    .map(|c| serde_json::to_string(c).unwrap_or_default());
+                let offset = machine_state(&mut machines, tx, site, machine.as_str())?.offset;
+                // A status of an older boot (a late last will) never overrides a newer one.
+                tx.exec(
+                    "INSERT INTO presence (site, machine, boot, online, fw, config_hash, caps,
+                        changed_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (site, machine) DO UPDATE SET
+                        boot=excluded.boot, online=excluded.online,
+                        fw=COALESCE(excluded.fw, presence.fw),
+                        config_hash=COALESCE(excluded.config_hash, presence.config_hash),
+                        caps=COALESCE(excluded.caps, presence.caps),
+                        changed_ms=excluded.changed_ms
+                     WHERE excluded.boot >= presence.boot",
+                    args![
+                        site,
+                        machine.as_str(),
+                        status.boot.saturating_add(offset),
+                        status.status == Presence::Online,
+                        status.fw.as_ref().map(|f| f.as_str()),
+                        status.config_hash.map(|h| h.to_hex().as_str().to_owned()),
+                        caps,
+                        *received_ms,
+                    ],
+                )?;
+                Outcome::Accepted
+            }
+            Record::DeadLetter {
+                topic,
+                payload,
+                reason,
+                detail,
+                received_ms,
+            } => {
+                dead_letter(tx, site, *received_ms, topic, payload, reason, detail)?;
+                Outcome::DeadLettered
+            }
+        };
+        outcomes.push(Committed { outcome, wall_ms });
+    }
+    new_events.flush(tx)?;
+    flush_boots(tx, site, &machines)?;
+    // A newer boot closes the open sessions of the older boots (at their last progress).
+    for machine in &rebooted {
+        let open = tx.rows(
+            "SELECT boot, session FROM sessions WHERE site=?1 AND machine=?2 AND status='open'",
+            args![site, machine.as_str()],
+        )?;
+        for r in open {
+            touched
+                .entry((machine.clone(), r.u32(0)?, r.u32(1)?))
+                .or_default();
+        }
+    }
+    for ((machine, boot, session), new) in &touched {
+        let known = machine_state(&mut machines, tx, site, machine)?;
+        let newer = known.max_boot.is_some_and(|b| b > *boot);
+        let anchor = boot_state(known, tx, site, machine, *boot)?
+            .anchor
+            .map(u64_of);
+        let key = session_rows::Key {
+            site,
+            machine,
+            boot: *boot,
+            session: *session,
+        };
+        let row = if ctx.full_session_recompute {
+            session_rows::full(tx, &key, newer)?
+        } else {
+            session_rows::recompute(tx, &key, new, anchor, newer)?
+        };
+        if let Some(row) = row {
+            write_session(ctx.badges, tx, &key, &row)?;
+        }
+    }
+    Ok(outcomes)
+}
+
+fn dead_letter(
+    tx: &mut dyn Db,
+    site: &str,
+    received_ms: u64,
+    topic: &str,
+    payload: &[u8],
+    reason: &str,
+    detail: &str,
+) -> Result<(), LedgerError> {
+    tx.exec(
+        "INSERT INTO dead_letters (site, received_ms, topic, payload, reason, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        args![site, received_ms, topic, payload, reason, detail],
+    )?;
+    Ok(())
+}
+
+fn has_machine(db: &mut dyn Db, site: &str, machine: &str) -> Result<bool, LedgerError> {
+    Ok(db
+        .row(
+            "SELECT 1 FROM machines WHERE site=?1 AND machine=?2",
+            args![site, machine],
+        )?
+        .is_some())
+}
+
+fn machines(db: &mut dyn Db, site: &str) -> Result<Vec<MachineView>, LedgerError> {
+    let rows = db.rows(
+        "SELECT m.machine, m.name, m.kind,
+            (SELECT MAX(boot) FROM boots b WHERE b.site=m.site AND b.machine=m.machine),
+            p.online, p.fw, p.changed_ms
+         FROM machines m
+         LEFT JOIN presence p ON p.site=m.site AND p.machine=m.machine
+         WHERE m.site=?1 ORDER BY m.machine",
+        args![site],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (id, name, kind) = (r.text(0)?, r.text(1)?, r.text(2)?);
+        let (boot, online, fw, changed) =
+            (r.opt_u32(3)?, r.opt_bool(4)?, r.opt_text(5)?, r.opt_i64(6)?);
+        let last_state = db
+            .row(
+                "SELECT boot, state, wall_ms FROM events
+                 WHERE site=?1 AND machine=?2 AND state IS NOT NULL
+                 ORDER BY boot DESC, seq DESC LIMIT 1",
+                args![site, id.as_str()],
+            )?
+            .map(|r| Ok::<_, LedgerError>((r.u32(0)?, r.text(1)?, r.i64(2)?)))
+            .transpose()?;
+        let member = db
+            .row(
+                "SELECT member FROM sessions WHERE site=?1 AND machine=?2 AND status='open'
+                 ORDER BY boot DESC, session DESC LIMIT 1",
+                args![site, id.as_str()],
+            )?
+            .map(|r| r.opt_text(0))
+            .transpose()?
+            .flatten();
+        let online = online.unwrap_or(false);
+        let (state, since_ms) = match (&last_state, online, boot) {
+            (_, false, _) if changed.is_some() => ("offline".to_owned(), changed.map(u64_of)),
+            (Some((b, s, at)), _, Some(max)) if *b == max => (s.clone(), Some(u64_of(*at))),
+            // The newest boot has not reported a state change yet: devices start off.
+            (_, _, Some(_)) => ("off".to_owned(), changed.map(u64_of)),
+            _ => ("unknown".to_owned(), None),
+        };
+        out.push(MachineView {
+            id,
+            name,
+            kind,
+            state,
+            since_ms,
+            member,
+            online,
+            boot,
+            fw,
+        });
+    }
+    Ok(out)
+}
+
+fn sessions(
+    db: &mut dyn Db,
+    site: &str,
+    q: &SessionQuery,
+) -> Result<Vec<SessionView>, LedgerError> {
+    let mut sql = String::from(
+        "SELECT machine, boot, session, member, badge, start_ms, end_ms, busy_s, idle_s,
+            energy_wh, status, reason, last_seq
+         FROM sessions WHERE site=?1",
+    );
+    let mut args: Vec<Val> = vec![site.into()];
+    if let Some(m) = &q.machine {
+        args.push(m.into());
+        sql.push_str(&format!(" AND machine=?{}", args.len()));
+    }
+    if let Some(m) = &q.member {
+        args.push(m.into());
+        sql.push_str(&format!(" AND member=?{}", args.len()));
+    }
+    if let Some(f) = q.from_ms {
+        args.push(f.into());
+        sql.push_str(&format!(" AND start_ms >= ?{}", args.len()));
+    }
+    if let Some(t) = q.to_ms {
+        args.push(t.into());
+        sql.push_str(&format!(" AND start_ms < ?{}", args.len()));
+    }
+    sql.push_str(" ORDER BY start_ms DESC, machine, boot DESC, session DESC");
+    if let Some(l) = q.limit {
+        sql.push_str(&format!(" LIMIT {l}"));
+    }
+    db.rows(&sql, &args)?
+        .into_iter()
+        .map(|r| {
+            Ok(SessionView {
+                machine: r.text(0)?,
+                boot: r.u32(1)?,
+                session: r.u32(2)?,
+                member: r.opt_text(3)?,
+                badge: r.opt_text(4)?,
+                start_ms: r.opt_u64(5)?,
+                end_ms: r.opt_u64(6)?,
+                busy_s: r.u32(7)?,
+                idle_s: r.u32(8)?,
+                energy_wh: r.u32(9)?,
+                status: r.text(10)?,
+                reason: r.opt_text(11)?,
+                first_seq: r.u32(2)?,
+                last_seq: r.u32(12)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn counters(
+    db: &mut dyn Db,
+    site: &str,
+    machine: &str,
+) -> Result<Option<MachineCounters>, LedgerError> {
+    if !has_machine(db, site, machine)? {
+        return Ok(None);
+    }
+    let mut busy_ms = 0u64;
+    let mut idle_ms = 0u64;
+    let rows = db.rows(
+        "SELECT e.state, CAST(SUM(COALESCE(e.next_up, b.max_uptime_ms) - e.uptime_ms) AS BIGINT)
+         FROM (SELECT boot, state, uptime_ms,
+                 LEAD(uptime_ms) OVER (PARTITION BY boot ORDER BY seq) AS next_up
+               FROM events WHERE site=?1 AND machine=?2 AND state IS NOT NULL) e
+         JOIN boots b ON b.site=?1 AND b.machine=?2 AND b.boot=e.boot
+         GROUP BY e.state",
+        args![site, machine],
+    )?;
+    for r in rows {
+        match r.text(0)?.as_str() {
+            "busy" => busy_ms += r.u64(1)?,
+            "idle" => idle_ms += r.u64(1)?,
+            _ => {}
+        }
+    }
+    // Purged sessions count through their machine's baseline (docs/SECURITY.md).
+    let r = db.one(
+        "SELECT COUNT(*) + COALESCE((SELECT sessions FROM purged_totals p
+                WHERE p.site=?1 AND p.machine=?2), 0),
+            CAST(COALESCE(SUM(busy_s), 0) + COALESCE((SELECT busy_s FROM purged_totals p
+                WHERE p.site=?1 AND p.machine=?2), 0) AS BIGINT),
+            CAST(COALESCE(SUM(energy_wh), 0) + COALESCE((SELECT energy_wh FROM purged_totals p
+                WHERE p.site=?1 AND p.machine=?2), 0) AS BIGINT)
+         FROM sessions WHERE site=?1 AND machine=?2",
+        args![site, machine],
+    )?;
+    let (sessions, session_busy_s, session_energy_wh) = (r.u64(0)?, r.u64(1)?, r.u64(2)?);
+    let r = db.one(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(events), 0) AS BIGINT) FROM boots
+         WHERE site=?1 AND machine=?2",
+        args![site, machine],
+    )?;
+    Ok(Some(MachineCounters {
+        machine: machine.to_owned(),
+        on_s: (busy_ms + idle_ms) / 1000,
+        busy_s: busy_ms / 1000,
+        idle_s: idle_ms / 1000,
+        sessions,
+        session_busy_s,
+        session_energy_wh,
+        boots: r.u64(0)?,
+        events: r.u64(1)?,
+    }))
+}
+
+fn dead_letters(db: &mut dyn Db, site: &str, limit: u32) -> Result<Vec<DeadLetter>, LedgerError> {
+    db.rows(
+        "SELECT id, received_ms, topic, payload, reason, detail FROM dead_letters
+         WHERE site=?1 ORDER BY id DESC LIMIT ?2",
+        args![site, limit],
+    )?
+    .into_iter()
+    .map(|r| {
+        Ok(DeadLetter {
+            id: r.i64(0)?,
+            received_ms: r.u64(1)?,
+            topic: r.text(2)?,
+            payload: String::from_utf8_lossy(&r.blob(3)?).into_owned(),
+            reason: r.text(4)?,
+            detail: r.text(5)?,
+        })
+    })
+    .collect()
+}
+
+fn totals(db: &mut dyn Db, site: &str) -> Result<LedgerTotals, LedgerError> {
+    let r = db.one(
+        "SELECT (SELECT COUNT(*) FROM events WHERE site=?1),
+            (SELECT COUNT(*) FROM sessions WHERE site=?1),
+            (SELECT COUNT(*) FROM dead_letters WHERE site=?1)",
+        args![site],
+    )?;
+    Ok(LedgerTotals {
+        events: r.u64(0)?,
+        sessions: r.u64(1)?,
+        dead_letters: r.u64(2)?,
+    })
+}
+
+impl<E: Engine> Ledger for E {
+    fn register_machines(
+        &mut self,
+        machines: &[MachineInfo],
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.write(|tx, ctx| {
+            for m in machines {
+                tx.exec(
+                    "INSERT INTO machines (site, machine, name, kind, source, registered_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (site, machine) DO UPDATE SET
+                        name=excluded.name, kind=excluded.kind, source=excluded.source",
+                    args![ctx.site, &m.id, &m.name, &m.kind, &m.source, now_ms],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn commit(&mut self, batch: &[Record]) -> Result<Vec<Committed>, LedgerError> {
+        self.write(|tx, ctx| commit(tx, ctx, batch))
+    }
+
+    fn has_machine(&self, machine: &str) -> Result<bool, LedgerError> {
+        self.read(|db, site| has_machine(db, site, machine))
+    }
+
+    fn machines(&self) -> Result<Vec<MachineView>, LedgerError> {
+        self.read(machines)
+    }
+
+    fn sessions(&self, q: &SessionQuery) -> Result<Vec<SessionView>, LedgerError> {
+        self.read(|db, site| sessions(db, site, q))
+    }
+
+    fn counters(&self, machine: &str) -> Result<Option<MachineCounters>, LedgerError> {
+        self.read(|db, site| counters(db, site, machine))
+    }
+
+    fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, LedgerError> {
+        self.read(|db, site| dead_letters(db, site, limit))
+    }
+
+    fn totals(&self) -> Result<LedgerTotals, LedgerError> {
+        self.read(totals)
+    }
+
+    fn record_service(
+        &mut self,
+        machine: &str,
+        plan: &str,
+        by: &str,
+        note: &str,
+        at_ms: u64,
+    ) -> Result<Option<ServiceRecord>, LedgerError> {
+        self.write(|tx, ctx| {
+            maintenance::record_service(tx, ctx.site, machine, plan, by, note, at_ms)
+        })
+    }
+
+    fn open_outage(
+        &mut self,
+        machine: &str,
+        source: &str,
+        reason: &str,
+        by: &str,
+        at_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        self.write(|tx, ctx| {
+            maintenance::open_outage(tx, ctx.site, machine, source, reason, by, at_ms)
+        })
+    }
+
+    fn close_outage(
+        &mut self,
+        machine: &str,
+        source: &str,
+        at_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        self.write(|tx, ctx| maintenance::close_outage(tx, ctx.site, machine, source, at_ms))
+    }
+
+    fn maintenance_records(
+        &self,
+        machine: &str,
+    ) -> Result<Option<MaintenanceRecords>, LedgerError> {
+        self.read(|db, site| maintenance::records(db, site, machine))
+    }
+
+    fn reported_config_hash(&self, machine: &str) -> Result<Option<String>, LedgerError> {
+        self.read(|db, site| {
+            Ok(db
+                .row(
+                    "SELECT config_hash FROM presence WHERE site=?1 AND machine=?2",
+                    args![site, machine],
+                )?
+                .map(|r| r.opt_text(0))
+                .transpose()?
+                .flatten())
+        })
+    }
+
+    fn alert_states(&self) -> Result<Vec<(String, String, String)>, LedgerError> {
+        self.read(maintenance::alert_states)
+    }
+
+    fn set_alert_state(
+        &mut self,
+        machine: &str,
+        plan: &str,
+        state: &str,
+        at_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.write(|tx, ctx| {
+            maintenance::set_alert_state(tx, ctx.site, machine, plan, state, at_ms)
+        })
+    }
+}
+
+#[path = "maintenance.rs"]
+pub(super) mod maintenance;
+
+#[path = "session_rows.rs"]
+pub(super) mod session_rows;
