@@ -41,6 +41,7 @@ mod error;
 pub mod http;
 mod mosquitto;
 mod mqtt_cli;
+mod postgres;
 mod process;
 mod tls;
 mod tools;
@@ -53,6 +54,7 @@ pub use mosquitto::{
     TlsListener, DEFAULT_MAX_QUEUED_MESSAGES, LOCALHOST,
 };
 pub use mqtt_cli::{MqttCli, ReceivedMessage, Subscription};
+pub use postgres::{pg_bin_dir, Postgres, PG_USER};
 pub use tls::TestPki;
 pub use tools::{is_executable_file, Tool, FALLBACK_DIRS};
 pub use util::{
