@@ -59,6 +59,10 @@ pub struct Args {
     /// last one with C = BENCH_N).
     #[arg(long)]
     peer_cmd: Option<String>,
+    /// The collector's ledger on a private PostgreSQL cluster (a fresh database per collector)
+    /// instead of a SQLite file.
+    #[arg(long)]
+    postgres: bool,
     /// Name of the peer in the summary.
     #[arg(long, default_value = "peer")]
     peer_name: String,
@@ -71,6 +75,7 @@ pub struct Args {
 struct Bench {
     broker: Mosquitto,
     vm: Option<VictoriaMetrics>,
+    pg: Option<fabmeter_e2e::Postgres>,
     machines: Vec<String>,
     work: Vec<Vec<Msg>>,
     total: usize,
@@ -89,6 +94,11 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     } else {
         Some(VictoriaMetrics::start().context("starting victoria-metrics")?)
     };
+    let pg = if a.postgres {
+        Some(fabmeter_e2e::Postgres::start().context("starting PostgreSQL")?)
+    } else {
+        None
+    };
     let machines = workload::machine_ids(a.machines);
     let work = workload::split(a.messages, &machines, a.publishers, a.members);
     let bytes: usize = work.iter().flatten().map(|m| m.payload.len()).sum();
@@ -102,9 +112,18 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         a.batch_max.map_or("the collector's default".into(), |n| n.to_string()),
         if vm.is_some() { "VictoriaMetrics" } else { "off" },
     );
+    println!(
+        "ledger: {}",
+        if pg.is_some() {
+            "PostgreSQL (private cluster, fsync on)"
+        } else {
+            "SQLite"
+        }
+    );
     let bench = Bench {
         broker,
         vm,
+        pg,
         machines,
         work,
         total: a.messages,
@@ -423,6 +442,13 @@ impl Bench {
         c.mqtt.url = self.broker.url();
         c.mqtt.client_id = client_id.into();
         c.ledger.path = dir.path().join("ledger.sqlite");
+        if let Some(pg) = &self.pg {
+            let db = client_id.replace('-', "_");
+            c.ledger.url = Some(
+                pg.create_database(&db)
+                    .context("creating the round's database")?,
+            );
+        }
         if let Some(n) = a.batch_max {
             c.ledger.batch_max = n;
         }
