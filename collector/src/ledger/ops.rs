@@ -251,6 +251,41 @@ fn flush_boots(
     Ok(())
 }
 
+/// Writes `rows` with multi-row statements `{head}(?1, ...), (...){tail}` of 128, 64, ... 1 rows,
+/// so that a few statement shapes serve every batch (PostgreSQL prepares each once per
+/// connection); every row must be written (an upsert's `tail` writes each).
+fn insert_rows<const N: usize>(
+    tx: &mut dyn Db,
+    head: &str,
+    tail: &str,
+    rows: &[[Val; N]],
+) -> Result<(), LedgerError> {
+    let mut rows = rows;
+    let mut shapes: HashMap<usize, String> = HashMap::new();
+    while !rows.is_empty() {
+        let n = 1usize << rows.len().min(128).ilog2();
+        let (chunk, rest) = rows.split_at(n);
+        let sql = shapes.entry(n).or_insert_with(|| {
+            let tuples: Vec<String> = (0..n)
+                .map(|r| {
+                    let cols: Vec<String> = (1..=N).map(|c| format!("?{}", r * N + c)).collect();
+                    format!("({})", cols.join(", "))
+                })
+                .collect();
+            format!("{head}{}{tail}", tuples.join(", "))
+        });
+        let args: Vec<Val> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
+        let written = tx.exec(sql, &args)?;
+        if written != u64::try_from(n).unwrap_or(u64::MAX) {
+            return Err(LedgerError::Column(format!(
+                "{written} of {n} rows written"
+            )));
+        }
+        rows = rest;
+    }
+    Ok(())
+}
+
 /// Where an event's key stands in this transaction.
 enum Taken {
     /// Free: the event is new.
@@ -385,37 +420,15 @@ impl<'b> NewEvents<'b> {
         self.rows.push(row);
     }
 
-    /// Inserts the new events: multi-row statements of 128, 64, ... 1 rows, so that a few
-    /// statement shapes serve every batch (PostgreSQL prepares each once per connection).
+    /// Inserts the new events.
     fn flush(self, tx: &mut dyn Db) -> Result<(), LedgerError> {
-        const HEAD: &str = "INSERT INTO events (site, machine, boot, seq, kind, state, session,
-            uptime_ms, ts_ms, wall_ms, received_ms, payload) VALUES ";
-        let mut rows = self.rows.as_slice();
-        let mut shapes: HashMap<usize, String> = HashMap::new();
-        while !rows.is_empty() {
-            let n = 1usize << (rows.len().min(128).ilog2());
-            let (chunk, rest) = rows.split_at(n);
-            let sql = shapes.entry(n).or_insert_with(|| {
-                let tuples: Vec<String> = (0..n)
-                    .map(|r| {
-                        let cols: Vec<String> = (1..=EVENT_COLUMNS)
-                            .map(|c| format!("?{}", r * EVENT_COLUMNS + c))
-                            .collect();
-                        format!("({})", cols.join(", "))
-                    })
-                    .collect();
-                format!("{HEAD}{}", tuples.join(", "))
-            });
-            let args: Vec<Val> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
-            let written = tx.exec(sql, &args)?;
-            if written != u64::try_from(n).unwrap_or(u64::MAX) {
-                return Err(LedgerError::Column(format!(
-                    "{written} of {n} new events written"
-                )));
-            }
-            rows = rest;
-        }
-        Ok(())
+        insert_rows(
+            tx,
+            "INSERT INTO events (site, machine, boot, seq, kind, state, session, uptime_ms, ts_ms,
+                wall_ms, received_ms, payload) VALUES ",
+            "",
+            &self.rows,
+        )
     }
 }
 
@@ -429,41 +442,44 @@ fn session_of(body: &EventBody, seq: u32) -> Option<u32> {
     }
 }
 
-/// Writes a session's row.
-fn write_session(
+/// A session's row as [`write_sessions`] writes it.
+fn session_values(
     badges: &HashMap<String, String>,
-    tx: &mut dyn Db,
     k: &session_rows::Key<'_>,
     f: &session_rows::SessionRow,
-) -> Result<(), LedgerError> {
+) -> [Val; 14] {
     let member = f.badge.as_deref().map(|b| member_of(badges, b));
-    tx.exec(
+    [
+        Val::from(k.site),
+        Val::from(k.machine),
+        Val::from(k.boot),
+        Val::from(k.session),
+        Val::from(f.badge.as_deref()),
+        Val::from(member),
+        Val::from(f.start_ms),
+        Val::from(f.end_ms),
+        Val::from(f.busy_s),
+        Val::from(f.idle_s),
+        Val::from(f.energy_wh),
+        Val::from(f.status.as_str()),
+        Val::from(f.reason.as_deref()),
+        Val::from(f.last_seq),
+    ]
+}
+
+/// Writes the batch's session rows (each session once).
+fn write_sessions(tx: &mut dyn Db, rows: &[[Val; 14]]) -> Result<(), LedgerError> {
+    insert_rows(
+        tx,
         "INSERT INTO sessions (site, machine, boot, session, badge, member, start_ms, end_ms,
-            busy_s, idle_s, energy_wh, status, reason, last_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-         ON CONFLICT (site, machine, boot, session) DO UPDATE SET
+            busy_s, idle_s, energy_wh, status, reason, last_seq) VALUES ",
+        " ON CONFLICT (site, machine, boot, session) DO UPDATE SET
             badge=excluded.badge, member=excluded.member, start_ms=excluded.start_ms,
             end_ms=excluded.end_ms, busy_s=excluded.busy_s, idle_s=excluded.idle_s,
             energy_wh=excluded.energy_wh, status=excluded.status, reason=excluded.reason,
             last_seq=excluded.last_seq",
-        args![
-            k.site,
-            k.machine,
-            k.boot,
-            k.session,
-            f.badge.as_deref(),
-            member,
-            f.start_ms,
-            f.end_ms,
-            f.busy_s,
-            f.idle_s,
-            f.energy_wh,
-            f.status.as_str(),
-            f.reason.as_deref(),
-            f.last_seq,
-        ],
-    )?;
-    Ok(())
+        rows,
+    )
 }
 
 /// Stores a batch (see [`Ledger::commit`]) in the caller's transaction.
@@ -540,8 +556,7 @@ fn commit(tx: &mut dyn Db, ctx: &Ctx<'_>, batch: &[Record]) -> Result<Vec<Commit
                         b.observe(anchor, *received_ms, Some((event.uptime_ms, event.seq)));
                         break true;
                     }
-                    let stored =
-                        new_events.payload(tx, site, machine, boot, event.seq, &taken)?;
+                    let stored = new_events.payload(tx, site, machine, boot, event.seq, &taken)?;
                     // Not stored (only its tombstone is): nothing to compare, a duplicate.
                     let differs = stored
                         .as_deref()
@@ -677,6 +692,12 @@ fn commit(tx: &mut dyn Db, ctx: &Ctx<'_>, batch: &[Record]) -> Result<Vec<Commit
                 .or_default();
         }
     }
+    let stored = if ctx.full_session_recompute {
+        session_rows::Stored::default()
+    } else {
+        session_rows::Stored::read(tx, site, touched.keys())?
+    };
+    let mut rows = Vec::with_capacity(touched.len());
     for ((machine, boot, session), new) in &touched {
         let known = machine_state(&mut machines, tx, site, machine)?;
         let newer = known.max_boot.is_some_and(|b| b > *boot);
@@ -692,12 +713,13 @@ fn commit(tx: &mut dyn Db, ctx: &Ctx<'_>, batch: &[Record]) -> Result<Vec<Commit
         let row = if ctx.full_session_recompute {
             session_rows::full(tx, &key, newer)?
         } else {
-            session_rows::recompute(tx, &key, new, anchor, newer)?
+            session_rows::recompute(tx, &key, new, anchor, newer, &stored)?
         };
         if let Some(row) = row {
-            write_session(ctx.badges, tx, &key, &row)?;
+            rows.push(session_values(ctx.badges, &key, &row));
         }
     }
+    write_sessions(tx, &rows)?;
     Ok(outcomes)
 }
 

@@ -59,6 +59,83 @@ impl From<SessionFold> for SessionRow {
     }
 }
 
+/// A session's place in a batch: (machine, boot, session).
+pub(super) type SessionKey = (String, u32, u32);
+
+/// Sessions whose seqs are further apart than this are read by separate queries (a late event
+/// of an old session must not make a read span every event in between).
+const GAP: u32 = 1024;
+
+/// What the ledger holds of the sessions a batch touched, read with one query per (machine,
+/// boot) and run of nearby sessions rather than per session: their rows, and how many stored
+/// events name each (after the batch's events were inserted).
+#[derive(Debug, Default)]
+pub(super) struct Stored {
+    rows: std::collections::HashMap<SessionKey, SessionRow>,
+    events: std::collections::HashMap<SessionKey, i64>,
+}
+
+impl Stored {
+    /// Reads the rows and event counts of `keys` (sorted, as a `BTreeMap`'s keys are).
+    pub(super) fn read<'k>(
+        db: &mut dyn Db,
+        site: &str,
+        keys: impl Iterator<Item = &'k SessionKey>,
+    ) -> Result<Stored, LedgerError> {
+        let mut out = Stored::default();
+        // Runs (machine, boot, first session, last session) of nearby sessions.
+        let mut runs: Vec<(&str, u32, u32, u32)> = Vec::new();
+        for (machine, boot, session) in keys {
+            match runs.last_mut() {
+                Some((m, b, _, hi))
+                    if *m == machine.as_str()
+                        && *b == *boot
+                        && session.saturating_sub(*hi) <= GAP =>
+                {
+                    *hi = (*hi).max(*session);
+                }
+                _ => runs.push((machine.as_str(), *boot, *session, *session)),
+            }
+        }
+        for (machine, boot, lo, hi) in runs {
+            for r in db.rows(
+                "SELECT session, badge, start_ms, end_ms, busy_s, idle_s, energy_wh, status,
+                    reason, last_seq
+                 FROM sessions WHERE site=?1 AND machine=?2 AND boot=?3
+                    AND session BETWEEN ?4 AND ?5",
+                args![site, machine, boot, lo, hi],
+            )? {
+                out.rows.insert(
+                    (machine.to_owned(), boot, r.u32(0)?),
+                    SessionRow {
+                        badge: r.opt_text(1)?,
+                        start_ms: r.opt_u64(2)?,
+                        end_ms: r.opt_u64(3)?,
+                        busy_s: r.u32(4)?,
+                        idle_s: r.u32(5)?,
+                        energy_wh: r.u32(6)?,
+                        status: r.text(7)?,
+                        reason: r.opt_text(8)?,
+                        last_seq: r.u32(9)?,
+                    },
+                );
+            }
+            for r in db.rows(
+                // The session index, named: without statistics SQLite prefers the primary key's
+                // (site, machine, boot) prefix and counts through every event of the boot.
+                "SELECT session, COUNT(*) FROM events INDEXED BY events_session
+                 WHERE site=?1 AND machine=?2 AND boot=?3 AND session BETWEEN ?4 AND ?5
+                 GROUP BY session",
+                args![site, machine, boot, lo, hi],
+            )? {
+                out.events
+                    .insert((machine.to_owned(), boot, r.u32(0)?), r.i64(1)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Where one session is, for the recompute.
 pub(super) struct Key<'a> {
     pub site: &'a str,
@@ -76,8 +153,9 @@ pub(super) fn recompute(
     new: &[NewEvent<'_>],
     anchor: Option<u64>,
     newer: bool,
+    stored: &Stored,
 ) -> Result<Option<SessionRow>, LedgerError> {
-    if let Some(row) = incremental(db, k, new, anchor, newer)? {
+    if let Some(row) = incremental(db, k, new, anchor, newer, stored)? {
         return Ok(Some(row));
     }
     full(db, k, newer)
@@ -104,6 +182,7 @@ fn incremental(
     new: &[NewEvent<'_>],
     anchor: Option<u64>,
     newer: bool,
+    stored: &Stored,
 ) -> Result<Option<SessionRow>, LedgerError> {
     // A progress or end carrying the session's own seq makes `last_seq` ambiguous.
     if new
@@ -112,37 +191,11 @@ fn incremental(
     {
         return Ok(None);
     }
-    let row = db
-        .row(
-            "SELECT badge, start_ms, end_ms, busy_s, idle_s, energy_wh, status, reason, last_seq
-             FROM sessions WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
-            args![k.site, k.machine, k.boot, k.session],
-        )?
-        .map(|r| {
-            Ok::<_, LedgerError>(SessionRow {
-                badge: r.opt_text(0)?,
-                start_ms: r.opt_u64(1)?,
-                end_ms: r.opt_u64(2)?,
-                busy_s: r.u32(3)?,
-                idle_s: r.u32(4)?,
-                energy_wh: r.u32(5)?,
-                status: r.text(6)?,
-                reason: r.opt_text(7)?,
-                last_seq: r.u32(8)?,
-            })
-        })
-        .transpose()?;
+    let key = (k.machine.to_owned(), k.boot, k.session);
+    let row = stored.rows.get(&key).cloned();
     let Some(row) = row else {
         // No row yet: the batch's events are the whole session when the ledger holds no other.
-        let stored = db
-            .one(
-                // The session index, named: without statistics SQLite prefers the primary key's
-                // (site, machine, boot) prefix and counts through every event of the boot.
-                "SELECT COUNT(*) FROM events INDEXED BY events_session
-                 WHERE site=?1 AND machine=?2 AND boot=?3 AND session=?4",
-                args![k.site, k.machine, k.boot, k.session],
-            )?
-            .i64(0)?;
+        let stored = stored.events.get(&key).copied().unwrap_or(0);
         if usize::try_from(stored).ok() != Some(new.len()) || new.is_empty() {
             return Ok(None);
         }
