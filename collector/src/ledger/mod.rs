@@ -18,7 +18,7 @@ mod pg;
 mod sql;
 mod sqlite;
 
-pub use pg::{parse_url as parse_postgres_url, BadUrl, PgLedger};
+pub use pg::{parse_url as parse_postgres_url, BadUrl, PgConnection, PgLedger};
 pub use sqlite::invoices::{AuditDifference, BillingError, IssueReport};
 pub use sqlite::privacy::{ByMachineMonth, ErasureReport, PurgeReport, PurgedCounts, StoredEvent};
 pub use sqlite::SqliteLedger;

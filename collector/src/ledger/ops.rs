@@ -483,7 +483,11 @@ fn write_sessions(tx: &mut dyn Db, rows: &[[Val; 14]]) -> Result<(), LedgerError
 }
 
 /// Stores a batch (see [`Ledger::commit`]) in the caller's transaction.
-fn commit(tx: &mut dyn Db, ctx: &Ctx<'_>, batch: &[Record]) -> Result<Vec<Committed>, LedgerError> {
+pub(super) fn commit(
+    tx: &mut dyn Db,
+    ctx: &Ctx<'_>,
+    batch: &[Record],
+) -> Result<Vec<Committed>, LedgerError> {
     let site = ctx.site;
     let mut outcomes = Vec::with_capacity(batch.len());
     // The sessions the batch touched, with the batch's new events naming them.

@@ -10,15 +10,15 @@
 //! away mid-run only fails commits (the ingest then acknowledges nothing and retries) until it
 //! is back.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fabmeter_protocol::Id;
 
 use super::ops::{Ctx, Engine};
 use super::sql::{Db, Pg};
-use super::LedgerError;
+use super::{Committed, LedgerError, Record};
 
 /// Schema migrations, applied in order under an advisory lock (several collectors may start at
 /// once); `fabmeter_schema.version` is the number applied. Never edit a released migration.
@@ -184,13 +184,167 @@ const MIGRATIONS: &[&str] = &[r#"
 /// The advisory lock key of the schema migrations (any constant; "fabmeter" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6661_626d_6574_6572;
 
-/// The PostgreSQL implementation of [`Ledger`](super::Ledger). Open one per role (the writer,
-/// the API reader, the maintenance task), like the SQLite ledger: each holds one connection.
-pub struct PgLedger {
+/// One PostgreSQL connection with its prepared statements, reopened on the next call when it
+/// was lost; shared by the ledgers of the sites one collector serves ([`PgLedger::on`]), so that a
+/// collector of hundreds of sites holds a few connections, not a few per site. Calls take turns.
+pub struct PgConnection {
     config: postgres::Config,
-    client: RefCell<Option<postgres::Client>>,
+    slot: Mutex<PgSlot>,
+}
+
+/// The live client and its statement cache.
+#[derive(Default)]
+struct PgSlot {
+    client: Option<postgres::Client>,
     /// Prepared statements of the current connection, by their shared text.
-    cache: RefCell<HashMap<String, postgres::Statement>>,
+    cache: HashMap<String, postgres::Statement>,
+}
+
+impl std::fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .finish()
+    }
+}
+
+impl Drop for PgConnection {
+    /// The synchronous client closes its connection by blocking on its own runtime, which
+    /// tokio forbids on an async thread: there, the connection is closed on a thread of its own.
+    fn drop(&mut self) {
+        let slot = self
+            .slot
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = slot.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("pg-close".into())
+                    .spawn(move || drop(client));
+            }
+        }
+    }
+}
+
+impl PgConnection {
+    /// Connects to the database of `url` and applies pending migrations (once, whichever
+    /// collector comes first).
+    pub fn connect(url: &str) -> Result<Arc<PgConnection>, LedgerError> {
+        let config = parse_url(url)?;
+        let mut client = config.connect(postgres::NoTls)?;
+        migrate(&mut client)?;
+        Ok(Arc::new(PgConnection {
+            config,
+            slot: Mutex::new(PgSlot {
+                client: Some(client),
+                cache: HashMap::new(),
+            }),
+        }))
+    }
+
+    /// Runs `f` on the connection, reopened first when the last one was lost (the statement
+    /// cache goes with it).
+    fn with_client<T>(
+        &self,
+        f: impl FnOnce(
+            &mut postgres::Client,
+            &mut HashMap<String, postgres::Statement>,
+        ) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut slot = self
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let PgSlot { client, cache } = &mut *slot;
+        if client.as_ref().is_none_or(postgres::Client::is_closed) {
+            *client = None;
+            cache.clear();
+            *client = Some(self.config.connect(postgres::NoTls)?);
+            tracing::info!("PostgreSQL ledger connection reopened");
+        }
+        let Some(c) = client.as_mut() else {
+            return Err(LedgerError::Column("no PostgreSQL connection".into()));
+        };
+        let out = f(c, cache);
+        if c.is_closed() {
+            *client = None;
+            cache.clear();
+        }
+        out
+    }
+
+    /// Runs `f` once per site of `sites` in one transaction, committed when every call returned
+    /// `Ok`: the batches of several sites cost one `COMMIT`. The sites' advisory locks are taken
+    /// first, in order (two collectors locking overlapping sets never deadlock).
+    pub(crate) fn write_sites<T>(
+        &self,
+        sites: &[&PgLedger],
+        mut f: impl FnMut(usize, &mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
+    ) -> Result<Vec<T>, LedgerError> {
+        self.with_client(|client, cache| {
+            let mut tx = client.transaction()?;
+            let mut order: Vec<&str> = sites.iter().map(|l| l.site.as_str()).collect();
+            order.sort_unstable();
+            order.dedup();
+            for site in order {
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[&site],
+                )?;
+            }
+            let mut out = Vec::with_capacity(sites.len());
+            for (i, l) in sites.iter().enumerate() {
+                let ctx = Ctx {
+                    site: &l.site,
+                    badges: &l.badges,
+                    full_session_recompute: false,
+                };
+                out.push(f(
+                    i,
+                    &mut Pg {
+                        client: &mut tx,
+                        cache,
+                    },
+                    &ctx,
+                )?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Stores the batches of several sites (each a ledger on this connection) in one
+    /// transaction and returns what became of each record, batch by batch (see
+    /// [`Ledger::commit`](super::Ledger::commit)).
+    pub fn commit_sites(
+        self: &Arc<Self>,
+        batches: &[(&PgLedger, &[Record])],
+    ) -> Result<Vec<Vec<Committed>>, LedgerError> {
+        if let Some((l, _)) = batches.iter().find(|(l, _)| !self.same(&l.conn)) {
+            return Err(LedgerError::Column(format!(
+                "the ledger of site {} is not on this connection",
+                l.site
+            )));
+        }
+        let ledgers: Vec<&PgLedger> = batches.iter().map(|(l, _)| *l).collect();
+        self.write_sites(&ledgers, |i, db, ctx| match batches.get(i) {
+            Some((_, records)) => super::ops::commit(db, ctx, records),
+            None => Ok(Vec::new()),
+        })
+    }
+
+    /// Whether `self` and `other` are the same shared connection.
+    pub fn same(self: &Arc<Self>, other: &Arc<Self>) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+}
+
+/// The PostgreSQL implementation of [`Ledger`](super::Ledger) for one site, on a connection of
+/// its own ([`PgLedger::open`]) or shared with other sites' ledgers ([`PgLedger::on`]). Open one
+/// per role (the writer, the API reader, the maintenance task), like the SQLite ledger.
+pub struct PgLedger {
+    conn: Arc<PgConnection>,
     site: String,
     badges: HashMap<String, String>,
 }
@@ -200,20 +354,6 @@ impl std::fmt::Debug for PgLedger {
         f.debug_struct("PgLedger")
             .field("site", &self.site)
             .finish()
-    }
-}
-
-impl Drop for PgLedger {
-    /// The synchronous client closes its connection by blocking on its own runtime, which
-    /// tokio forbids on an async thread: there, the connection is closed on a thread of its own.
-    fn drop(&mut self) {
-        if let Some(client) = self.client.get_mut().take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let _ = std::thread::Builder::new()
-                    .name("pg-close".into())
-                    .spawn(move || drop(client));
-            }
-        }
     }
 }
 
@@ -251,62 +391,50 @@ impl PgLedger {
         site: &Id,
         badges: HashMap<String, String>,
     ) -> Result<Self, LedgerError> {
-        let config = parse_url(url)?;
-        let mut client = config.connect(postgres::NoTls)?;
-        migrate(&mut client)?;
+        PgLedger::on(&PgConnection::connect(url)?, site, badges)
+    }
+
+    /// The ledger of `site` on a connection shared with other sites' ledgers.
+    pub fn on(
+        conn: &Arc<PgConnection>,
+        site: &Id,
+        badges: HashMap<String, String>,
+    ) -> Result<Self, LedgerError> {
         let mut badges = badges;
-        for row in client.query(
-            "SELECT badge, member FROM erased_badges WHERE site=$1",
-            &[&site.as_str()],
-        )? {
-            badges
-                .entry(row.try_get(0)?)
-                .or_insert(row.try_get::<_, String>(1)?);
-        }
+        conn.with_client(|c, _| {
+            for row in c.query(
+                "SELECT badge, member FROM erased_badges WHERE site=$1",
+                &[&site.as_str()],
+            )? {
+                badges
+                    .entry(row.try_get(0)?)
+                    .or_insert(row.try_get::<_, String>(1)?);
+            }
+            Ok(())
+        })?;
         Ok(PgLedger {
-            config,
-            client: RefCell::new(Some(client)),
-            cache: RefCell::new(HashMap::new()),
+            conn: conn.clone(),
             site: site.as_str().to_owned(),
             badges,
         })
     }
 
+    /// The connection this ledger runs on.
+    pub fn connection(&self) -> &Arc<PgConnection> {
+        &self.conn
+    }
+
+    /// The site it serves.
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
     /// The schema version of the database.
     pub fn schema_version(&self) -> Result<i64, LedgerError> {
-        self.with_client(|c, _| {
+        self.conn.with_client(|c, _| {
             Ok(c.query_one("SELECT version FROM fabmeter_schema", &[])?
                 .try_get(0)?)
         })
-    }
-
-    /// Runs `f` on the connection, reopened first when the last one was lost (the statement
-    /// cache goes with it).
-    fn with_client<T>(
-        &self,
-        f: impl FnOnce(
-            &mut postgres::Client,
-            &mut HashMap<String, postgres::Statement>,
-        ) -> Result<T, LedgerError>,
-    ) -> Result<T, LedgerError> {
-        let mut slot = self.client.borrow_mut();
-        let mut cache = self.cache.borrow_mut();
-        if slot.as_ref().is_none_or(postgres::Client::is_closed) {
-            *slot = None;
-            cache.clear();
-            let client = self.config.connect(postgres::NoTls)?;
-            tracing::info!(site = %self.site, "PostgreSQL ledger connection reopened");
-            *slot = Some(client);
-        }
-        let Some(client) = slot.as_mut() else {
-            return Err(LedgerError::Column("no PostgreSQL connection".into()));
-        };
-        let out = f(client, &mut cache);
-        if client.is_closed() {
-            *slot = None;
-            cache.clear();
-        }
-        out
     }
 }
 
@@ -347,34 +475,23 @@ impl Engine for PgLedger {
         &mut self,
         f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        let ctx = Ctx {
-            site: &self.site,
-            badges: &self.badges,
-            full_session_recompute: false,
-        };
-        self.with_client(|client, cache| {
-            let mut tx = client.transaction()?;
-            // One writer per site at a time (see the module's doc).
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                &[&ctx.site],
-            )?;
-            let out = f(
-                &mut Pg {
-                    client: &mut tx,
-                    cache,
-                },
-                &ctx,
-            )?;
-            tx.commit()?;
-            Ok(out)
-        })
+        // One writer per site at a time (see the module's doc).
+        let mut f = Some(f);
+        let mut out = self
+            .conn
+            .write_sites(&[&*self], |_, db, ctx| match f.take() {
+                Some(f) => f(db, ctx),
+                None => Err(LedgerError::Column("a write ran twice".into())),
+            })?;
+        out.pop()
+            .ok_or_else(|| LedgerError::Column("a write returned nothing".into()))
     }
 
     fn read<T>(
         &self,
         f: impl FnOnce(&mut dyn Db, &str) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        self.with_client(|client, cache| f(&mut Pg { client, cache }, &self.site))
+        self.conn
+            .with_client(|client, cache| f(&mut Pg { client, cache }, &self.site))
     }
 }
