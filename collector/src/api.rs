@@ -48,6 +48,9 @@ pub struct ApiState {
     pub site: (String, String),
     /// Billing rules, when the site bills (`[billing]`).
     pub billing: Option<Arc<crate::billing::invoice::Billing>>,
+    /// The path the site's routes are served under: `/`, or `/sites/{id}/` on a network
+    /// collector (the page's links are relative to it).
+    pub base: String,
 }
 
 /// The router of every route above.
@@ -60,6 +63,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/machines/{id}/counters", get(counters))
         .route("/api/dead-letters", get(dead_letters))
         .route("/api/members/{id}/statement", get(statement))
+        .with_state(state.clone())
+        .merge(process_router(state))
+}
+
+/// The routes of the process (`/metrics`, `/healthz`, `/readyz`), in [`router`]; a network
+/// collector serves them once, at its root.
+pub fn process_router(state: ApiState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -126,7 +137,7 @@ async fn member_export(
 
 /// An API error: a status and a message naming the problem and the fix.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -151,7 +162,8 @@ async fn read<T: Send + 'static>(
     read_ledger(state.ledger.clone(), f).await
 }
 
-async fn read_ledger<T: Send + 'static>(
+/// Runs `f` on a shared ledger off the async threads.
+pub(crate) async fn read_ledger<T: Send + 'static>(
     ledger: SharedLedger,
     f: impl FnOnce(&dyn Ledger) -> Result<T, LedgerError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -463,10 +475,14 @@ async fn page(State(s): State<ApiState>) -> Html<String> {
     } else {
         &s.site.1
     };
-    Html(PAGE.replace("{{SITE}}", &html_escape(title)))
+    Html(
+        PAGE.replace("{{SITE}}", &html_escape(title))
+            .replace("{{BASE}}", &html_escape(&s.base)),
+    )
 }
 
-fn html_escape(s: &str) -> String {
+/// `s` safe inside HTML text.
+pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -16,7 +16,7 @@ use crate::api::{self, ApiState};
 use crate::config::{mqtt_host_port, Config, ConfigError};
 use crate::device_keys::DeviceKeys;
 use crate::ingest::{self, SiteRules, Writer};
-use crate::ledger::{AnyLedger, Ledger, LedgerError, MachineInfo};
+use crate::ledger::{AnyLedger, Ledger, LedgerError, MachineInfo, PgConnection, PgLedger};
 use crate::maintenance::task::MaintenanceTask;
 use crate::metrics::Metrics;
 use crate::timeseries::{TimeSeries, TimeSeriesConfig, TimeSeriesHandle};
@@ -59,16 +59,174 @@ pub enum StartError {
 
 /// A collector, built and bound, not yet running.
 pub struct Application {
-    config: Config,
+    /// The sites served (one, or a network's); the first carries the process settings
+    /// (`[mqtt]`, `[ledger]`, `[http]`), the same in every site of a network.
+    sites: Vec<Arc<Config>>,
+    /// The network collector's name (`network.name`), in network mode.
+    network: Option<String>,
     listener: TcpListener,
     http_addr: SocketAddr,
-    writer_ledger: AnyLedger,
-    reader_ledger: AnyLedger,
-    maintenance_ledger: AnyLedger,
-    privacy_ledger: AnyLedger,
+    store: WriterStore,
+    readers: Vec<AnyLedger>,
+    maintenance: Vec<AnyLedger>,
+    privacy: Vec<AnyLedger>,
     metrics: Arc<Metrics>,
-    series: TimeSeriesHandle,
-    series_task: Option<tokio::task::JoinHandle<crate::timeseries::TimeSeriesStats>>,
+    /// Each site's time-series sink (sites of one tenant share one).
+    series: Vec<TimeSeriesHandle>,
+    series_tasks: Vec<tokio::task::JoinHandle<crate::timeseries::TimeSeriesStats>>,
+}
+
+/// The writer's ledger: one site's, or a network's sites on one PostgreSQL connection.
+enum WriterStore {
+    One(ingest::OneSite<AnyLedger>),
+    Pg(ingest::PgSites),
+}
+
+impl ingest::Store for WriterStore {
+    fn has_machine(&self, site: usize, machine: &str) -> Result<bool, LedgerError> {
+        match self {
+            WriterStore::One(s) => s.has_machine(site, machine),
+            WriterStore::Pg(s) => s.has_machine(site, machine),
+        }
+    }
+
+    fn commit(
+        &mut self,
+        work: &[ingest::SiteWork],
+    ) -> Result<Vec<Vec<crate::ledger::Committed>>, LedgerError> {
+        match self {
+            WriterStore::One(s) => s.commit(work),
+            WriterStore::Pg(s) => s.commit(work),
+        }
+    }
+}
+
+/// The ledgers of every role of a network's sites: four PostgreSQL connections in all (writer,
+/// API readers, maintenance, purges), each shared by every site.
+type RoleLedgers = (WriterStore, Vec<AnyLedger>, Vec<AnyLedger>, Vec<AnyLedger>);
+
+fn open_network_ledgers(sites: &[Arc<Config>]) -> Result<RoleLedgers, StartError> {
+    let url = sites
+        .first()
+        .and_then(|c| c.ledger.url.clone())
+        .ok_or_else(|| {
+            LedgerError::Column("a network collector needs ledger.url (PostgreSQL)".into())
+        })?;
+    let writer = PgConnection::connect(&url)?;
+    let on_each = |conn: &Arc<PgConnection>| -> Result<Vec<PgLedger>, StartError> {
+        sites
+            .iter()
+            .map(|c| Ok(PgLedger::on(conn, &c.site_id()?, c.badge_directory())?))
+            .collect()
+    };
+    let mut writers = on_each(&writer)?;
+    for (c, l) in sites.iter().zip(writers.iter_mut()) {
+        register_configured_machines(c, l)?;
+    }
+    let role = || -> Result<Vec<AnyLedger>, StartError> {
+        let conn = PgConnection::connect(&url)?;
+        Ok(on_each(&conn)?
+            .into_iter()
+            .map(|l| AnyLedger::Postgres(Box::new(l)))
+            .collect())
+    };
+    let (readers, maintenance, privacy) = (role()?, role()?, role()?);
+    Ok((
+        WriterStore::Pg(ingest::PgSites {
+            conn: writer,
+            sites: writers,
+        }),
+        readers,
+        maintenance,
+        privacy,
+    ))
+}
+
+fn open_site_ledgers(config: &Config) -> Result<RoleLedgers, StartError> {
+    let site = config.site_id()?;
+    let badges = config.badge_directory();
+    let mut writer = AnyLedger::open(&config.ledger, &site, badges.clone())?;
+    register_configured_machines(config, &mut writer)?;
+    let reader = AnyLedger::open(&config.ledger, &site, badges.clone())?;
+    let maintenance = AnyLedger::open(&config.ledger, &site, badges.clone())?;
+    let privacy = AnyLedger::open(&config.ledger, &site, badges)?;
+    Ok((
+        WriterStore::One(ingest::OneSite(writer)),
+        vec![reader],
+        vec![maintenance],
+        vec![privacy],
+    ))
+}
+
+/// The time-series settings of `config`'s site: `{site}` in `url`, `org` or `bucket` replaced by
+/// the site id and `{tenant}` by `site.tenant` (one tenant per site, its backlog in a directory
+/// of its own).
+pub fn site_timeseries(config: &Config) -> Option<crate::config::TimeSeriesSettings> {
+    let mut ts = config.timeseries.clone()?;
+    let tenant = config.site.tenant.as_deref().unwrap_or("");
+    let backlog = ts.backlog_dir.clone().unwrap_or_else(|| {
+        config.ledger.path.parent().map_or_else(
+            || "timeseries-backlog".into(),
+            |p| p.join("timeseries-backlog"),
+        )
+    });
+    let mut per_site = false;
+    for v in [&mut ts.url, &mut ts.org, &mut ts.bucket] {
+        let x = v
+            .replace("{site}", &config.site.id)
+            .replace("{tenant}", tenant);
+        per_site |= x != *v;
+        *v = x;
+    }
+    ts.backlog_dir = Some(if per_site {
+        backlog.join(&config.site.id)
+    } else {
+        backlog
+    });
+    Some(ts)
+}
+
+/// One sink per distinct time-series target of `sites`; each site's handle, in order.
+type Sinks = (
+    Vec<TimeSeriesHandle>,
+    Vec<tokio::task::JoinHandle<crate::timeseries::TimeSeriesStats>>,
+);
+
+fn start_sinks(sites: &[Arc<Config>]) -> Result<Sinks, StartError> {
+    let mut targets: Vec<(crate::config::TimeSeriesSettings, TimeSeriesHandle)> = Vec::new();
+    let mut handles = Vec::with_capacity(sites.len());
+    let mut tasks = Vec::new();
+    for c in sites {
+        let Some(ts) = site_timeseries(c) else {
+            handles.push(TimeSeriesHandle::disabled());
+            continue;
+        };
+        if let Some((_, h)) = targets.iter().find(|(t, _)| *t == ts) {
+            handles.push(h.clone());
+            continue;
+        }
+        let mut tc = TimeSeriesConfig::new(
+            &ts.url,
+            &ts.org,
+            &ts.bucket,
+            &ts.token,
+            ts.backlog_dir.clone().unwrap_or_default(),
+        );
+        tc.backlog_max_bytes = ts.backlog_max_mib.saturating_mul(1024 * 1024);
+        tc.validate()
+            .map_err(|e| StartError::TimeSeries(e.to_string()))?;
+        let (h, task) = TimeSeries::spawn(tc).map_err(|e| StartError::TimeSeries(e.to_string()))?;
+        tracing::info!(url = %ts.url, org = %ts.org, bucket = %ts.bucket, "time series enabled");
+        handles.push(h.clone());
+        tasks.push(task);
+        targets.push((ts, h));
+    }
+    if targets.is_empty() {
+        tracing::warn!(
+            "no [timeseries] configured: running without a time-series store (no Grafana data)"
+        );
+    }
+    Ok((handles, tasks))
 }
 
 impl Application {
@@ -76,71 +234,74 @@ impl Application {
     /// starts the time-series sink (or says it runs without one) and binds the HTTP port.
     pub async fn build(config: Config) -> Result<Application, StartError> {
         config.validate()?;
-        let site = config.site_id()?;
-        let badges = config.badge_directory();
+        Application::build_sites(vec![Arc::new(config)], None).await
+    }
+
+    /// A network collector ([`crate::network`]): every site of `network` on its shared
+    /// PostgreSQL ledger, through one MQTT connection, one writer and one HTTP port (the network
+    /// view at `/`, each site's API and page under `/sites/{id}/`).
+    pub async fn build_network(
+        network: crate::network::Network,
+    ) -> Result<Application, StartError> {
+        for c in &network.sites {
+            c.validate()?;
+        }
+        let sites = network.sites.into_iter().map(Arc::new).collect();
+        Application::build_sites(sites, Some(network.name)).await
+    }
+
+    async fn build_sites(
+        sites: Vec<Arc<Config>>,
+        network: Option<String>,
+    ) -> Result<Application, StartError> {
+        let Some(first) = sites.first().cloned() else {
+            return Err(StartError::Config(crate::config::err(
+                "network.sites",
+                "no site to serve",
+                "sites = [\"atelier-lyon\"]",
+            )));
+        };
         // Opened off the async threads: the PostgreSQL client blocks.
-        let (writer_ledger, reader_ledger, maintenance_ledger, privacy_ledger) = {
-            let (config, site) = (config.clone(), site.clone());
-            tokio::task::spawn_blocking(move || -> Result<_, LedgerError> {
-                let mut writer = AnyLedger::open(&config.ledger, &site, badges.clone())?;
-                register_configured_machines(&config, &mut writer)?;
-                let reader = AnyLedger::open(&config.ledger, &site, badges.clone())?;
-                let maintenance = AnyLedger::open(&config.ledger, &site, badges.clone())?;
-                let privacy = AnyLedger::open(&config.ledger, &site, badges)?;
-                Ok((writer, reader, maintenance, privacy))
+        let (store, readers, maintenance, privacy) = {
+            let (sites, network) = (sites.clone(), network.is_some());
+            tokio::task::spawn_blocking(move || {
+                if network {
+                    open_network_ledgers(&sites)
+                } else {
+                    open_site_ledgers(&sites[0])
+                }
             })
             .await
             .map_err(|e| LedgerError::Column(format!("opening the ledger: {e}")))??
         };
-        if config.ledger.url.is_some() {
-            tracing::info!(site = %site, "ledger: PostgreSQL (ledger.url)");
+        if first.ledger.url.is_some() {
+            tracing::info!(sites = sites.len(), "ledger: PostgreSQL (ledger.url)");
         }
+        let (series, series_tasks) = start_sinks(&sites)?;
 
-        let (series, series_task) = match &config.timeseries {
-            Some(ts) => {
-                let backlog_dir = ts.backlog_dir.clone().unwrap_or_else(|| {
-                    config.ledger.path.parent().map_or_else(
-                        || "timeseries-backlog".into(),
-                        |p| p.join("timeseries-backlog"),
-                    )
-                });
-                let mut tc =
-                    TimeSeriesConfig::new(&ts.url, &ts.org, &ts.bucket, &ts.token, backlog_dir);
-                tc.backlog_max_bytes = ts.backlog_max_mib.saturating_mul(1024 * 1024);
-                tc.validate()
-                    .map_err(|e| StartError::TimeSeries(e.to_string()))?;
-                let (h, task) =
-                    TimeSeries::spawn(tc).map_err(|e| StartError::TimeSeries(e.to_string()))?;
-                tracing::info!(url = %ts.url, bucket = %ts.bucket, "time series enabled");
-                (h, Some(task))
-            }
-            None => {
-                tracing::warn!("no [timeseries] configured: running without a time-series store (no Grafana data)");
-                (TimeSeriesHandle::disabled(), None)
-            }
-        };
-
-        let listener = TcpListener::bind(config.http.listen)
+        let listen = first.http.listen;
+        let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| StartError::Listen {
-                addr: config.http.listen,
+                addr: listen,
                 source,
             })?;
         let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.http.listen,
+            addr: listen,
             source,
         })?;
         Ok(Application {
-            config,
+            sites,
+            network,
             listener,
             http_addr,
-            writer_ledger,
-            reader_ledger,
-            maintenance_ledger,
-            privacy_ledger,
+            store,
+            readers,
+            maintenance,
+            privacy,
             metrics: Arc::new(Metrics::default()),
             series,
-            series_task,
+            series_tasks,
         })
     }
 
@@ -155,7 +316,7 @@ impl Application {
     }
 
     fn mqtt_options(&self) -> Result<MqttOptions, StartError> {
-        let c = &self.config;
+        let c = &self.sites[0];
         // Validated in build().
         let (host, port, tls) =
             mqtt_host_port(&c.mqtt.url).unwrap_or(("127.0.0.1".into(), 1883, false));
@@ -196,62 +357,39 @@ impl Application {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let options = self.mqtt_options()?;
         let Application {
-            config,
+            sites,
+            network,
             listener,
-            writer_ledger,
-            reader_ledger,
-            maintenance_ledger,
-            privacy_ledger,
+            store,
+            readers,
+            maintenance,
+            privacy,
             metrics,
             series,
-            series_task,
+            series_tasks,
             ..
         } = self;
-        let config = Arc::new(config);
-        let site = config.site_id()?;
-        let topics = ingest::subscriptions(&site, config.mqtt.shared_group.as_deref());
+        let config = sites[0].clone();
+        let site_ids = sites
+            .iter()
+            .map(|c| c.site_id())
+            .collect::<Result<Vec<_>, _>>()?;
+        let topics = ingest::subscriptions_of(&site_ids, config.mqtt.shared_group.as_deref());
         let (client, eventloop) = AsyncClient::new(options, 10_000);
         let (tx, rx) = mpsc::channel(config.ledger.batch_max.saturating_mul(4).max(64));
         let writer_done = CancellationToken::new();
 
-        let device_keys = match &config.security.device_keys_file {
-            Some(path) => {
-                let keys = DeviceKeys::new(path.clone()).map_err(StartError::DeviceKeys)?;
-                tracing::info!(
-                    path = %path.display(),
-                    machines = keys.current().len(),
-                    required = config.security.require_signed_events,
-                    "event signatures checked with the device keys file"
-                );
-                Some(keys)
-            }
-            None => {
-                tracing::info!("no security.device_keys_file: event signatures are not checked");
-                None
-            }
-        };
-        let writer = Writer {
-            ledger: writer_ledger,
-            rules: SiteRules {
-                site: site.clone(),
-                auto_register: config.site.auto_register,
-                signing: ingest::Signing {
-                    required: config.security.require_signed_events,
-                    keys: Arc::default(),
-                },
-            },
-            kinds: config
-                .machines
-                .iter()
-                .map(|m| (m.id.clone(), m.kind.clone()))
-                .collect(),
-            members: config.badge_directory(),
-            client: client.clone(),
-            series: series.clone(),
-            metrics: metrics.clone(),
-            batch_max: config.ledger.batch_max,
-            device_keys,
-        };
+        let mut ingests = Vec::with_capacity(sites.len());
+        for ((c, site), series) in sites.iter().zip(&site_ids).zip(&series) {
+            ingests.push(site_ingest(c, site, series.clone())?);
+        }
+        let writer = Writer::new(
+            store,
+            ingests,
+            client.clone(),
+            metrics.clone(),
+            config.ledger.batch_max,
+        );
         let rt = tokio::runtime::Handle::current();
         let done = writer_done.clone();
         let writer_thread = std::thread::Builder::new()
@@ -262,32 +400,37 @@ impl Application {
                 source,
             })?;
 
-        let maintenance = tokio::spawn(
-            MaintenanceTask {
-                config: config.clone(),
-                ledger: Box::new(maintenance_ledger),
-                client: client.clone(),
-                metrics: metrics.clone(),
-                series: series.clone(),
-                now_ms: ingest::now_ms,
-            }
-            .run(shutdown.clone()),
-        );
-
-        let purges = match privacy_ledger {
-            AnyLedger::Sqlite(l) => tokio::spawn(crate::privacy::run_purges(
-                config.clone(),
-                l,
-                ingest::now_ms,
-                shutdown.clone(),
-            )),
-            AnyLedger::Postgres(_) => {
-                tracing::warn!(
-                    "the daily retention purge (privacy.retention_days) does not run on a PostgreSQL ledger yet (issue #15): personal data is kept until it does"
-                );
-                tokio::spawn(async {})
-            }
-        };
+        let mut tasks = Vec::new();
+        for ((c, ledger), series) in sites.iter().zip(maintenance).zip(&series) {
+            tasks.push(tokio::spawn(
+                MaintenanceTask {
+                    config: c.clone(),
+                    ledger: Box::new(ledger),
+                    client: client.clone(),
+                    metrics: metrics.clone(),
+                    series: series.clone(),
+                    now_ms: ingest::now_ms,
+                }
+                .run(shutdown.clone()),
+            ));
+        }
+        for (c, ledger) in sites.iter().zip(privacy) {
+            tasks.push(match ledger {
+                AnyLedger::Sqlite(l) => tokio::spawn(crate::privacy::run_purges(
+                    c.clone(),
+                    l,
+                    ingest::now_ms,
+                    shutdown.clone(),
+                )),
+                AnyLedger::Postgres(_) => {
+                    tracing::warn!(
+                        site = %c.site.id,
+                        "the daily retention purge (privacy.retention_days) does not run on a PostgreSQL ledger yet (issue #15): personal data is kept until it does"
+                    );
+                    tokio::spawn(async {})
+                }
+            });
+        }
 
         let mqtt = tokio::spawn(ingest::run_mqtt(
             client,
@@ -299,25 +442,8 @@ impl Application {
             writer_done.clone(),
         ));
 
-        let state = ApiState {
-            ledger: Arc::new(Mutex::new(Box::new(reader_ledger) as Box<dyn Ledger>)),
-            metrics: metrics.clone(),
-            series: series.clone(),
-            site: (config.site.id.clone(), config.site.name.clone()),
-            billing: crate::billing::invoice::Billing::from_config(&config)?.map(Arc::new),
-        };
-        let maintenance_routes = api::maintenance_router(state.ledger.clone(), config.clone());
-        let routes = api::router(state)
-            .merge(maintenance_routes)
-            .merge(api::privacy_router(config.clone()));
-        let app = match &config.http.tokens_file {
-            Some(path) => {
-                let tokens = Arc::new(crate::auth::Tokens::new(path.clone())?);
-                routes.layer(axum::middleware::from_fn_with_state(
-                    tokens,
-                    crate::auth::require_token,
-                ))
-            }
+        let tokens = match &config.http.tokens_file {
+            Some(path) => Some(Arc::new(crate::auth::Tokens::new(path.clone())?)),
             None => {
                 if !config.http.listen.ip().is_loopback() {
                     tracing::warn!(
@@ -325,7 +451,66 @@ impl Application {
                         "the HTTP API is open to the network without tokens: set http.tokens_file (docs/SECURITY.md)"
                     );
                 }
-                routes
+                None
+            }
+        };
+        let guard = |routes: axum::Router| match &tokens {
+            Some(t) => routes.layer(axum::middleware::from_fn_with_state(
+                t.clone(),
+                crate::auth::require_token,
+            )),
+            None => routes,
+        };
+        let mut site_readers = Vec::with_capacity(sites.len());
+        let mut site_routes = Vec::with_capacity(sites.len());
+        let mut process = None;
+        for ((c, reader), series) in sites.iter().zip(readers).zip(&series) {
+            let state = ApiState {
+                ledger: Arc::new(Mutex::new(Box::new(reader) as Box<dyn Ledger>)),
+                metrics: metrics.clone(),
+                series: series.clone(),
+                site: (c.site.id.clone(), c.site.name.clone()),
+                billing: crate::billing::invoice::Billing::from_config(c)?.map(Arc::new),
+                base: match &network {
+                    Some(_) => format!("/sites/{}/", c.site.id),
+                    None => "/".into(),
+                },
+            };
+            site_readers.push((c.clone(), state.ledger.clone()));
+            process.get_or_insert_with(|| api::process_router(state.clone()));
+            let maintenance_routes = api::maintenance_router(state.ledger.clone(), c.clone());
+            site_routes.push((
+                c.site.id.clone(),
+                guard(
+                    api::router(state)
+                        .merge(maintenance_routes)
+                        .merge(api::privacy_router(c.clone())),
+                ),
+            ));
+        }
+        let app = match &network {
+            None => site_routes.pop().map(|(_, r)| r).unwrap_or_default(),
+            Some(name) => {
+                let mut root = guard(
+                    crate::netview::router(crate::netview::NetState {
+                        name: name.clone(),
+                        sites: site_readers,
+                        now_ms: ingest::now_ms,
+                    })
+                    .merge(process.unwrap_or_default()),
+                );
+                for (id, r) in site_routes {
+                    // The page is at /sites/{id} (its links are relative to <base>); with a
+                    // trailing slash, redirected there.
+                    let page = format!("/sites/{id}");
+                    root = root.nest(&page, r).route(
+                        &format!("{page}/"),
+                        axum::routing::get(move || async move {
+                            axum::response::Redirect::permanent(&page)
+                        }),
+                    );
+                }
+                root
             }
         };
         let http_shutdown = writer_done.clone();
@@ -338,16 +523,19 @@ impl Application {
             }
         });
 
-        let _ = maintenance.await;
-        let _ = purges.await;
+        for t in tasks {
+            let _ = t.await;
+        }
         let _ = mqtt.await;
         // The MQTT task ends after the writer finished (or the connection is gone).
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
         writer_done.cancel();
         let _ = http.await;
-        series.close();
+        for s in &series {
+            s.close();
+        }
         drop(series);
-        if let Some(task) = series_task {
+        for task in series_tasks {
             if tokio::time::timeout(Duration::from_secs(15), task)
                 .await
                 .is_err()
@@ -358,6 +546,49 @@ impl Application {
         tracing::info!("collector stopped");
         Ok(())
     }
+}
+
+/// What the writer knows of one site: its rules, machines, members, sink and device keys.
+fn site_ingest(
+    config: &Config,
+    site: &fabmeter_protocol::Id,
+    series: TimeSeriesHandle,
+) -> Result<ingest::SiteIngest, StartError> {
+    let device_keys = match &config.security.device_keys_file {
+        Some(path) => {
+            let keys = DeviceKeys::new(path.clone()).map_err(StartError::DeviceKeys)?;
+            tracing::info!(
+                site = %site,
+                path = %path.display(),
+                machines = keys.current().len(),
+                required = config.security.require_signed_events,
+                "event signatures checked with the device keys file"
+            );
+            Some(keys)
+        }
+        None => {
+            tracing::info!(site = %site, "no security.device_keys_file: event signatures are not checked");
+            None
+        }
+    };
+    Ok(ingest::SiteIngest {
+        rules: SiteRules {
+            site: site.clone(),
+            auto_register: config.site.auto_register,
+            signing: ingest::Signing {
+                required: config.security.require_signed_events,
+                keys: Arc::default(),
+            },
+        },
+        kinds: config
+            .machines
+            .iter()
+            .map(|m| (m.id.clone(), m.kind.clone()))
+            .collect(),
+        members: config.badge_directory(),
+        series,
+        device_keys,
+    })
 }
 
 /// Registers (or updates) the machines of the configuration in the ledger.
@@ -396,4 +627,68 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ts(site: &str, tenant: Option<&str>, url: &str, bucket: &str) -> Config {
+        let mut c = Config::for_site(site);
+        c.site.tenant = tenant.map(str::to_owned);
+        c.ledger.path = "/data/ledger.sqlite".into();
+        c.timeseries = Some(crate::config::TimeSeriesSettings {
+            url: url.into(),
+            org: "fabmeter".into(),
+            bucket: bucket.into(),
+            token: String::new(),
+            backlog_dir: None,
+            backlog_max_mib: 1,
+        });
+        c
+    }
+
+    #[test]
+    fn each_site_gets_its_tenant_and_backlog() {
+        let c = with_ts(
+            "lyon",
+            Some("17"),
+            "http://vm:8480/insert/{tenant}/influx",
+            "fm",
+        );
+        c.validate().expect("valid");
+        let ts = site_timeseries(&c).expect("timeseries");
+        assert_eq!(ts.url, "http://vm:8480/insert/17/influx");
+        assert_eq!(
+            ts.backlog_dir.as_deref(),
+            Some(std::path::Path::new("/data/timeseries-backlog/lyon"))
+        );
+        let c = with_ts("brest", None, "http://influx:8086", "fm-{site}");
+        let ts = site_timeseries(&c).expect("timeseries");
+        assert_eq!(
+            (ts.url.as_str(), ts.bucket.as_str()),
+            ("http://influx:8086", "fm-brest")
+        );
+        // One shared target: one shared backlog.
+        let c = with_ts("brest", None, "http://influx:8086", "fm");
+        let ts = site_timeseries(&c).expect("timeseries");
+        assert_eq!(
+            ts.backlog_dir.as_deref(),
+            Some(std::path::Path::new("/data/timeseries-backlog"))
+        );
+        // {tenant} without a tenant, or a tenant that would change the URL's shape.
+        let e = with_ts("brest", None, "http://vm/insert/{tenant}/influx", "fm")
+            .validate()
+            .expect_err("no tenant");
+        assert!(e.to_string().contains("site.tenant"), "{e}");
+        let e = with_ts(
+            "brest",
+            Some("1/../2"),
+            "http://vm/insert/{tenant}/influx",
+            "fm",
+        )
+        .validate()
+        .expect_err("bad tenant");
+        assert!(e.to_string().contains("not a tenant"), "{e}");
+    }
 }

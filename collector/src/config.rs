@@ -62,7 +62,11 @@ impl ConfigError {
     }
 }
 
-fn err(key: impl Into<String>, problem: impl Into<String>, example: &str) -> ConfigError {
+pub(crate) fn err(
+    key: impl Into<String>,
+    problem: impl Into<String>,
+    example: &str,
+) -> ConfigError {
     ConfigError {
         key: key.into(),
         problem: problem.into(),
@@ -145,6 +149,108 @@ fn default_of(key: &str) -> Option<String> {
         v = v.get(part)?;
     }
     Some(v.to_string())
+}
+
+/// Parses TOML text into `T` (a site file, a network collector file), with the errors of
+/// [`Config::from_toml`].
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let de = match toml::Deserializer::parse(text) {
+        Ok(de) => de,
+        Err(e) => {
+            let at = e.span().map(|s| line_col(text, s.start));
+            let key = e
+                .span()
+                .map(|s| key_at(text, s.start))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| "(syntax)".into());
+            return Err(ConfigError {
+                key,
+                problem: format!("TOML syntax: {}", e.message().trim().replace('\n', "; ")),
+                example:
+                    "fix the syntax at that position: strings in double quotes (name = \"Laser\"), \
+                          numbers bare (keep_alive_s = 30), tables as [mqtt] or [[machines]]"
+                        .into(),
+                at,
+                file: None,
+            });
+        }
+    };
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let span = inner.span();
+        let at = span.as_ref().map(|s| line_col(text, s.start));
+        let message = inner.message().trim().replace('\n', "; ");
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+        {
+            let table = if path == "." || path.is_empty() {
+                span.as_ref()
+                    .map(|s| key_at(text, s.start))
+                    .and_then(|k| k.rsplit_once('.').map(|(t, _)| t.to_owned()))
+                    .unwrap_or_default()
+            } else {
+                // serde's path ends at the unknown key itself.
+                let suffix = format!(".{field}");
+                match path.strip_suffix(&suffix) {
+                    Some(t) => t.to_owned(),
+                    None if path == field => String::new(),
+                    None => path.clone(),
+                }
+            };
+            let key = if table.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{table}.{field}")
+            };
+            let expected = message.split_once(", expected ").map_or("", |(_, x)| x);
+            let place = if table.is_empty() {
+                "at the top level".to_owned()
+            } else {
+                format!("in [{table}]")
+            };
+            return ConfigError {
+                key,
+                problem: format!("unknown key `{field}` {place}"),
+                example: format!(
+                    "remove it or correct its spelling; the keys {place} are {expected} \
+                     (`fabmeter-collector print-config` prints every key with its default)"
+                ),
+                at,
+                file: None,
+            };
+        }
+        let key = if path == "." || path.is_empty() {
+            span.as_ref()
+                .map(|s| key_at(text, s.start))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| "(file)".into())
+        } else {
+            path
+        };
+        let example = match default_of(&key) {
+            Some(d) => format!("{key} = {d} (the default)"),
+            None => "see `fabmeter-collector print-config` for every key with its default".into(),
+        };
+        let problem = match message.strip_prefix("invalid type: ") {
+            Some(rest) => match rest.split_once(", expected ") {
+                Some((got, want)) => {
+                    let got = got.split(' ').next().unwrap_or(got);
+                    format!("wrong type: expected {want}, found a {got}")
+                }
+                None => format!("wrong type: {rest}"),
+            },
+            None => message,
+        };
+        ConfigError {
+            key,
+            problem,
+            example,
+            at,
+            file: None,
+        }
+    })
 }
 
 /// The whole collector configuration.
@@ -324,6 +430,11 @@ pub struct SiteConfig {
     /// Register machines that publish but are not listed (true), or dead-letter their messages (false).
     #[serde(default)]
     pub auto_register: bool,
+    /// The site's time-series tenant, put for `{tenant}` in `timeseries.url`, `org` or `bucket`:
+    /// a VictoriaMetrics cluster account (`/insert/{tenant}/influx`, a number), an InfluxDB org
+    /// or bucket (docs/SCALING.md "Time series").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// `[mqtt]`
@@ -530,6 +641,7 @@ impl Config {
                 id: site.into(),
                 name: String::new(),
                 auto_register: false,
+                tenant: None,
             },
             mqtt: MqttConfig::default(),
             broker: BrokerConfig::default(),
@@ -550,104 +662,7 @@ impl Config {
     /// line and column, and a fix: a value of the wrong type, an unknown key, a TOML syntax error.
     /// [`ConfigError::in_file`] adds the file name.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = match toml::Deserializer::parse(text) {
-            Ok(de) => de,
-            Err(e) => {
-                let at = e.span().map(|s| line_col(text, s.start));
-                let key = e
-                    .span()
-                    .map(|s| key_at(text, s.start))
-                    .filter(|k| !k.is_empty())
-                    .unwrap_or_else(|| "(syntax)".into());
-                return Err(ConfigError {
-                    key,
-                    problem: format!("TOML syntax: {}", e.message().trim().replace('\n', "; ")),
-                    example: "fix the syntax at that position: strings in double quotes (name = \"Laser\"), \
-                              numbers bare (keep_alive_s = 30), tables as [mqtt] or [[machines]]"
-                        .into(),
-                    at,
-                    file: None,
-                });
-            }
-        };
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let span = inner.span();
-            let at = span.as_ref().map(|s| line_col(text, s.start));
-            let message = inner.message().trim().replace('\n', "; ");
-            if let Some(field) = message
-                .strip_prefix("unknown field `")
-                .and_then(|r| r.split('`').next())
-            {
-                let table = if path == "." || path.is_empty() {
-                    span.as_ref()
-                        .map(|s| key_at(text, s.start))
-                        .and_then(|k| k.rsplit_once('.').map(|(t, _)| t.to_owned()))
-                        .unwrap_or_default()
-                } else {
-                    // serde's path ends at the unknown key itself.
-                    let suffix = format!(".{field}");
-                    match path.strip_suffix(&suffix) {
-                        Some(t) => t.to_owned(),
-                        None if path == field => String::new(),
-                        None => path.clone(),
-                    }
-                };
-                let key = if table.is_empty() {
-                    field.to_owned()
-                } else {
-                    format!("{table}.{field}")
-                };
-                let expected = message.split_once(", expected ").map_or("", |(_, x)| x);
-                let place = if table.is_empty() {
-                    "at the top level".to_owned()
-                } else {
-                    format!("in [{table}]")
-                };
-                return ConfigError {
-                    key,
-                    problem: format!("unknown key `{field}` {place}"),
-                    example: format!(
-                        "remove it or correct its spelling; the keys {place} are {expected} \
-                         (`fabmeter-collector print-config` prints every key with its default)"
-                    ),
-                    at,
-                    file: None,
-                };
-            }
-            let key = if path == "." || path.is_empty() {
-                span.as_ref()
-                    .map(|s| key_at(text, s.start))
-                    .filter(|k| !k.is_empty())
-                    .unwrap_or_else(|| "(file)".into())
-            } else {
-                path
-            };
-            let example = match default_of(&key) {
-                Some(d) => format!("{key} = {d} (the default)"),
-                None => {
-                    "see `fabmeter-collector print-config` for every key with its default".into()
-                }
-            };
-            let problem = match message.strip_prefix("invalid type: ") {
-                Some(rest) => match rest.split_once(", expected ") {
-                    Some((got, want)) => {
-                        let got = got.split(' ').next().unwrap_or(got);
-                        format!("wrong type: expected {want}, found a {got}")
-                    }
-                    None => format!("wrong type: {rest}"),
-                },
-                None => message,
-            };
-            ConfigError {
-                key,
-                problem,
-                example,
-                at,
-                file: None,
-            }
-        })
+        parse_toml(text)
     }
 
     /// The configuration as TOML (for `print-config`).
@@ -729,6 +744,31 @@ impl Config {
                     format!("{:?} is not an http(s) URL", ts.url),
                     "\"http://127.0.0.1:8086\"",
                 ));
+            }
+            let uses_tenant = [&ts.url, &ts.org, &ts.bucket]
+                .iter()
+                .any(|v| v.contains("{tenant}"));
+            match &self.site.tenant {
+                None if uses_tenant => {
+                    return Err(err(
+                        "site.tenant",
+                        "timeseries names {tenant} but this site has no tenant",
+                        "[site] tenant = \"17\" (its VictoriaMetrics account, or InfluxDB org/bucket)",
+                    ));
+                }
+                Some(t)
+                    if t.is_empty()
+                        || !t
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c)) =>
+                {
+                    return Err(err(
+                        "site.tenant",
+                        format!("{t:?} is not a tenant: letters, digits, - _ : . only"),
+                        "tenant = \"17\"",
+                    ));
+                }
+                _ => {}
             }
         }
         let mut ids = HashSet::new();

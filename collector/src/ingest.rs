@@ -10,6 +10,7 @@
 //!   commit fails, nothing is acknowledged: the batch is retried, and if the collector dies the
 //!   broker redelivers, which the ledger turns into duplicates.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,7 +23,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_keys::{DeviceKeys, KeyMap};
-use crate::ledger::{Ledger, MachineInfo, Outcome, Record};
+use crate::ledger::{
+    Committed, Ledger, LedgerError, MachineInfo, Outcome, PgConnection, PgLedger, Record, SiteBatch,
+};
 use crate::metrics::Metrics;
 use crate::series;
 use crate::timeseries::TimeSeriesHandle;
@@ -222,6 +225,20 @@ pub fn subscriptions(site: &Id, shared_group: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// Most filters in one SUBSCRIBE packet.
+const SUBSCRIBE_CHUNK: usize = 100;
+
+/// The subscription filters of every site in `sites` ([`subscriptions`]).
+pub fn subscriptions_of<'a>(
+    sites: impl IntoIterator<Item = &'a Id>,
+    shared_group: Option<&str>,
+) -> Vec<String> {
+    sites
+        .into_iter()
+        .flat_map(|s| subscriptions(s, shared_group))
+        .collect()
+}
+
 /// Drives the MQTT connection: forwards publishes to the writer, subscribes after every connection
 /// without a kept session, reconnects with backoff.
 ///
@@ -239,6 +256,7 @@ pub async fn run_mqtt(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut to_writer = Some(to_writer);
+    let mut pending_subacks = 0usize;
     loop {
         let polled = tokio::select! {
             () = shutdown.cancelled(), if to_writer.is_some() => {
@@ -261,15 +279,26 @@ pub async fn run_mqtt(
                 metrics.subscribed.store(ack.session_present, Relaxed);
                 if !ack.session_present {
                     // rumqttc does not re-subscribe by itself when the broker kept no session.
-                    for t in &topics {
-                        if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
-                            tracing::error!(topic = %t, error = %e, "subscribe failed");
+                    // A network collector has three filters per site: 100 per SUBSCRIBE.
+                    pending_subacks = 0;
+                    for chunk in topics.chunks(SUBSCRIBE_CHUNK) {
+                        let filters = chunk
+                            .iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                        match client.subscribe_many(filters).await {
+                            Ok(()) => pending_subacks += 1,
+                            Err(e) => {
+                                tracing::error!(first = %chunk[0], error = %e, "subscribe failed");
+                            }
                         }
                     }
                 }
             }
             Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
-                metrics.subscribed.store(true, Relaxed);
+                pending_subacks = pending_subacks.saturating_sub(1);
+                if pending_subacks == 0 {
+                    metrics.subscribed.store(true, Relaxed);
+                }
             }
             Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                 metrics.received.fetch_add(1, Relaxed);
@@ -343,33 +372,140 @@ pub async fn run_mqtt(
     tracing::info!("MQTT connection closed");
 }
 
-/// Everything the writer needs.
-pub struct Writer<L: Ledger> {
-    /// The ledger it alone writes.
-    pub ledger: L,
-    /// Classification rules.
+/// What the writer knows of one site it serves.
+pub struct SiteIngest {
+    /// Classification rules (the site, auto-registration, signatures).
     pub rules: SiteRules,
     /// Machine kinds for time-series tags.
     pub kinds: std::collections::HashMap<String, String>,
     /// Badge hash to member id, for time-series tags.
     pub members: std::collections::HashMap<String, String>,
+    /// The site's time series (its own tenant, or the collector's shared sink; never waited for).
+    pub series: TimeSeriesHandle,
+    /// The device key file, re-read (when changed) before each batch into `rules.signing.keys`.
+    pub device_keys: Option<DeviceKeys>,
+}
+
+/// One site's part of a batch: machines to register, then records.
+#[derive(Debug, Default)]
+pub struct SiteWork {
+    /// Index of the site in [`Writer::sites`].
+    pub site: usize,
+    /// Machines seen for the first time (auto-registration).
+    pub register: Vec<MachineInfo>,
+    /// The records, in arrival order.
+    pub records: Vec<Record>,
+}
+
+/// Where the writer commits: one site's ledger ([`OneSite`]), or the ledgers of every site a
+/// network collector serves on one PostgreSQL connection ([`PgSites`]), a batch being one
+/// transaction either way.
+pub trait Store: Send {
+    /// Whether machine `machine` of site number `site` is registered.
+    fn has_machine(&self, site: usize, machine: &str) -> Result<bool, LedgerError>;
+    /// Registers and stores every site's work; the outcomes, work by work, record by record.
+    fn commit(&mut self, work: &[SiteWork]) -> Result<Vec<Vec<Committed>>, LedgerError>;
+}
+
+/// The ledger of a single site.
+pub struct OneSite<L: Ledger>(pub L);
+
+impl<L: Ledger> Store for OneSite<L> {
+    fn has_machine(&self, _site: usize, machine: &str) -> Result<bool, LedgerError> {
+        self.0.has_machine(machine)
+    }
+
+    fn commit(&mut self, work: &[SiteWork]) -> Result<Vec<Vec<Committed>>, LedgerError> {
+        let mut out = Vec::with_capacity(work.len());
+        for w in work {
+            if !w.register.is_empty() {
+                self.0.register_machines(&w.register, now_ms())?;
+            }
+            out.push(self.0.commit(&w.records)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The ledgers of several sites on one shared PostgreSQL connection: a batch spanning many sites
+/// is one transaction (one `COMMIT`), the sites' advisory locks taken in order.
+pub struct PgSites {
+    /// The connection every ledger of `sites` is on.
+    pub conn: Arc<PgConnection>,
+    /// One ledger per site, in the order of [`Writer::sites`].
+    pub sites: Vec<PgLedger>,
+}
+
+impl Store for PgSites {
+    fn has_machine(&self, site: usize, machine: &str) -> Result<bool, LedgerError> {
+        match self.sites.get(site) {
+            Some(l) => l.has_machine(machine),
+            None => Ok(false),
+        }
+    }
+
+    fn commit(&mut self, work: &[SiteWork]) -> Result<Vec<Vec<Committed>>, LedgerError> {
+        let mut batches = Vec::with_capacity(work.len());
+        for w in work {
+            let ledger = self.sites.get(w.site).ok_or_else(|| {
+                LedgerError::Column(format!("no ledger for site number {}", w.site))
+            })?;
+            batches.push(SiteBatch {
+                ledger,
+                register: &w.register,
+                records: &w.records,
+            });
+        }
+        self.conn.commit_sites(&batches, now_ms())
+    }
+}
+
+/// Everything the writer needs.
+pub struct Writer<S: Store> {
+    /// The ledger(s) it alone writes.
+    pub store: S,
+    /// The sites it serves; a message of another site is a dead letter `wrong_site` of the first.
+    pub sites: Vec<SiteIngest>,
+    /// Site id to its index in `sites` ([`Writer::new`] builds it).
+    index: HashMap<Id, usize>,
     /// The MQTT client, to acknowledge after commit.
     pub client: AsyncClient,
-    /// Time series (never waited for).
-    pub series: TimeSeriesHandle,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Most messages per transaction.
     pub batch_max: usize,
-    /// The device key file, re-read (when changed) before each batch into `rules.signing.keys`.
-    pub device_keys: Option<DeviceKeys>,
+}
+
+impl<S: Store> Writer<S> {
+    /// A writer of `sites` into `store`.
+    pub fn new(
+        store: S,
+        sites: Vec<SiteIngest>,
+        client: AsyncClient,
+        metrics: Arc<Metrics>,
+        batch_max: usize,
+    ) -> Self {
+        let index = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.rules.site.clone(), i))
+            .collect();
+        Writer {
+            store,
+            sites,
+            index,
+            client,
+            metrics,
+            batch_max,
+        }
+    }
 }
 
 /// The writer loop, on a dedicated thread (SQLite is blocking): batch, commit, then acknowledge.
 /// Ends when the MQTT task is gone and the queue is drained; `done` is cancelled once every
 /// acknowledgement of what it committed is queued to the MQTT client.
-pub fn run_writer<L: Ledger>(
-    mut w: Writer<L>,
+pub fn run_writer<S: Store>(
+    mut w: Writer<S>,
     mut rx: mpsc::Receiver<Incoming>,
     rt: tokio::runtime::Handle,
     done: CancellationToken,
@@ -521,30 +657,51 @@ pub fn confirmations(
     out
 }
 
-fn process_batch<L: Ledger>(
-    w: &mut Writer<L>,
+fn process_batch<S: Store>(
+    w: &mut Writer<S>,
     batch: &mut Vec<Incoming>,
     acks: &mpsc::UnboundedSender<Acks>,
 ) {
-    let mut records = Vec::with_capacity(batch.len());
-    let mut points = Vec::new();
-    let mut register = Vec::new();
-    if let Some(keys) = &w.device_keys {
-        w.rules.signing.keys = keys.current();
+    if w.sites.is_empty() {
+        return;
     }
+    // The work of each site, in the order they first appear in the batch.
+    let mut work: Vec<SiteWork> = Vec::new();
+    let mut slot_of: Vec<Option<usize>> = vec![None; w.sites.len()];
+    let mut points = Vec::new();
+    for s in &mut w.sites {
+        if let Some(keys) = &s.device_keys {
+            s.rules.signing.keys = keys.current();
+        }
+    }
+    let index: &HashMap<Id, usize> = &w.index;
     for m in batch.iter() {
-        let ledger = &w.ledger;
+        // A topic of a site not served here is classified by the first site's rules, which
+        // make it a dead letter `wrong_site` stored under the first site.
+        let i = Topic::parse(&m.publish.topic)
+            .ok()
+            .and_then(|t| index.get(&t.site).copied())
+            .unwrap_or(0);
+        let store = &w.store;
+        let site = &mut w.sites[i];
         let known = |machine: &str| {
-            w.kinds.contains_key(machine) || ledger.has_machine(machine).unwrap_or(false)
+            site.kinds.contains_key(machine) || store.has_machine(i, machine).unwrap_or(false)
         };
         match classify(
-            &w.rules,
+            &site.rules,
             &m.publish.topic,
             &m.publish.payload,
             m.received_ms,
             known,
         ) {
             Classified::Record(r) => {
+                let slot = *slot_of[i].get_or_insert_with(|| {
+                    work.push(SiteWork {
+                        site: i,
+                        ..SiteWork::default()
+                    });
+                    work.len() - 1
+                });
                 if let Record::DeadLetter {
                     reason,
                     detail,
@@ -555,30 +712,27 @@ fn process_batch<L: Ledger>(
                     w.metrics.reject(reason);
                     tracing::warn!(%topic, %reason, %detail, "message refused");
                 } else if let Record::Event { machine, .. } | Record::Status { machine, .. } = &r {
-                    if !w.kinds.contains_key(machine.as_str()) {
-                        register.push(MachineInfo {
+                    if !site.kinds.contains_key(machine.as_str()) {
+                        work[slot].register.push(MachineInfo {
                             id: machine.to_string(),
                             name: machine.to_string(),
                             kind: "machine".into(),
                             source: "auto".into(),
                         });
-                        w.kinds.insert(machine.to_string(), "machine".into());
+                        site.kinds.insert(machine.to_string(), "machine".into());
                     }
                 }
-                records.push(r);
+                work[slot].records.push(r);
             }
             Classified::Telemetry { machine, sample } => {
                 w.metrics.telemetry.fetch_add(1, Relaxed);
-                let kind = w
+                let kind = site
                     .kinds
                     .get(machine.as_str())
                     .map_or("machine", String::as_str);
-                points.extend(series::telemetry(
-                    &w.rules.site,
-                    &machine,
-                    kind,
-                    &sample,
-                    m.received_ms,
+                points.push((
+                    i,
+                    series::telemetry(&site.rules.site, &machine, kind, &sample, m.received_ms),
                 ));
             }
         }
@@ -587,13 +741,7 @@ fn process_batch<L: Ledger>(
     let mut pause = Duration::from_millis(50);
     let committed = loop {
         let started = Instant::now();
-        let result = if register.is_empty() {
-            Ok(())
-        } else {
-            w.ledger.register_machines(&register, now_ms())
-        }
-        .and_then(|()| w.ledger.commit(&records));
-        match result {
+        match w.store.commit(&work) {
             Ok(c) => {
                 w.metrics.commit_time.observe(started.elapsed());
                 w.metrics.commits.fetch_add(1, Relaxed);
@@ -609,37 +757,46 @@ fn process_batch<L: Ledger>(
             }
         }
     };
-    for (record, c) in records.iter().zip(&committed) {
-        match c.outcome {
-            Outcome::Accepted => {
-                w.metrics.accepted.fetch_add(1, Relaxed);
-                if let (Record::Event { machine, event, .. }, Some(wall)) = (record, c.wall_ms) {
-                    let kind = w
-                        .kinds
-                        .get(machine.as_str())
-                        .map_or("machine", String::as_str);
-                    points.extend(series::event(
-                        &w.rules.site,
-                        machine,
-                        kind,
-                        event,
-                        wall,
-                        &w.members,
-                    ));
+    let mut confirms = Vec::new();
+    for (sw, outcomes) in work.iter().zip(&committed) {
+        let site = &w.sites[sw.site];
+        for (record, c) in sw.records.iter().zip(outcomes) {
+            match c.outcome {
+                Outcome::Accepted => {
+                    w.metrics.accepted.fetch_add(1, Relaxed);
+                    if let (Record::Event { machine, event, .. }, Some(wall)) = (record, c.wall_ms)
+                    {
+                        let kind = site
+                            .kinds
+                            .get(machine.as_str())
+                            .map_or("machine", String::as_str);
+                        points.push((
+                            sw.site,
+                            series::event(
+                                &site.rules.site,
+                                machine,
+                                kind,
+                                event,
+                                wall,
+                                &site.members,
+                            ),
+                        ));
+                    }
                 }
+                Outcome::Duplicate => {
+                    w.metrics.duplicate.fetch_add(1, Relaxed);
+                }
+                Outcome::DeadLettered => {}
+                // Kept as a dead letter by the ledger itself (a key stored with other content).
+                Outcome::Conflict => w.metrics.reject(crate::ledger::CONFLICT),
             }
-            Outcome::Duplicate => {
-                w.metrics.duplicate.fetch_add(1, Relaxed);
-            }
-            Outcome::DeadLettered => {}
-            // Kept as a dead letter by the ledger itself (a key stored with other content).
-            Outcome::Conflict => w.metrics.reject(crate::ledger::CONFLICT),
         }
+        confirms.extend(confirmations(
+            &site.rules.site,
+            sw.records.iter().filter_map(confirmable),
+        ));
     }
-    if !points.is_empty() {
-        w.series.send(points);
-    }
-    let confirms = confirmations(&w.rules.site, records.iter().filter_map(confirmable));
+    send_points(&w.sites, points);
     // Acknowledge, through the acker task (never waiting here: see `run_acker`).
     let mut to_ack = Vec::with_capacity(batch.len());
     for m in batch.drain(..) {
@@ -658,6 +815,23 @@ fn process_batch<L: Ledger>(
             .is_err()
     {
         tracing::warn!("acknowledgements not sent (the acker is gone); the broker will redeliver");
+    }
+}
+
+/// Sends the batch's points, one send per time-series sink (sites sharing a sink share a send).
+fn send_points(sites: &[SiteIngest], points: Vec<(usize, Vec<crate::timeseries::Point>)>) {
+    let mut by_sink: Vec<(&TimeSeriesHandle, Vec<crate::timeseries::Point>)> = Vec::new();
+    for (i, p) in points {
+        let Some(site) = sites.get(i) else { continue };
+        match by_sink.iter_mut().find(|(h, _)| h.same_sink(&site.series)) {
+            Some((_, v)) => v.extend(p),
+            None => by_sink.push((&site.series, p)),
+        }
+    }
+    for (h, p) in by_sink {
+        if !p.is_empty() {
+            h.send(p);
+        }
     }
 }
 

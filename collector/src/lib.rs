@@ -14,6 +14,8 @@ pub mod ingest;
 pub mod ledger;
 pub mod maintenance;
 pub mod metrics;
+pub mod netview;
+pub mod network;
 pub mod privacy;
 pub mod provision;
 pub mod series;

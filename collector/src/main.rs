@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use fabmeter_collector::app::Application;
 use fabmeter_collector::config::{Config, TimeSeriesSettings};
+use fabmeter_collector::network::Network;
 use tokio_util::sync::CancellationToken;
 
 /// fabmeter collector: MQTT ingest into an exactly-once ledger, time series, HTTP API.
@@ -269,12 +270,47 @@ struct Overrides {
 }
 
 impl Overrides {
+    /// The configuration to run: one site's, or a network collector's every site (with the
+    /// overrides applied to each).
+    fn load_run(self) -> anyhow::Result<Loaded> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?;
+            if fabmeter_collector::network::is_network_file(&text) {
+                let mut network = Network::load(path, &text)?;
+                if let Some(only) = &self.site {
+                    network.sites.retain(|s| &s.site.id == only);
+                    anyhow::ensure!(
+                        !network.sites.is_empty(),
+                        "--site {only}: the network collector file serves no such site"
+                    );
+                }
+                for site in &mut network.sites {
+                    self.apply(site);
+                    site.validate()
+                        .map_err(|e| e.in_file(path.display().to_string()))?;
+                }
+                return Ok(Loaded::Network(network));
+            }
+        }
+        Ok(Loaded::Site(Box::new(self.load()?)))
+    }
+
     fn load(self) -> anyhow::Result<Config> {
         let mut text = String::new();
         let mut config = match &self.config {
             Some(path) => {
                 text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read the config file {}", path.display()))?;
+                if fabmeter_collector::network::is_network_file(&text) {
+                    // A command of one site on a network collector's file: `--site` picks it.
+                    let mut config = Network::load(path, &text)?.take_site(self.site.as_deref())?;
+                    self.apply(&mut config);
+                    config
+                        .validate()
+                        .map_err(|e| e.in_file(path.display().to_string()))?;
+                    return Ok(config);
+                }
                 Config::from_toml(&text).map_err(|e| e.in_file(path.display().to_string()))?
             }
             None => match &self.site {
@@ -284,25 +320,35 @@ impl Overrides {
                 ),
             },
         };
-        if let Some(v) = self.site {
-            config.site.id = v;
+        if let Some(v) = &self.site {
+            config.site.id = v.clone();
         }
-        if let Some(v) = self.mqtt_url {
+        self.apply(&mut config);
+        config.validate().map_err(|e| match &self.config {
+            Some(path) => e.located(&text).in_file(path.display().to_string()),
+            None => e,
+        })?;
+        Ok(config)
+    }
+
+    /// Applies the process overrides (broker, ledger file, HTTP, time series) to `config`.
+    fn apply(&self, config: &mut Config) {
+        if let Some(v) = self.mqtt_url.clone() {
             config.mqtt.url = v;
         }
-        if let Some(v) = self.mqtt_username {
+        if let Some(v) = self.mqtt_username.clone() {
             config.mqtt.username = Some(v);
         }
-        if let Some(v) = self.mqtt_password {
+        if let Some(v) = self.mqtt_password.clone() {
             config.mqtt.password = Some(v);
         }
-        if let Some(v) = self.ledger_path {
+        if let Some(v) = self.ledger_path.clone() {
             config.ledger.path = v;
         }
         if let Some(v) = self.http_listen {
             config.http.listen = v;
         }
-        if let Some(url) = self.influx_url {
+        if let Some(url) = self.influx_url.clone() {
             let ts = config.timeseries.get_or_insert_with(|| TimeSeriesSettings {
                 url: String::new(),
                 org: "fabmeter".into(),
@@ -313,14 +359,9 @@ impl Overrides {
             });
             ts.url = url;
         }
-        if let (Some(token), Some(ts)) = (self.influx_token, config.timeseries.as_mut()) {
+        if let (Some(token), Some(ts)) = (self.influx_token.clone(), config.timeseries.as_mut()) {
             ts.token = token;
         }
-        config.validate().map_err(|e| match &self.config {
-            Some(path) => e.located(&text).in_file(path.display().to_string()),
-            None => e,
-        })?;
-        Ok(config)
     }
 }
 
@@ -359,16 +400,24 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig(o) => {
-            let c = o.load()?;
-            for w in c.warnings() {
-                eprintln!("warning: {w}");
+            let sites = match o.load_run()? {
+                Loaded::Site(c) => vec![*c],
+                Loaded::Network(n) => {
+                    println!("network collector {}: {} sites", n.name, n.sites.len());
+                    n.sites
+                }
+            };
+            for c in sites {
+                for w in c.warnings() {
+                    eprintln!("warning: site {}: {w}", c.site.id);
+                }
+                println!(
+                    "config ok: site {}, {} machines, {} members",
+                    c.site.id,
+                    c.machines.len(),
+                    c.members.len()
+                );
             }
-            println!(
-                "config ok: site {}, {} machines, {} members",
-                c.site.id,
-                c.machines.len(),
-                c.members.len()
-            );
             Ok(())
         }
         Command::Invoice(a) => billing::invoice(a),
@@ -391,18 +440,41 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(o) => {
-            let config = o.load()?;
+            let loaded = o.load_run()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            rt.block_on(run(config))
+            rt.block_on(run(loaded))
         }
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    for w in config.warnings() {
-        tracing::warn!("{w}");
-    }
-    let app = Application::build(config).await?;
+/// What `run` serves: one site, or a network collector's sites.
+enum Loaded {
+    Site(Box<Config>),
+    Network(Network),
+}
+
+async fn run(loaded: Loaded) -> anyhow::Result<()> {
+    let app = match loaded {
+        Loaded::Site(config) => {
+            for w in config.warnings() {
+                tracing::warn!("{w}");
+            }
+            Application::build(*config).await?
+        }
+        Loaded::Network(network) => {
+            for site in &network.sites {
+                for w in site.warnings() {
+                    tracing::warn!(site = %site.site.id, "{w}");
+                }
+            }
+            tracing::info!(
+                collector = %network.name,
+                sites = network.sites.len(),
+                "network collector"
+            );
+            Application::build_network(network).await?
+        }
+    };
     println!("fabmeter collector: http://{}/", app.http_addr());
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

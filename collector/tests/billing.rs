@@ -382,6 +382,7 @@ async fn the_statement_shows_the_month_so_far() {
         series: TimeSeriesHandle::disabled(),
         site: ("atelier-lyon".into(), String::new()),
         billing: Billing::from_config(&c).expect("rules").map(Arc::new),
+        base: "/".into(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

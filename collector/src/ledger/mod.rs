@@ -18,7 +18,7 @@ mod pg;
 mod sql;
 mod sqlite;
 
-pub use pg::{parse_url as parse_postgres_url, BadUrl, PgConnection, PgLedger};
+pub use pg::{parse_url as parse_postgres_url, BadUrl, PgConnection, PgLedger, SiteBatch};
 pub use sqlite::invoices::{AuditDifference, BillingError, IssueReport};
 pub use sqlite::privacy::{ByMachineMonth, ErasureReport, PurgeReport, PurgedCounts, StoredEvent};
 pub use sqlite::SqliteLedger;
@@ -239,6 +239,19 @@ pub struct MachineView {
     pub fw: Option<String>,
 }
 
+/// Use of a site's machines over a period ([`Ledger::usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Sessions started in the period.
+    pub sessions: u64,
+    /// Their busy seconds.
+    pub busy_s: u64,
+    /// Their idle seconds.
+    pub idle_s: u64,
+    /// Distinct members who used a machine (unknown badges count each).
+    pub members: u64,
+}
+
 /// A session, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SessionView {
@@ -414,6 +427,10 @@ pub trait Ledger: Send {
     fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, LedgerError>;
     /// Table totals.
     fn totals(&self) -> Result<LedgerTotals, LedgerError>;
+    /// Use of the site's machines by sessions starting at or after `from_ms` (the network view).
+    fn usage(&self, from_ms: u64) -> Result<Usage, LedgerError>;
+    /// The machines with an open downtime period (out of order or locked), sorted.
+    fn unavailable(&self) -> Result<Vec<String>, LedgerError>;
     /// Records a service of `plan` on `machine` at `at_ms`, with the machine's busy counter then;
     /// `None` if the machine is unknown.
     fn record_service(

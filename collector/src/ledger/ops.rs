@@ -11,7 +11,7 @@ use super::sql::{args, Db, Val};
 use super::{
     Committed, DeadLetter, Ledger, LedgerError, LedgerTotals, MachineCounters, MachineInfo,
     MachineView, MaintenanceRecords, Outcome, Record, ServiceRecord, SessionQuery, SessionView,
-    CONFLICT,
+    Usage, CONFLICT,
 };
 use crate::session::{fold, SessionEvent, SessionFold};
 
@@ -953,24 +953,32 @@ fn totals(db: &mut dyn Db, site: &str) -> Result<LedgerTotals, LedgerError> {
     })
 }
 
+/// Registers (or renames) machines of `site`.
+pub(super) fn register(
+    tx: &mut dyn Db,
+    site: &str,
+    machines: &[MachineInfo],
+    now_ms: u64,
+) -> Result<(), LedgerError> {
+    for m in machines {
+        tx.exec(
+            "INSERT INTO machines (site, machine, name, kind, source, registered_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (site, machine) DO UPDATE SET
+                name=excluded.name, kind=excluded.kind, source=excluded.source",
+            args![site, &m.id, &m.name, &m.kind, &m.source, now_ms],
+        )?;
+    }
+    Ok(())
+}
+
 impl<E: Engine> Ledger for E {
     fn register_machines(
         &mut self,
         machines: &[MachineInfo],
         now_ms: u64,
     ) -> Result<(), LedgerError> {
-        self.write(|tx, ctx| {
-            for m in machines {
-                tx.exec(
-                    "INSERT INTO machines (site, machine, name, kind, source, registered_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (site, machine) DO UPDATE SET
-                        name=excluded.name, kind=excluded.kind, source=excluded.source",
-                    args![ctx.site, &m.id, &m.name, &m.kind, &m.source, now_ms],
-                )?;
-            }
-            Ok(())
-        })
+        self.write(|tx, ctx| register(tx, ctx.site, machines, now_ms))
     }
 
     fn commit(&mut self, batch: &[Record]) -> Result<Vec<Committed>, LedgerError> {
@@ -995,6 +1003,37 @@ impl<E: Engine> Ledger for E {
 
     fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, LedgerError> {
         self.read(|db, site| dead_letters(db, site, limit))
+    }
+
+    fn usage(&self, from_ms: u64) -> Result<Usage, LedgerError> {
+        self.read(|db, site| {
+            let r = db.one(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(busy_s), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(idle_s), 0) AS BIGINT),
+                    COUNT(DISTINCT COALESCE(member, badge))
+                 FROM sessions WHERE site=?1 AND start_ms>=?2",
+                args![site, from_ms],
+            )?;
+            Ok(Usage {
+                sessions: r.u64(0)?,
+                busy_s: r.u64(1)?,
+                idle_s: r.u64(2)?,
+                members: r.u64(3)?,
+            })
+        })
+    }
+
+    fn unavailable(&self) -> Result<Vec<String>, LedgerError> {
+        self.read(|db, site| {
+            db.rows(
+                "SELECT DISTINCT machine FROM outages WHERE site=?1 AND to_ms IS NULL
+                 ORDER BY machine",
+                args![site],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
+        })
     }
 
     fn totals(&self) -> Result<LedgerTotals, LedgerError> {

@@ -18,7 +18,7 @@ use fabmeter_protocol::Id;
 
 use super::ops::{Ctx, Engine};
 use super::sql::{Db, Pg};
-use super::{Committed, LedgerError, Record};
+use super::{Committed, LedgerError, MachineInfo, Record};
 
 /// Schema migrations, applied in order under an advisory lock (several collectors may start at
 /// once); `fabmeter_schema.version` is the number applied. Never edit a released migration.
@@ -314,22 +314,28 @@ impl PgConnection {
         })
     }
 
-    /// Stores the batches of several sites (each a ledger on this connection) in one
-    /// transaction and returns what became of each record, batch by batch (see
-    /// [`Ledger::commit`](super::Ledger::commit)).
+    /// Stores the batches of several sites (each a ledger on this connection, with the machines
+    /// to register first) in one transaction and returns what became of each record, batch by
+    /// batch (see [`Ledger::commit`](super::Ledger::commit)).
     pub fn commit_sites(
         self: &Arc<Self>,
-        batches: &[(&PgLedger, &[Record])],
+        batches: &[SiteBatch<'_>],
+        now_ms: u64,
     ) -> Result<Vec<Vec<Committed>>, LedgerError> {
-        if let Some((l, _)) = batches.iter().find(|(l, _)| !self.same(&l.conn)) {
+        if let Some(b) = batches.iter().find(|b| !self.same(&b.ledger.conn)) {
             return Err(LedgerError::Column(format!(
                 "the ledger of site {} is not on this connection",
-                l.site
+                b.ledger.site
             )));
         }
-        let ledgers: Vec<&PgLedger> = batches.iter().map(|(l, _)| *l).collect();
+        let ledgers: Vec<&PgLedger> = batches.iter().map(|b| b.ledger).collect();
         self.write_sites(&ledgers, |i, db, ctx| match batches.get(i) {
-            Some((_, records)) => super::ops::commit(db, ctx, records),
+            Some(b) => {
+                if !b.register.is_empty() {
+                    super::ops::register(db, ctx.site, b.register, now_ms)?;
+                }
+                super::ops::commit(db, ctx, b.records)
+            }
             None => Ok(Vec::new()),
         })
     }
@@ -338,6 +344,17 @@ impl PgConnection {
     pub fn same(self: &Arc<Self>, other: &Arc<Self>) -> bool {
         Arc::ptr_eq(self, other)
     }
+}
+
+/// One site's part of a batch for [`PgConnection::commit_sites`].
+#[derive(Debug, Clone, Copy)]
+pub struct SiteBatch<'a> {
+    /// The site's ledger.
+    pub ledger: &'a PgLedger,
+    /// Machines to register (or rename) before the records.
+    pub register: &'a [MachineInfo],
+    /// The records.
+    pub records: &'a [Record],
 }
 
 /// The PostgreSQL implementation of [`Ledger`](super::Ledger) for one site, on a connection of

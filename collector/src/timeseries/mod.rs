@@ -420,6 +420,11 @@ impl TimeSeriesHandle {
         self.tx.is_some()
     }
 
+    /// Whether `self` and `other` feed the same sink (clones of one handle).
+    pub fn same_sink(&self, other: &TimeSeriesHandle) -> bool {
+        Arc::ptr_eq(&self.counters, &other.counters)
+    }
+
     /// Validates and encodes `points` and queues them for the store. Never blocks and never
     /// waits for the store: refused points are counted per reason, and when the queue is full
     /// or the sink closed the valid points of this call are dropped and counted.

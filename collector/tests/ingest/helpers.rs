@@ -63,6 +63,29 @@ pub fn with_timeseries(mut c: Config, vm_url: &str) -> Config {
 
 impl TestCollector {
     pub fn start(config: Config, dir: tempfile::TempDir) -> TestCollector {
+        TestCollector::start_app(dir, move || Box::pin(Application::build(config)))
+    }
+
+    /// A network collector ([`fabmeter_collector::network`]) in this process.
+    #[allow(dead_code)]
+    pub fn start_network(
+        network: fabmeter_collector::network::Network,
+        dir: tempfile::TempDir,
+    ) -> TestCollector {
+        TestCollector::start_app(dir, move || Box::pin(Application::build_network(network)))
+    }
+
+    fn start_app(
+        dir: tempfile::TempDir,
+        build: impl FnOnce() -> std::pin::Pin<
+                Box<
+                    dyn std::future::Future<
+                            Output = Result<Application, fabmeter_collector::app::StartError>,
+                        > + Send,
+                >,
+            > + Send
+            + 'static,
+    ) -> TestCollector {
         let (tx, rx) = std::sync::mpsc::channel();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -73,7 +96,7 @@ impl TestCollector {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let app = Application::build(config).await.expect("collector builds");
+                let app = build().await.expect("collector builds");
                 tx.send(app.http_addr()).expect("report address");
                 app.run(stop).await.expect("collector runs");
             });
@@ -169,6 +192,18 @@ pub fn workload(
     sessions: u32,
     progress: u32,
 ) -> (BTreeMap<String, Vec<Msg>>, Expected) {
+    workload_at(SITE, T0, machines, boots, sessions, progress)
+}
+
+/// [`workload`] on the topics of site `site`, its clocks from `t0` (unix ms).
+pub fn workload_at(
+    site: &str,
+    t0: u64,
+    machines: &[&str],
+    boots: u32,
+    sessions: u32,
+    progress: u32,
+) -> (BTreeMap<String, Vec<Msg>>, Expected) {
     let mut out = BTreeMap::new();
     let mut exp = Expected::default();
     let b = badge();
@@ -177,7 +212,7 @@ pub fn workload(
         for boot in 1..=boots {
             let mut seq = 0u32;
             let mut uptime = 0u64;
-            let base = T0 + (mi as u64) * 1_000_000_000 + u64::from(boot) * 100_000_000;
+            let base = t0 + (mi as u64) * 1_000_000_000 + u64::from(boot) * 100_000_000;
             let mut push = |body: EventBody, msgs: &mut Vec<Msg>, exp: &mut Expected| -> u32 {
                 seq += 1;
                 uptime += 1000;
@@ -200,7 +235,7 @@ pub fn workload(
                         .push(base + uptime);
                 }
                 msgs.push(Msg {
-                    topic: format!("fabmeter/v1/{SITE}/{m}/event"),
+                    topic: format!("fabmeter/v1/{site}/{m}/event"),
                     payload: encode_to_vec(&ev).expect("valid event"),
                 });
                 seq

@@ -2,6 +2,7 @@
 //! time series, dead letters, crash and outage recovery.
 
 mod helpers;
+mod network;
 mod postgres;
 mod signatures;
 
