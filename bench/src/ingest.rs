@@ -580,7 +580,7 @@ fn rate(n: usize, d: Duration) -> f64 {
 
 /// One publisher: QoS 1, rumqttc's in-flight window of 100; paced at `rate` events/s if given.
 /// Returns when every PUBACK arrived, with the time each message was handed to the client.
-async fn publish(
+pub(crate) async fn publish(
     port: u16,
     id: String,
     msgs: Vec<Msg>,

@@ -5,9 +5,11 @@
 //!   collector (ledger commit before acknowledgement, time series to VictoriaMetrics); then the
 //!   publish-to-commit latency at half the collector's measured rate.
 //! - `billing-ledger`: a year of a workshop's sessions written straight into a ledger file.
+//! - `network`: hundreds of sites through several network collectors on one PostgreSQL ledger.
 
 mod billing;
 mod ingest;
+mod network;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -25,12 +27,15 @@ enum Cmd {
     Ingest(ingest::Args),
     /// Writes a year of sessions of a workshop into a ledger, and the site file to invoice it.
     BillingLedger(billing::Args),
+    /// Many sites through several network collectors on one PostgreSQL ledger.
+    Network(network::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Ingest(a) => ingest::run(&a),
         Cmd::BillingLedger(a) => billing::run(&a),
+        Cmd::Network(a) => network::run(&a),
     }
 }
 

@@ -33,7 +33,18 @@ pub fn badge(i: usize) -> BadgeHash {
 /// Events of one machine: boots of [`EVENTS_PER_BOOT`] events, each a first state change then
 /// sessions of start, idle->busy, three progress events, busy->idle, end. Every event has `ts`.
 fn machine_events(machine: &str, index: usize, count: usize, members: usize) -> Vec<Msg> {
-    let topic = format!("fabmeter/v1/{SITE}/{machine}/event");
+    machine_events_at(SITE, machine, index, count, members)
+}
+
+/// [`machine_events`] of a machine of site `site`.
+pub fn machine_events_at(
+    site: &str,
+    machine: &str,
+    index: usize,
+    count: usize,
+    members: usize,
+) -> Vec<Msg> {
+    let topic = format!("fabmeter/v1/{site}/{machine}/event");
     let mut out = Vec::with_capacity(count);
     let mut boot = 0u32;
     let mut seq = EVENTS_PER_BOOT;
