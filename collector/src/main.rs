@@ -610,7 +610,7 @@ mod billing {
     use fabmeter_collector::billing::invoice::{accounting_csv, to_html, Billing, Invoice};
     use fabmeter_collector::billing::money::format_cents;
     use fabmeter_collector::billing::Period;
-    use fabmeter_collector::ledger::SqliteLedger;
+    use fabmeter_collector::ledger::{Ledger, SqliteLedger};
 
     fn open(o: Overrides) -> anyhow::Result<(Billing, SqliteLedger)> {
         let config = o.load()?;
