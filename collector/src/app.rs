@@ -274,20 +274,12 @@ impl Application {
             .run(shutdown.clone()),
         );
 
-        let purges = match privacy_ledger {
-            AnyLedger::Sqlite(l) => tokio::spawn(crate::privacy::run_purges(
-                config.clone(),
-                l,
-                ingest::now_ms,
-                shutdown.clone(),
-            )),
-            AnyLedger::Postgres(_) => {
-                tracing::warn!(
-                    "the daily retention purge (privacy.retention_days) does not run on a PostgreSQL ledger yet (issue #15): personal data is kept until it does"
-                );
-                tokio::spawn(async {})
-            }
-        };
+        let purges = tokio::spawn(crate::privacy::run_purges(
+            config.clone(),
+            privacy_ledger,
+            ingest::now_ms,
+            shutdown.clone(),
+        ));
 
         let mqtt = tokio::spawn(ingest::run_mqtt(
             client,

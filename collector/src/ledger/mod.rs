@@ -47,14 +47,6 @@ impl AnyLedger {
             None => AnyLedger::Sqlite(SqliteLedger::open(&config.path, site, badges)?),
         })
     }
-
-    /// The SQLite ledger, or an error naming what is not on PostgreSQL yet.
-    pub fn into_sqlite(self, what: &str) -> Result<SqliteLedger, LedgerError> {
-        match self {
-            AnyLedger::Sqlite(l) => Ok(l),
-            AnyLedger::Postgres(_) => Err(LedgerError::NotOnPostgres(what.to_owned())),
-        }
-    }
 }
 
 impl ops::Engine for AnyLedger {
@@ -109,9 +101,6 @@ pub enum LedgerError {
     /// `ledger.url` cannot be used.
     #[error(transparent)]
     BadUrl(#[from] pg::BadUrl),
-    /// A feature that works on the SQLite ledger only so far.
-    #[error("{0} works on the SQLite ledger only so far (issue #15): remove ledger.url to use it, or run it on a SQLite copy")]
-    NotOnPostgres(String),
     /// A stored value is not of the type the ledger expects (a schema from another build?).
     #[error("ledger value: {0}")]
     Column(String),
