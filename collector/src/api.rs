@@ -117,8 +117,7 @@ async fn member_export(
             &config.ledger,
             &config.site_id()?,
             config.badge_directory(),
-        )?
-        .into_sqlite("member export")?;
+        )?;
         export_member(&config, &ledger, &id, now)
     })
     .await

@@ -415,21 +415,12 @@ impl Application {
             ));
         }
         for (c, ledger) in sites.iter().zip(privacy) {
-            tasks.push(match ledger {
-                AnyLedger::Sqlite(l) => tokio::spawn(crate::privacy::run_purges(
-                    c.clone(),
-                    l,
-                    ingest::now_ms,
-                    shutdown.clone(),
-                )),
-                AnyLedger::Postgres(_) => {
-                    tracing::warn!(
-                        site = %c.site.id,
-                        "the daily retention purge (privacy.retention_days) does not run on a PostgreSQL ledger yet (issue #15): personal data is kept until it does"
-                    );
-                    tokio::spawn(async {})
-                }
-            });
+            tasks.push(tokio::spawn(crate::privacy::run_purges(
+                c.clone(),
+                ledger,
+                ingest::now_ms,
+                shutdown.clone(),
+            )));
         }
 
         let mqtt = tokio::spawn(ingest::run_mqtt(

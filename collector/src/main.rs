@@ -429,7 +429,7 @@ fn main() -> anyhow::Result<()> {
         Command::Member(m) => member(m),
         Command::Privacy(PrivacyCommand::Purge { o, dry_run }) => {
             let config = o.load()?;
-            let mut ledger = open_ledger(&config, "privacy purge")?;
+            let mut ledger = open_ledger(&config)?;
             let r = fabmeter_collector::privacy::purge(
                 &config,
                 &mut ledger,
@@ -487,17 +487,13 @@ async fn run(loaded: Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The SQLite ledger, for the commands not on PostgreSQL yet (`what` names them in the error).
-fn open_ledger(
-    config: &Config,
-    what: &str,
-) -> anyhow::Result<fabmeter_collector::ledger::SqliteLedger> {
+/// The ledger the configuration names (SQLite or PostgreSQL).
+fn open_ledger(config: &Config) -> anyhow::Result<fabmeter_collector::ledger::AnyLedger> {
     Ok(fabmeter_collector::ledger::AnyLedger::open(
         &config.ledger,
         &config.site_id()?,
         config.badge_directory(),
-    )?
-    .into_sqlite(what)?)
+    )?)
 }
 
 fn member(m: MemberCommand) -> anyhow::Result<()> {
@@ -509,7 +505,7 @@ fn member(m: MemberCommand) -> anyhow::Result<()> {
             reason,
         } => {
             let config = o.load()?;
-            let mut ledger = open_ledger(&config, "member erase")?;
+            let mut ledger = open_ledger(&config)?;
             let r = fabmeter_collector::privacy::erase_member(
                 &config,
                 &mut ledger,
@@ -534,7 +530,7 @@ fn member(m: MemberCommand) -> anyhow::Result<()> {
         }
         MemberCommand::Export { o, member, out } => {
             let config = o.load()?;
-            let ledger = open_ledger(&config, "member export")?;
+            let ledger = open_ledger(&config)?;
             let doc = fabmeter_collector::privacy::export_member(
                 &config,
                 &ledger,
@@ -682,14 +678,14 @@ mod billing {
     use fabmeter_collector::billing::invoice::{accounting_csv, to_html, Billing, Invoice};
     use fabmeter_collector::billing::money::format_cents;
     use fabmeter_collector::billing::Period;
-    use fabmeter_collector::ledger::SqliteLedger;
+    use fabmeter_collector::ledger::{AnyLedger, Ledger};
 
-    fn open(o: Overrides) -> anyhow::Result<(Billing, SqliteLedger)> {
+    fn open(o: Overrides) -> anyhow::Result<(Billing, AnyLedger)> {
         let config = o.load()?;
         let billing = Billing::from_config(&config)?.ok_or_else(|| {
             anyhow::anyhow!("no [billing] section in the configuration; see docs/BILLING.md")
         })?;
-        let ledger = super::open_ledger(&config, "invoicing")?;
+        let ledger = super::open_ledger(&config)?;
         Ok((billing, ledger))
     }
 

@@ -8,7 +8,7 @@ use crate::billing::invoice::Invoice;
 use crate::config::{Config, MemberConfig};
 use crate::ledger::{
     BillingError, ErasureReport, Ledger, LedgerError, PurgeReport, SessionQuery, SessionView,
-    SqliteLedger, StoredEvent,
+    StoredEvent,
 };
 
 /// The `format` of a member export.
@@ -74,7 +74,7 @@ pub struct MemberExport {
 /// Collects everything the configuration and the ledger hold about `member` at `now_ms`.
 pub fn export_member(
     config: &Config,
-    ledger: &SqliteLedger,
+    ledger: &dyn Ledger,
     member: &str,
     now_ms: u64,
 ) -> Result<MemberExport, PrivacyError> {
@@ -111,10 +111,10 @@ pub fn export_member(
 }
 
 /// Purges the personal data older than the site's `[privacy] retention_days` at `now_ms` that no
-/// billing run settled (see [`SqliteLedger::purge`]); with `dry_run`, changes nothing.
+/// billing run settled (see [`Ledger::purge`]); with `dry_run`, changes nothing.
 pub fn purge(
     config: &Config,
-    ledger: &mut SqliteLedger,
+    ledger: &mut dyn Ledger,
     now_ms: u64,
     dry_run: bool,
 ) -> Result<PurgeReport, PrivacyError> {
@@ -149,11 +149,11 @@ pub fn describe_purge(r: &PurgeReport) -> String {
 }
 
 /// Erases `member`'s personal data that no invoice needs, at `now_ms`, recording `by` and
-/// `reason` (see [`SqliteLedger::erase_member`]). The member must still be in the site file
+/// `reason` (see [`Ledger::erase_member`]). The member must still be in the site file
 /// (their badges are read from it); the operator removes the entry afterwards.
 pub fn erase_member(
     config: &Config,
-    ledger: &mut SqliteLedger,
+    ledger: &mut dyn Ledger,
     member: &str,
     by: &str,
     reason: &str,
@@ -180,10 +180,11 @@ pub fn erase_member(
 /// How often the collector purges.
 pub const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
-/// The collector's periodic purge: once at start, then every [`PURGE_EVERY`], until `shutdown`.
-pub async fn run_purges(
+/// The collector's periodic purge on `ledger` (of either engine): once at start, then every
+/// [`PURGE_EVERY`], until `shutdown`.
+pub async fn run_purges<L: Ledger + 'static>(
     config: std::sync::Arc<Config>,
-    ledger: SqliteLedger,
+    ledger: L,
     now_ms: fn() -> u64,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -192,7 +193,7 @@ pub async fn run_purges(
         let (c, l) = (config.clone(), ledger.clone());
         let done = tokio::task::spawn_blocking(move || {
             let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            purge(&c, &mut l, now_ms(), false)
+            purge(&c, &mut *l, now_ms(), false)
         })
         .await;
         match done {

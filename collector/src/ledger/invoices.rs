@@ -1,23 +1,28 @@
-//! Billing storage on the SQLite ledger: issuing a period's invoices (numbered without gaps per
-//! site and year, hash-chained, immutable), credit notes, and the audit that recomputes every
-//! issued document. The pricing itself is the pure engine of `crate::billing`.
+//! Billing storage in the ledger, on either engine: issuing a period's invoices (numbered without
+//! gaps per site and year, hash-chained, immutable), credit notes, and the audit that recomputes
+//! every issued document. The pricing itself is the pure engine of `crate::billing`.
+//!
+//! Numbering and the chain: the next number and the previous hash are read, and the document
+//! inserted, in the same write transaction, which on PostgreSQL holds the site's advisory lock
+//! from its first statement (`pg.rs`), so issuers of one site on several connections take turns;
+//! the schema's unique (site, chain) and (site, year, seq) refuse a duplicate in any case.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{fold_stored, i64_of, member_of, u64_of, SqliteLedger};
+use super::{fold_stored, member_of, Ctx, End, Engine};
 use crate::billing::calendar::{Period, Zone};
 use crate::billing::engine::{price, BillableSession, PricedLine, SessionKey};
 use crate::billing::invoice::{apply_prepaid, Billing, DocKind, Invoice, Totals, GENESIS};
 use crate::billing::money::to_cents;
+use crate::ledger::sql::{args, Db, Row};
 use crate::ledger::LedgerError;
 
 /// Why billing could not proceed.
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {
-    /// The ledger failed.
+    /// The ledger failed (SQLite or PostgreSQL).
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// The period has not ended yet.
@@ -46,6 +51,12 @@ pub enum BillingError {
 impl From<rusqlite::Error> for BillingError {
     fn from(e: rusqlite::Error) -> Self {
         BillingError::Ledger(LedgerError::Database(e))
+    }
+}
+
+impl From<postgres::Error> for BillingError {
+    fn from(e: postgres::Error) -> Self {
+        BillingError::Ledger(LedgerError::Postgres(e))
     }
 }
 
@@ -79,55 +90,70 @@ pub struct AuditDifference {
     pub recomputed: String,
 }
 
+/// Runs `f` in one write transaction of `e`, ended as `f` says; a billing error that is not the
+/// ledger's (nothing found, a corrupt document) rolls it back and is returned as is.
+fn billing_transaction<E: Engine + ?Sized, T>(
+    e: &mut E,
+    f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<(T, End), BillingError>,
+) -> Result<T, BillingError> {
+    e.transaction(|db, ctx| match f(db, ctx) {
+        Ok((t, end)) => Ok((Ok(t), end)),
+        Err(BillingError::Ledger(err)) => Err(err),
+        Err(other) => Ok((Err(other), End::Rollback)),
+    })?
+}
+
 /// The session key in columns `i`, `i + 1`, `i + 2` (machine, boot, session) of a row.
-fn key_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<SessionKey> {
+fn key_at(r: &Row, i: usize) -> Result<SessionKey, LedgerError> {
     Ok(SessionKey {
-        machine: r.get(i)?,
-        boot: r.get(i + 1)?,
-        session: r.get(i + 2)?,
+        machine: r.text(i)?,
+        boot: r.u32(i + 1)?,
+        session: r.u32(i + 2)?,
     })
 }
 
 /// A stored session as billing reads it.
 #[derive(Debug, Clone)]
-struct Row {
+struct Stored {
     s: BillableSession,
     open: bool,
 }
 
-/// The columns billing reads from `sessions` (aliased `s`), in the order [`row_at`] reads them.
+/// The columns billing reads from `sessions` (aliased `s`), in the order [`stored_at`] reads
+/// them.
 const SESSION_COLUMNS: &str =
     "s.machine, s.boot, s.session, s.member, s.start_ms, s.busy_s, s.idle_s, s.status";
 
 /// A stored session from the first columns of a row ([`SESSION_COLUMNS`]); `None` for a session
 /// of an unknown badge (`badge:<hash>`), which is never billed.
-fn row_at(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Row>> {
-    let member: String = r.get(3)?;
+fn stored_at(r: &Row) -> Result<Option<Stored>, LedgerError> {
+    let member = r.text(3)?;
     if member.starts_with("badge:") {
         return Ok(None);
     }
-    Ok(Some(Row {
+    Ok(Some(Stored {
         s: BillableSession {
             key: key_at(r, 0)?,
             member,
-            start_ms: u64_of(r.get(4)?),
-            busy_s: r.get(5)?,
-            idle_s: r.get(6)?,
+            start_ms: r.u64(4)?,
+            busy_s: r.u32(5)?,
+            idle_s: r.u32(6)?,
         },
-        open: r.get::<_, String>(7)? == "open",
+        open: r.text(7)? == "open",
     }))
 }
 
 /// Every stored session with a start and a known member (the audit compares them all).
-fn load_sessions(conn: &Connection, site: &str) -> Result<Vec<Row>, rusqlite::Error> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions s
-         WHERE s.site=?1 AND s.start_ms IS NOT NULL AND s.member IS NOT NULL"
-    ))?;
-    let rows = stmt.query_map(params![site], row_at)?;
+fn load_sessions(db: &mut dyn Db, site: &str) -> Result<Vec<Stored>, LedgerError> {
     let mut out = Vec::new();
-    for row in rows {
-        out.extend(row?);
+    for r in db.rows(
+        &format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s
+             WHERE s.site=?1 AND s.start_ms IS NOT NULL AND s.member IS NOT NULL"
+        ),
+        args![site],
+    )? {
+        out.extend(stored_at(&r)?);
     }
     Ok(out)
 }
@@ -136,12 +162,12 @@ fn load_sessions(conn: &Connection, site: &str) -> Result<Vec<Row>, rusqlite::Er
 /// only, if given), each with whether it is billed already (on a document, or settled at zero).
 /// Reads the range of the `sessions_start` (or `sessions_member`) index, not the whole table.
 fn closed_sessions_in(
-    conn: &Connection,
+    db: &mut dyn Db,
     site: &str,
     zone: Zone,
     period: Period,
     member: Option<&str>,
-) -> Result<Vec<(Row, bool)>, rusqlite::Error> {
+) -> Result<Vec<(Stored, bool)>, LedgerError> {
     let (from, to) = period.bounds(zone);
     let sql = format!(
         "SELECT {SESSION_COLUMNS}, b.session IS NOT NULL FROM sessions s
@@ -154,54 +180,49 @@ fn closed_sessions_in(
             "IS NOT NULL"
         }
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Option<(Row, bool)>> {
-        let billed: bool = r.get(8)?;
-        Ok(row_at(r)?.map(|row| (row, billed)))
-    };
     let rows = match member {
-        Some(m) => stmt
-            .query_map(params![site, i64_of(from), i64_of(to), m], map)?
-            .collect::<Result<Vec<_>, _>>()?,
-        None => stmt
-            .query_map(params![site, i64_of(from), i64_of(to)], map)?
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(m) => db.rows(&sql, args![site, from, to, m])?,
+        None => db.rows(&sql, args![site, from, to])?,
     };
-    Ok(rows
-        .into_iter()
-        .flatten()
-        .filter(|(r, _)| !r.open && Period::of(zone.date_of(r.s.start_ms)) == period)
-        .collect())
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let billed = r.bool(8)?;
+        if let Some(row) = stored_at(&r)? {
+            if !row.open && Period::of(zone.date_of(row.s.start_ms)) == period {
+                out.push((row, billed));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The (member, period) pairs with closed sessions not billed yet in a period before `period`
 /// that was already run: those sessions go, late, on this period's invoices. One pass over the
 /// `sessions_start` index before the period's end, keeping nothing but the pairs.
 fn late_pairs(
-    conn: &Connection,
+    db: &mut dyn Db,
     site: &str,
     zone: Zone,
     period: Period,
     run_periods: &BTreeSet<Period>,
-) -> Result<BTreeSet<(String, Period)>, rusqlite::Error> {
+) -> Result<BTreeSet<(String, Period)>, LedgerError> {
     let mut out = BTreeSet::new();
     if !run_periods.iter().any(|p| *p < period) {
         return Ok(out);
     }
     let (_, to) = period.bounds(zone);
-    let mut stmt = conn.prepare(
+    for r in db.rows(
         "SELECT s.member, s.start_ms FROM sessions s
          WHERE s.site = ?1 AND s.start_ms < ?2 AND s.member IS NOT NULL AND s.status != 'open'
            AND NOT EXISTS (SELECT 1 FROM billed_sessions b WHERE b.site = s.site
                AND b.machine = s.machine AND b.boot = s.boot AND b.session = s.session)",
-    )?;
-    let mut rows = stmt.query(params![site, i64_of(to)])?;
-    while let Some(r) = rows.next()? {
-        let member: String = r.get(0)?;
+        args![site, to],
+    )? {
+        let member = r.text(0)?;
         if member.starts_with("badge:") {
             continue;
         }
-        let p = Period::of(zone.date_of(u64_of(r.get(1)?)));
+        let p = Period::of(zone.date_of(r.u64(1)?));
         if p < period && run_periods.contains(&p) {
             out.insert((member, p));
         }
@@ -212,40 +233,30 @@ fn late_pairs(
 /// The billable sessions folded again from the raw events (not from the derived `sessions`
 /// table), as the audit sees them.
 fn refold_sessions(
-    conn: &Connection,
+    db: &mut dyn Db,
     site: &str,
     badges: &HashMap<String, String>,
-) -> Result<Vec<Row>, LedgerError> {
-    let latest: HashMap<String, u32> = {
-        let mut stmt =
-            conn.prepare("SELECT machine, MAX(boot) FROM boots WHERE site=?1 GROUP BY machine")?;
-        let v = stmt
-            .query_map(params![site], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        v
-    };
-    let keys: Vec<SessionKey> = {
-        let mut stmt = conn.prepare(
+) -> Result<Vec<Stored>, LedgerError> {
+    let mut latest: HashMap<String, u32> = HashMap::new();
+    for r in db.rows(
+        "SELECT machine, MAX(boot) FROM boots WHERE site=?1 GROUP BY machine",
+        args![site],
+    )? {
+        latest.insert(r.text(0)?, r.u32(1)?);
+    }
+    let keys: Vec<SessionKey> = db
+        .rows(
             "SELECT DISTINCT machine, boot, session FROM events
              WHERE site=?1 AND session IS NOT NULL ORDER BY machine, boot, session",
-        )?;
-        let v = stmt
-            .query_map(params![site], |r| key_at(r, 0))?
-            .collect::<Result<_, _>>()?;
-        v
-    };
+            args![site],
+        )?
+        .iter()
+        .map(|r| key_at(r, 0))
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for key in keys {
         let newer = latest.get(&key.machine).is_some_and(|b| *b > key.boot);
-        let Some(f) = fold_stored(
-            &mut super::Lite(conn),
-            site,
-            &key.machine,
-            key.boot,
-            key.session,
-            newer,
-        )?
-        else {
+        let Some(f) = fold_stored(db, site, &key.machine, key.boot, key.session, newer)? else {
             continue;
         };
         let (Some(start_ms), Some(badge)) = (f.start_ms, f.badge.as_deref()) else {
@@ -255,7 +266,7 @@ fn refold_sessions(
         if member.starts_with("badge:") {
             continue;
         }
-        out.push(Row {
+        out.push(Stored {
             s: BillableSession {
                 key,
                 member,
@@ -270,7 +281,7 @@ fn refold_sessions(
 }
 
 /// How a session reads in a difference: member, start, busy and idle seconds, open or not.
-fn describe(r: &Row) -> String {
+fn describe(r: &Stored) -> String {
     format!(
         "member {}, start {}, busy {} s, idle {} s{}",
         r.s.member,
@@ -289,37 +300,31 @@ fn parse_document((number, doc): (String, String)) -> Result<Invoice, BillingErr
     })
 }
 
-fn load_documents(conn: &Connection, site: &str) -> Result<Vec<(i64, Invoice)>, BillingError> {
-    let mut stmt =
-        conn.prepare("SELECT chain, number, document FROM invoices WHERE site=?1 ORDER BY chain")?;
-    let rows = stmt
-        .query_map(params![site], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|(chain, number, doc)| parse_document((number, doc)).map(|d| (chain, d)))
-        .collect()
+/// Every stored document of the site as (chain position, number, JSON), in chain order.
+fn document_rows(db: &mut dyn Db, site: &str) -> Result<Vec<(i64, String, String)>, LedgerError> {
+    db.rows(
+        "SELECT chain, number, document FROM invoices WHERE site=?1 ORDER BY chain",
+        args![site],
+    )?
+    .iter()
+    .map(|r| Ok((r.i64(0)?, r.text(1)?, r.text(2)?)))
+    .collect()
 }
 
 fn store(
-    conn: &Connection,
+    db: &mut dyn Db,
     doc: &Invoice,
     chain: i64,
     year: i32,
     seq: u32,
-) -> Result<(), BillingError> {
-    conn.execute(
+) -> Result<(), LedgerError> {
+    db.exec(
         "INSERT INTO invoices (site, number, chain, year, seq, kind, member, period, issued_ms,
             refers_to, excl_cents, vat_cents, incl_cents, prepaid_cents, document, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        params![
-            doc.site,
-            doc.number,
+        args![
+            &doc.site,
+            &doc.number,
             chain,
             year,
             seq,
@@ -327,40 +332,38 @@ fn store(
                 DocKind::Invoice => "invoice",
                 DocKind::CreditNote => "credit_note",
             },
-            doc.buyer.id,
+            &doc.buyer.id,
             doc.period.to_string(),
-            i64_of(doc.issued_ms),
-            doc.refers_to,
+            doc.issued_ms,
+            doc.refers_to.as_deref(),
             doc.totals.excl_cents,
             doc.totals.vat_cents,
             doc.totals.incl_cents,
             doc.prepaid_cents,
             serde_json::to_string(doc).unwrap_or_default(),
-            doc.prev_hash,
-            doc.hash,
+            &doc.prev_hash,
+            &doc.hash,
         ],
     )?;
     Ok(())
 }
 
-/// The next (chain position, previous hash, sequence number in `year`).
-fn next_slot(
-    conn: &Connection,
-    site: &str,
-    year: i32,
-) -> Result<(i64, String, u32), rusqlite::Error> {
-    let last: Option<(i64, String)> = conn
-        .query_row(
+/// The next (chain position, previous hash, sequence number in `year`), read in the transaction
+/// that stores the document.
+fn next_slot(db: &mut dyn Db, site: &str, year: i32) -> Result<(i64, String, u32), LedgerError> {
+    let last = db
+        .row(
             "SELECT chain, hash FROM invoices WHERE site=?1 ORDER BY chain DESC LIMIT 1",
-            params![site],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let seq: u32 = conn.query_row(
-        "SELECT COALESCE(MAX(seq), 0) + 1 FROM invoices WHERE site=?1 AND year=?2",
-        params![site, year],
-        |r| r.get(0),
-    )?;
+            args![site],
+        )?
+        .map(|r| Ok::<_, LedgerError>((r.i64(0)?, r.text(1)?)))
+        .transpose()?;
+    let seq = db
+        .one(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM invoices WHERE site=?1 AND year=?2",
+            args![site, year],
+        )?
+        .u32(0)?;
     let (chain, prev) = last.map_or((1, GENESIS.to_owned()), |(c, h)| (c + 1, h));
     Ok((chain, prev, seq))
 }
@@ -371,7 +374,7 @@ fn lines_for(
     b: &Billing,
     member: &str,
     period: Period,
-    by_period: &BTreeMap<Period, Vec<(Row, bool)>>,
+    by_period: &BTreeMap<Period, Vec<(Stored, bool)>>,
 ) -> Vec<PricedLine> {
     let mut lines = Vec::new();
     for (p, rows) in by_period {
@@ -394,216 +397,267 @@ fn lines_for(
     lines
 }
 
-impl SqliteLedger {
-    /// Issues the invoices of `period` (see docs/BILLING.md "Invoices"): one per member with a
-    /// non-zero total, with the member's late sessions. `now_ms` is the issue instant; the period
-    /// must be over. Running a period again issues nothing. With `dry_run`, nothing is stored.
-    pub fn issue_invoices(
-        &mut self,
-        b: &Billing,
-        period: Period,
-        now_ms: u64,
-        dry_run: bool,
-    ) -> Result<IssueReport, BillingError> {
-        let zone = b.rules.zone;
-        let (_, end) = period.bounds(zone);
-        if now_ms < end && !dry_run {
-            return Err(BillingError::PeriodNotOver {
-                period,
-                end: crate::api::format_utc(end),
-            });
-        }
-        let site = self.site.clone();
-        let tx = self.conn.transaction()?;
-        let run_periods: BTreeSet<Period> = {
-            let mut stmt = tx.prepare("SELECT period FROM billing_runs WHERE site=?1")?;
-            let v = stmt
-                .query_map(params![site], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            v.iter().filter_map(|p| Period::parse(p).ok()).collect()
-        };
-        let mut report = IssueReport {
+/// See [`Ledger::issue_invoices`](crate::ledger::Ledger::issue_invoices).
+pub(super) fn issue_invoices<E: Engine + ?Sized>(
+    e: &mut E,
+    b: &Billing,
+    period: Period,
+    now_ms: u64,
+    dry_run: bool,
+) -> Result<IssueReport, BillingError> {
+    let (_, end) = period.bounds(b.rules.zone);
+    if now_ms < end && !dry_run {
+        return Err(BillingError::PeriodNotOver {
             period,
-            dry_run,
-            already_issued: run_periods.contains(&period),
-            invoices: Vec::new(),
-            settled_at_zero: Vec::new(),
-        };
-        if report.already_issued {
-            return Ok(report);
-        }
-        // Only this period's sessions and those of the (member, earlier period) pairs with late
-        // sessions are read: time and memory follow the period, not the ledger's history.
-        let mut todo: BTreeMap<String, BTreeMap<Period, Vec<(Row, bool)>>> = BTreeMap::new();
-        for (r, billed) in closed_sessions_in(&tx, &site, zone, period, None)? {
-            todo.entry(r.s.member.clone())
-                .or_default()
-                .entry(period)
-                .or_default()
-                .push((r, billed));
-        }
-        for (member, p) in late_pairs(&tx, &site, zone, period, &run_periods)? {
-            let rows = closed_sessions_in(&tx, &site, zone, p, Some(&member))?;
-            todo.entry(member).or_default().insert(p, rows);
-        }
-        let issue_date = zone.date_of(now_ms);
-        for (member, by_period) in todo {
-            let lines = lines_for(b, &member, period, &by_period);
-            if lines.is_empty() {
-                continue;
-            }
-            let totals = Totals::of(&lines);
-            let (chain, prev, seq) = next_slot(&tx, &site, issue_date.y)?;
-            if totals.excl_cents != 0 {
-                let used: i64 = tx.query_row(
-                    "SELECT COALESCE(SUM(prepaid_cents), 0) FROM invoices WHERE site=?1 AND member=?2",
-                    params![site, member],
-                    |r| r.get(0),
-                )?;
-                let available = to_cents(b.config.credit_bought(&member)) - used;
-                let (prepaid, due) = apply_prepaid(totals.incl_cents, available);
-                let mut doc = Invoice {
-                    number: b.number(issue_date.y, seq),
-                    kind: DocKind::Invoice,
-                    site: site.clone(),
-                    period,
-                    issue_date,
-                    issued_ms: now_ms,
-                    seller: b.config.seller.clone(),
-                    buyer: b.buyer(&member),
-                    currency: "EUR".into(),
-                    lines: lines.clone(),
-                    totals,
-                    prepaid_cents: prepaid,
-                    due_cents: due,
-                    refers_to: None,
-                    reason: None,
-                    prev_hash: String::new(),
-                    hash: String::new(),
-                };
-                doc.seal(&prev);
-                store(&tx, &doc, chain, issue_date.y, seq)?;
-                report.invoices.push(doc.clone());
-                mark_billed(
-                    &tx,
-                    &site,
-                    b,
-                    &member,
-                    &lines,
-                    &by_period,
-                    Some(&doc.number),
-                    chain,
-                )?;
-            } else {
-                report.settled_at_zero.push(member.clone());
-                mark_billed(&tx, &site, b, &member, &lines, &by_period, None, chain - 1)?;
-            }
-        }
-        tx.execute(
-            "INSERT INTO billing_runs (site, period, run_ms) VALUES (?1, ?2, ?3)",
-            params![site, period.to_string(), i64_of(now_ms)],
-        )?;
-        if dry_run {
-            tx.rollback()?;
-        } else {
-            tx.commit()?;
-        }
-        Ok(report)
+            end: crate::api::format_utc(end),
+        });
     }
+    billing_transaction(e, |db, ctx| {
+        let report = issue(db, ctx.site, b, period, now_ms, dry_run)?;
+        let end = if dry_run || report.already_issued {
+            End::Rollback
+        } else {
+            End::Commit
+        };
+        Ok((report, end))
+    })
+}
 
-    /// Issues a credit note cancelling invoice `number` (every line negated); its sessions are
-    /// released and go, marked late, on the member's next invoice.
-    pub fn credit_note(
-        &mut self,
-        b: &Billing,
-        number: &str,
-        reason: &str,
-        now_ms: u64,
-    ) -> Result<Invoice, BillingError> {
-        let site = self.site.clone();
-        let tx = self.conn.transaction()?;
-        let original: Option<(String, String)> = tx
-            .query_row(
-                "SELECT number, document FROM invoices
-                 WHERE site=?1 AND number=?2 AND kind='invoice'",
-                params![site, number],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+/// The invoice run of `period` in the transaction `db` (the caller commits or rolls back).
+fn issue(
+    db: &mut dyn Db,
+    site: &str,
+    b: &Billing,
+    period: Period,
+    now_ms: u64,
+    dry_run: bool,
+) -> Result<IssueReport, BillingError> {
+    let zone = b.rules.zone;
+    let mut run_periods = BTreeSet::new();
+    for r in db.rows("SELECT period FROM billing_runs WHERE site=?1", args![site])? {
+        if let Ok(p) = Period::parse(&r.text(0)?) {
+            run_periods.insert(p);
+        }
+    }
+    let mut report = IssueReport {
+        period,
+        dry_run,
+        already_issued: run_periods.contains(&period),
+        invoices: Vec::new(),
+        settled_at_zero: Vec::new(),
+    };
+    if report.already_issued {
+        return Ok(report);
+    }
+    // Only this period's sessions and those of the (member, earlier period) pairs with late
+    // sessions are read: time and memory follow the period, not the ledger's history.
+    let mut todo: BTreeMap<String, BTreeMap<Period, Vec<(Stored, bool)>>> = BTreeMap::new();
+    for (r, billed) in closed_sessions_in(db, site, zone, period, None)? {
+        todo.entry(r.s.member.clone())
+            .or_default()
+            .entry(period)
+            .or_default()
+            .push((r, billed));
+    }
+    for (member, p) in late_pairs(db, site, zone, period, &run_periods)? {
+        let rows = closed_sessions_in(db, site, zone, p, Some(&member))?;
+        todo.entry(member).or_default().insert(p, rows);
+    }
+    let issue_date = zone.date_of(now_ms);
+    for (member, by_period) in todo {
+        let lines = lines_for(b, &member, period, &by_period);
+        if lines.is_empty() {
+            continue;
+        }
+        let totals = Totals::of(&lines);
+        let (chain, prev, seq) = next_slot(db, site, issue_date.y)?;
+        if totals.excl_cents != 0 {
+            let used = db
+                .one(
+                    "SELECT CAST(COALESCE(SUM(prepaid_cents), 0) AS BIGINT) FROM invoices
+                     WHERE site=?1 AND member=?2",
+                    args![site, &member],
+                )?
+                .i64(0)?;
+            let available = to_cents(b.config.credit_bought(&member)) - used;
+            let (prepaid, due) = apply_prepaid(totals.incl_cents, available);
+            let mut doc = Invoice {
+                number: b.number(issue_date.y, seq),
+                kind: DocKind::Invoice,
+                site: site.to_owned(),
+                period,
+                issue_date,
+                issued_ms: now_ms,
+                seller: b.config.seller.clone(),
+                buyer: b.buyer(&member),
+                currency: "EUR".into(),
+                lines: lines.clone(),
+                totals,
+                prepaid_cents: prepaid,
+                due_cents: due,
+                refers_to: None,
+                reason: None,
+                prev_hash: String::new(),
+                hash: String::new(),
+            };
+            doc.seal(&prev);
+            store(db, &doc, chain, issue_date.y, seq)?;
+            report.invoices.push(doc.clone());
+            mark_billed(
+                db,
+                site,
+                b,
+                &member,
+                &lines,
+                &by_period,
+                Some(&doc.number),
+                chain,
+            )?;
+        } else {
+            report.settled_at_zero.push(member.clone());
+            mark_billed(db, site, b, &member, &lines, &by_period, None, chain - 1)?;
+        }
+    }
+    db.exec(
+        "INSERT INTO billing_runs (site, period, run_ms) VALUES (?1, ?2, ?3)",
+        args![site, period.to_string(), now_ms],
+    )?;
+    Ok(report)
+}
+
+/// See [`Ledger::credit_note`](crate::ledger::Ledger::credit_note).
+pub(super) fn credit_note<E: Engine + ?Sized>(
+    e: &mut E,
+    b: &Billing,
+    number: &str,
+    reason: &str,
+    now_ms: u64,
+) -> Result<Invoice, BillingError> {
+    billing_transaction(e, |db, ctx| {
+        let site = ctx.site;
+        let original = db.row(
+            "SELECT number, document FROM invoices
+             WHERE site=?1 AND number=?2 AND kind='invoice'",
+            args![site, number],
+        )?;
         let Some(original) = original else {
             return Err(BillingError::NotFound(format!(
                 "no invoice {number:?}; `fabmeter-collector invoice --dry-run` lists documents"
             )));
         };
-        let original = parse_document(original)?;
-        let credited: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM invoices WHERE site=?1 AND refers_to=?2)",
-            params![site, number],
-            |r| r.get(0),
-        )?;
+        let original = parse_document((original.text(0)?, original.text(1)?))?;
+        let credited = db
+            .one(
+                "SELECT EXISTS (SELECT 1 FROM invoices WHERE site=?1 AND refers_to=?2)",
+                args![site, number],
+            )?
+            .bool(0)?;
         if credited {
             return Err(BillingError::NotFound(format!(
                 "invoice {number} already has a credit note"
             )));
         }
         let issue_date = b.rules.zone.date_of(now_ms);
-        let (chain, prev, seq) = next_slot(&tx, &site, issue_date.y)?;
+        let (chain, prev, seq) = next_slot(db, site, issue_date.y)?;
         let mut doc = original.credit_note(b.number(issue_date.y, seq), now_ms, issue_date, reason);
         doc.seal(&prev);
-        store(&tx, &doc, chain, issue_date.y, seq)?;
-        tx.execute(
+        store(db, &doc, chain, issue_date.y, seq)?;
+        db.exec(
             "DELETE FROM billed_sessions WHERE site=?1 AND number=?2",
-            params![site, number],
+            args![site, number],
         )?;
-        tx.commit()?;
-        Ok(doc)
-    }
+        Ok((doc, End::Commit))
+    })
+}
 
-    /// Every issued document, in chain order.
-    pub fn documents(&self) -> Result<Vec<Invoice>, BillingError> {
-        Ok(load_documents(&self.conn, &self.site)?
-            .into_iter()
-            .map(|(_, d)| d)
-            .collect())
-    }
+/// See [`Ledger::documents`](crate::ledger::Ledger::documents).
+pub(super) fn documents<E: Engine + ?Sized>(e: &E) -> Result<Vec<Invoice>, BillingError> {
+    e.read(document_rows)?
+        .into_iter()
+        .map(|(_, number, doc)| parse_document((number, doc)))
+        .collect()
+}
 
-    /// The documents of `period` (its invoices and the credit notes cancelling them), in chain
-    /// order; reads only those (index `invoices_period`), not the whole history.
-    pub fn period_documents(&self, period: Period) -> Result<Vec<Invoice>, BillingError> {
-        let mut stmt = self.conn.prepare(
+/// See [`Ledger::period_documents`](crate::ledger::Ledger::period_documents).
+pub(super) fn period_documents<E: Engine + ?Sized>(
+    e: &E,
+    period: Period,
+) -> Result<Vec<Invoice>, BillingError> {
+    let rows = e.read(|db, site| {
+        db.rows(
             "SELECT number, document FROM invoices WHERE site=?1 AND period=?2 ORDER BY chain",
-        )?;
-        let rows = stmt
-            .query_map(params![self.site, period.to_string()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(parse_document).collect()
-    }
+            args![site, period.to_string()],
+        )?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?)))
+        .collect::<Result<Vec<_>, LedgerError>>()
+    })?;
+    rows.into_iter().map(parse_document).collect()
+}
 
-    /// Recomputes every issued document from the raw events stored in the ledger (each session
-    /// folded again, not read from the derived `sessions` table), checks the hash chain and the
-    /// numbering, and compares the derived session rows with the events; returns each difference
-    /// (none: all is well).
-    pub fn audit(&self, b: &Billing) -> Result<Vec<AuditDifference>, BillingError> {
-        let docs = load_documents(&self.conn, &self.site)?;
-        let rows = refold_sessions(&self.conn, &self.site, &self.badges)?;
-        let settled: Vec<(i64, SessionKey)> = {
-            let mut stmt = self.conn.prepare(
+/// What the audit reads, from one snapshot.
+struct AuditInput {
+    /// (chain position, number, JSON) of every document, in chain order.
+    docs: Vec<(i64, String, String)>,
+    /// The sessions folded again from the events.
+    folded: Vec<Stored>,
+    /// Sessions settled at zero, with the chain length when they were.
+    settled: Vec<(i64, SessionKey)>,
+    /// The derived session rows.
+    stored: Vec<Stored>,
+}
+
+/// See [`Ledger::audit`](crate::ledger::Ledger::audit).
+pub(super) fn audit<E: Engine + ?Sized>(
+    e: &E,
+    b: &Billing,
+) -> Result<Vec<AuditDifference>, BillingError> {
+    let input = e.snapshot(|db, ctx| {
+        let docs = document_rows(db, ctx.site)?;
+        let folded = refold_sessions(db, ctx.site, ctx.badges)?;
+        let settled = db
+            .rows(
                 "SELECT chain, machine, boot, session FROM billed_sessions
                  WHERE site=?1 AND number IS NULL",
-            )?;
-            let v = stmt
-                .query_map(params![self.site], |r| Ok((r.get(0)?, key_at(r, 1)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            v
-        };
-        let mut diffs = Vec::new();
-        let mut diff = |number: &str,
-                        field: &str,
-                        line: Option<String>,
-                        issued: String,
-                        recomputed: String| {
+                args![ctx.site],
+            )?
+            .iter()
+            .map(|r| Ok((r.i64(0)?, key_at(r, 1)?)))
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        let stored = load_sessions(db, ctx.site)?;
+        Ok(AuditInput {
+            docs,
+            folded,
+            settled,
+            stored,
+        })
+    })?;
+    let docs = input
+        .docs
+        .into_iter()
+        .map(|(chain, number, doc)| parse_document((number, doc)).map(|d| (chain, d)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(compare(
+        b,
+        &docs,
+        &input.folded,
+        &input.settled,
+        input.stored,
+    ))
+}
+
+/// The audit's differences between the documents as issued and as recomputed from the folded
+/// sessions, and between the derived session rows (`stored`) and the folded sessions.
+fn compare(
+    b: &Billing,
+    docs: &[(i64, Invoice)],
+    rows: &[Stored],
+    settled: &[(i64, SessionKey)],
+    stored: Vec<Stored>,
+) -> Vec<AuditDifference> {
+    let mut diffs = Vec::new();
+    let mut diff =
+        |number: &str, field: &str, line: Option<String>, issued: String, recomputed: String| {
             diffs.push(AuditDifference {
                 number: number.to_owned(),
                 field: field.to_owned(),
@@ -612,185 +666,182 @@ impl SqliteLedger {
                 recomputed,
             });
         };
-        let mut prev_hash = GENESIS.to_owned();
-        let mut seqs: BTreeMap<String, u32> = BTreeMap::new();
-        let mut billed: BTreeMap<SessionKey, String> = BTreeMap::new();
-        let by_key: BTreeMap<&SessionKey, &Row> = rows.iter().map(|r| (&r.s.key, r)).collect();
-        for (chain, d) in &docs {
-            for (c, k) in &settled {
-                if c < chain {
-                    billed.entry(k.clone()).or_default();
+    let mut prev_hash = GENESIS.to_owned();
+    let mut seqs: BTreeMap<String, u32> = BTreeMap::new();
+    let mut billed: BTreeMap<SessionKey, String> = BTreeMap::new();
+    let by_key: BTreeMap<&SessionKey, &Stored> = rows.iter().map(|r| (&r.s.key, r)).collect();
+    for (chain, d) in docs {
+        for (c, k) in settled {
+            if c < chain {
+                billed.entry(k.clone()).or_default();
+            }
+        }
+        if !d.hash_ok() {
+            diff(&d.number, "hash", None, d.hash.clone(), d.content_hash());
+        }
+        if d.prev_hash != prev_hash {
+            diff(
+                &d.number,
+                "chain",
+                None,
+                d.prev_hash.clone(),
+                prev_hash.clone(),
+            );
+        }
+        prev_hash = d.hash.clone();
+        let year = d.issue_date.y.to_string();
+        let expected = seqs.get(&year).copied().unwrap_or(0) + 1;
+        seqs.insert(year.clone(), expected);
+        let want = b.number(d.issue_date.y, expected);
+        if d.number != want {
+            diff(&d.number, "numbering", None, d.number.clone(), want);
+        }
+        match d.kind {
+            DocKind::CreditNote => {
+                if let Some(orig) = &d.refers_to {
+                    billed.retain(|_, n| n != orig);
                 }
             }
-            if !d.hash_ok() {
-                diff(&d.number, "hash", None, d.hash.clone(), d.content_hash());
-            }
-            if d.prev_hash != prev_hash {
-                diff(
-                    &d.number,
-                    "chain",
-                    None,
-                    d.prev_hash.clone(),
-                    prev_hash.clone(),
-                );
-            }
-            prev_hash = d.hash.clone();
-            let year = d.issue_date.y.to_string();
-            let expected = seqs.get(&year).copied().unwrap_or(0) + 1;
-            seqs.insert(year.clone(), expected);
-            let want = b.number(d.issue_date.y, expected);
-            if d.number != want {
-                diff(&d.number, "numbering", None, d.number.clone(), want);
-            }
-            match d.kind {
-                DocKind::CreditNote => {
-                    if let Some(orig) = &d.refers_to {
-                        billed.retain(|_, n| n != orig);
+            DocKind::Invoice => {
+                let keys: BTreeSet<SessionKey> = d
+                    .lines
+                    .iter()
+                    .flat_map(|l| l.sessions.iter().cloned())
+                    .collect();
+                let before: BTreeSet<SessionKey> = billed.keys().cloned().collect();
+                let mut periods: BTreeMap<Period, Vec<BillableSession>> = BTreeMap::new();
+                for k in keys.iter().chain(before.iter()) {
+                    let Some(r) = by_key.get(k) else { continue };
+                    if r.s.member != d.buyer.id {
+                        continue;
+                    }
+                    let p = Period::of(b.rules.zone.date_of(r.s.start_ms));
+                    periods.entry(p).or_default().push(r.s.clone());
+                }
+                for k in &keys {
+                    if !by_key.contains_key(k) {
+                        diff(
+                            &d.number,
+                            "session",
+                            Some(k.to_string()),
+                            "billed".into(),
+                            "not in the ledger".into(),
+                        );
                     }
                 }
-                DocKind::Invoice => {
-                    let keys: BTreeSet<SessionKey> = d
-                        .lines
-                        .iter()
-                        .flat_map(|l| l.sessions.iter().cloned())
-                        .collect();
-                    let before: BTreeSet<SessionKey> = billed.keys().cloned().collect();
-                    let mut periods: BTreeMap<Period, Vec<BillableSession>> = BTreeMap::new();
-                    for k in keys.iter().chain(before.iter()) {
-                        let Some(r) = by_key.get(k) else { continue };
-                        if r.s.member != d.buyer.id {
-                            continue;
-                        }
-                        let p = Period::of(b.rules.zone.date_of(r.s.start_ms));
-                        periods.entry(p).or_default().push(r.s.clone());
+                let mut again = Vec::new();
+                for (p, sessions) in &periods {
+                    let mut ls = price(&b.rules, &d.buyer.id, *p, sessions, &before).lines;
+                    for l in &mut ls {
+                        l.late = *p != d.period;
                     }
-                    for k in &keys {
-                        if !by_key.contains_key(k) {
-                            diff(
-                                &d.number,
-                                "session",
-                                Some(k.to_string()),
-                                "billed".into(),
-                                "not in the ledger".into(),
-                            );
-                        }
-                    }
-                    let mut again = Vec::new();
-                    for (p, sessions) in &periods {
-                        let mut ls = price(&b.rules, &d.buyer.id, *p, sessions, &before).lines;
-                        for l in &mut ls {
-                            l.late = *p != d.period;
-                        }
-                        again.extend(ls);
-                    }
-                    let line_key = |l: &PricedLine| {
-                        format!(
-                            "{:?} {}",
-                            l.kind,
-                            l.sessions
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        )
-                    };
-                    let issued: BTreeMap<String, &PricedLine> =
-                        d.lines.iter().map(|l| (line_key(l), l)).collect();
-                    let recomputed: BTreeMap<String, &PricedLine> =
-                        again.iter().map(|l| (line_key(l), l)).collect();
-                    for (k, l) in &issued {
-                        match recomputed.get(k) {
-                            None => diff(
-                                &d.number,
-                                "line",
-                                Some(k.clone()),
-                                crate::billing::money::format_cents(l.amount_cents),
-                                "absent".into(),
-                            ),
-                            Some(r) => {
-                                if r.amount_cents != l.amount_cents {
-                                    diff(
-                                        &d.number,
-                                        "amount",
-                                        Some(k.clone()),
-                                        crate::billing::money::format_cents(l.amount_cents),
-                                        crate::billing::money::format_cents(r.amount_cents),
-                                    );
-                                }
-                                if r.parts != l.parts {
-                                    diff(
-                                        &d.number,
-                                        "parts",
-                                        Some(k.clone()),
-                                        format!("{:?}", l.parts),
-                                        format!("{:?}", r.parts),
-                                    );
-                                }
+                    again.extend(ls);
+                }
+                let line_key = |l: &PricedLine| {
+                    format!(
+                        "{:?} {}",
+                        l.kind,
+                        l.sessions
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
+                };
+                let issued: BTreeMap<String, &PricedLine> =
+                    d.lines.iter().map(|l| (line_key(l), l)).collect();
+                let recomputed: BTreeMap<String, &PricedLine> =
+                    again.iter().map(|l| (line_key(l), l)).collect();
+                for (k, l) in &issued {
+                    match recomputed.get(k) {
+                        None => diff(
+                            &d.number,
+                            "line",
+                            Some(k.clone()),
+                            crate::billing::money::format_cents(l.amount_cents),
+                            "absent".into(),
+                        ),
+                        Some(r) => {
+                            if r.amount_cents != l.amount_cents {
+                                diff(
+                                    &d.number,
+                                    "amount",
+                                    Some(k.clone()),
+                                    crate::billing::money::format_cents(l.amount_cents),
+                                    crate::billing::money::format_cents(r.amount_cents),
+                                );
+                            }
+                            if r.parts != l.parts {
+                                diff(
+                                    &d.number,
+                                    "parts",
+                                    Some(k.clone()),
+                                    format!("{:?}", l.parts),
+                                    format!("{:?}", r.parts),
+                                );
                             }
                         }
                     }
-                    for (k, r) in &recomputed {
-                        if !issued.contains_key(k) && r.sessions.iter().all(|s| keys.contains(s)) {
-                            diff(
-                                &d.number,
-                                "line",
-                                Some(k.clone()),
-                                "absent".into(),
-                                crate::billing::money::format_cents(r.amount_cents),
-                            );
-                        }
-                    }
-                    let t = Totals::of(&d.lines);
-                    if t != d.totals {
+                }
+                for (k, r) in &recomputed {
+                    if !issued.contains_key(k) && r.sessions.iter().all(|s| keys.contains(s)) {
                         diff(
                             &d.number,
-                            "totals",
-                            None,
-                            format!("{:?}", d.totals),
-                            format!("{t:?}"),
+                            "line",
+                            Some(k.clone()),
+                            "absent".into(),
+                            crate::billing::money::format_cents(r.amount_cents),
                         );
                     }
-                    for k in keys {
-                        billed.insert(k, d.number.clone());
-                    }
+                }
+                let t = Totals::of(&d.lines);
+                if t != d.totals {
+                    diff(
+                        &d.number,
+                        "totals",
+                        None,
+                        format!("{:?}", d.totals),
+                        format!("{t:?}"),
+                    );
+                }
+                for k in keys {
+                    billed.insert(k, d.number.clone());
                 }
             }
         }
-        // The derived session rows (what invoicing reads) must say what the events say.
-        let stored: BTreeMap<SessionKey, Row> = load_sessions(&self.conn, &self.site)?
-            .into_iter()
-            .map(|r| (r.s.key.clone(), r))
-            .collect();
-        let folded: BTreeMap<&SessionKey, &Row> = by_key;
-        let all: BTreeSet<&SessionKey> = stored.keys().chain(folded.keys().copied()).collect();
-        for k in all {
-            let was = stored.get(k).map_or_else(|| "absent".to_owned(), describe);
-            let is = folded
-                .get(k)
-                .map_or_else(|| "absent".to_owned(), |r| describe(r));
-            if was != is {
-                let number = billed
-                    .get(k)
-                    .filter(|n| !n.is_empty())
-                    .map_or("-", String::as_str);
-                diff(number, "session", Some(k.to_string()), was, is);
-            }
-        }
-        Ok(diffs)
     }
+    // The derived session rows (what invoicing reads) must say what the events say.
+    let stored: BTreeMap<SessionKey, Stored> =
+        stored.into_iter().map(|r| (r.s.key.clone(), r)).collect();
+    let folded: BTreeMap<&SessionKey, &Stored> = by_key;
+    let all: BTreeSet<&SessionKey> = stored.keys().chain(folded.keys().copied()).collect();
+    for k in all {
+        let was = stored.get(k).map_or_else(|| "absent".to_owned(), describe);
+        let is = folded
+            .get(k)
+            .map_or_else(|| "absent".to_owned(), |r| describe(r));
+        if was != is {
+            let number = billed
+                .get(k)
+                .filter(|n| !n.is_empty())
+                .map_or("-", String::as_str);
+            diff(number, "session", Some(k.to_string()), was, is);
+        }
+    }
+    diffs
 }
 
 #[allow(clippy::too_many_arguments)]
 fn mark_billed(
-    conn: &Connection,
+    db: &mut dyn Db,
     site: &str,
     b: &Billing,
     member: &str,
     lines: &[PricedLine],
-    by_period: &BTreeMap<Period, Vec<(Row, bool)>>,
+    by_period: &BTreeMap<Period, Vec<(Stored, bool)>>,
     number: Option<&str>,
     chain: i64,
-) -> Result<(), rusqlite::Error> {
+) -> Result<(), LedgerError> {
     let starts: BTreeMap<&SessionKey, u64> = by_period
         .values()
         .flatten()
@@ -802,13 +853,14 @@ fn mark_billed(
             .get(k)
             .map(|s| Period::of(b.rules.zone.date_of(*s)).to_string())
             .unwrap_or_default();
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO billed_sessions (site, machine, boot, session, member, period, number, chain)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            site, k.machine, k.boot, k.session, member, period, number, chain
-        ])?;
+        // A session released by a credit note is billed again: its row is replaced.
+        db.exec(
+            "INSERT INTO billed_sessions (site, machine, boot, session, member, period, number, chain)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (site, machine, boot, session) DO UPDATE SET member=excluded.member,
+                period=excluded.period, number=excluded.number, chain=excluded.chain",
+            args![site, &k.machine, k.boot, k.session, member, period, number, chain],
+        )?;
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! The ledger: the system of record. Everything members pay for is derived from what it holds.
 //!
-//! One narrow interface, [`Ledger`], with SQLite as its first implementation ([`SqliteLedger`]);
-//! a shared PostgreSQL implementation can take its place when several collectors serve one site.
+//! One narrow interface, [`Ledger`] (ingest, reads, maintenance, invoicing, personal data), with
+//! two implementations running the same logic: a SQLite file per site ([`SqliteLedger`]) and a
+//! shared PostgreSQL database ([`PgLedger`]) for several sites and collectors; [`AnyLedger`] is
+//! whichever the configuration names.
 //! Nothing outside this module assumes SQLite, and nothing assumes this process is the only writer:
 //! per-machine state is derived from stored events on every read.
 //!
@@ -18,9 +20,9 @@ mod pg;
 mod sql;
 mod sqlite;
 
+pub use ops::invoices::{AuditDifference, BillingError, IssueReport};
+pub use ops::privacy::{ByMachineMonth, ErasureReport, PurgeReport, PurgedCounts, StoredEvent};
 pub use pg::{parse_url as parse_postgres_url, BadUrl, PgConnection, PgLedger, SiteBatch};
-pub use sqlite::invoices::{AuditDifference, BillingError, IssueReport};
-pub use sqlite::privacy::{ByMachineMonth, ErasureReport, PurgeReport, PurgedCounts, StoredEvent};
 pub use sqlite::SqliteLedger;
 
 /// A ledger of either engine, as `[ledger]` selects it: PostgreSQL when `url` is set, else the
@@ -45,24 +47,16 @@ impl AnyLedger {
             None => AnyLedger::Sqlite(SqliteLedger::open(&config.path, site, badges)?),
         })
     }
-
-    /// The SQLite ledger, or an error naming what is not on PostgreSQL yet.
-    pub fn into_sqlite(self, what: &str) -> Result<SqliteLedger, LedgerError> {
-        match self {
-            AnyLedger::Sqlite(l) => Ok(l),
-            AnyLedger::Postgres(_) => Err(LedgerError::NotOnPostgres(what.to_owned())),
-        }
-    }
 }
 
 impl ops::Engine for AnyLedger {
-    fn write<T>(
+    fn transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn sql::Db, &ops::Ctx<'_>) -> Result<T, LedgerError>,
+        f: impl FnOnce(&mut dyn sql::Db, &ops::Ctx<'_>) -> Result<(T, ops::End), LedgerError>,
     ) -> Result<T, LedgerError> {
         match self {
-            AnyLedger::Sqlite(l) => l.write(f),
-            AnyLedger::Postgres(l) => l.write(f),
+            AnyLedger::Sqlite(l) => l.transaction(f),
+            AnyLedger::Postgres(l) => l.transaction(f),
         }
     }
 
@@ -75,11 +69,24 @@ impl ops::Engine for AnyLedger {
             AnyLedger::Postgres(l) => l.read(f),
         }
     }
+
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&mut dyn sql::Db, &ops::Ctx<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.snapshot(f),
+            AnyLedger::Postgres(l) => l.snapshot(f),
+        }
+    }
 }
 
 use fabmeter_protocol::message::{Event, Status};
 use fabmeter_protocol::Id;
 use serde::Serialize;
+
+use crate::billing::invoice::{Billing, Invoice};
+use crate::billing::Period;
 
 /// Why the ledger failed. Always our side (disk, database), never the input: bad input becomes a
 /// dead letter, not an error.
@@ -94,9 +101,6 @@ pub enum LedgerError {
     /// `ledger.url` cannot be used.
     #[error(transparent)]
     BadUrl(#[from] pg::BadUrl),
-    /// A feature that works on the SQLite ledger only so far.
-    #[error("{0} works on the SQLite ledger only so far (issue #15): remove ledger.url to use it, or run it on a SQLite copy")]
-    NotOnPostgres(String),
     /// A stored value is not of the type the ledger expects (a schema from another build?).
     #[error("ledger value: {0}")]
     Column(String),
@@ -474,6 +478,70 @@ pub trait Ledger: Send {
         state: &str,
         at_ms: u64,
     ) -> Result<(), LedgerError>;
+
+    /// Issues the invoices of `period` (see docs/BILLING.md "Invoices"): one per member with a
+    /// non-zero total, with the member's late sessions. `now_ms` is the issue instant; the period
+    /// must be over. Running a period again issues nothing. With `dry_run`, nothing is stored.
+    /// Numbers (gapless per site and year) and the hash chain are read and written in one
+    /// transaction, so concurrent issuers of one site take turns.
+    fn issue_invoices(
+        &mut self,
+        billing: &Billing,
+        period: Period,
+        now_ms: u64,
+        dry_run: bool,
+    ) -> Result<IssueReport, BillingError>;
+    /// Issues a credit note cancelling invoice `number` (every line negated); its sessions are
+    /// released and go, marked late, on the member's next invoice.
+    fn credit_note(
+        &mut self,
+        billing: &Billing,
+        number: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Invoice, BillingError>;
+    /// Every issued document, in chain order.
+    fn documents(&self) -> Result<Vec<Invoice>, BillingError>;
+    /// The documents of `period` (its invoices and the credit notes cancelling them), in chain
+    /// order; reads only those (index `invoices_period`), not the whole history.
+    fn period_documents(&self, period: Period) -> Result<Vec<Invoice>, BillingError>;
+    /// Recomputes every issued document from the raw events stored in the ledger (each session
+    /// folded again, not read from the derived `sessions` table), checks the hash chain and the
+    /// numbering, and compares the derived session rows with the events; returns each difference
+    /// (none: all is well). Reads one consistent snapshot.
+    fn audit(&self, billing: &Billing) -> Result<Vec<AuditDifference>, BillingError>;
+    /// The stored events of one session (its start, progress and end), in order.
+    fn session_events(
+        &self,
+        machine: &str,
+        boot: u32,
+        session: u32,
+    ) -> Result<Vec<StoredEvent>, LedgerError>;
+    /// Deletes, in one transaction, the personal data older than `retention_days` before
+    /// `now_ms` that no billing run settled: closed sessions whose last event is older, with
+    /// their raw events, and `access_denied` events. Each machine keeps a tombstone per boot (a
+    /// resent deleted event stays a duplicate) and a baseline of what the sessions counted (its
+    /// lifetime counters do not drop). With `dry_run`, reports and changes nothing.
+    fn purge(
+        &mut self,
+        now_ms: u64,
+        retention_days: u32,
+        dry_run: bool,
+    ) -> Result<PurgeReport, LedgerError>;
+    /// Erases, in one transaction, a member's personal data that no invoice needs: their closed
+    /// sessions no billing run settled, with the raw events, and the `access_denied` events of
+    /// `badges`; records the erasure (who, when, why, counts) in the append-only `erasures`
+    /// table. Settled sessions and their events stay for the invoices (10 years), and their
+    /// badges are kept in `erased_badges` so they remain attributed once the member has left
+    /// the site file. With an open session nothing is done (`open_sessions` says how many).
+    fn erase_member(
+        &mut self,
+        member: &str,
+        badges: &[String],
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<ErasureReport, LedgerError>;
 }
 
 #[cfg(test)]

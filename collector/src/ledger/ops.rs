@@ -9,10 +9,13 @@ use fabmeter_protocol::message::{EventBody, Presence};
 
 use super::sql::{args, Db, Val};
 use super::{
-    Committed, DeadLetter, Ledger, LedgerError, LedgerTotals, MachineCounters, MachineInfo,
-    MachineView, MaintenanceRecords, Outcome, Record, ServiceRecord, SessionQuery, SessionView,
-    Usage, CONFLICT,
+    AuditDifference, BillingError, Committed, DeadLetter, ErasureReport, IssueReport, Ledger,
+    LedgerError, LedgerTotals, MachineCounters, MachineInfo, MachineView, MaintenanceRecords,
+    Outcome, PurgeReport, Record, ServiceRecord, SessionQuery, SessionView, StoredEvent, Usage,
+    CONFLICT,
 };
+use crate::billing::invoice::{Billing, Invoice};
+use crate::billing::Period;
 use crate::session::{fold, SessionEvent, SessionFold};
 
 pub(super) fn u64_of(x: i64) -> u64 {
@@ -23,19 +26,42 @@ pub(super) fn i64_of(x: u64) -> i64 {
     i64::try_from(x).unwrap_or(i64::MAX)
 }
 
+/// How a transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Commit what it did.
+    Commit,
+    /// Roll it back (a dry run, or nothing to keep).
+    Rollback,
+}
+
 /// What the shared logic needs of a ledger's engine: its site, its badge directory, and a
 /// transaction or a read on its database.
 pub(crate) trait Engine: Send {
-    /// Runs `f` in one transaction, committed when it returns `Ok`; `f` gets the site, the badge
-    /// directory and whether sessions are folded in full (tests).
+    /// Runs `f` in one transaction, which `f` says how to end (an `Err` rolls it back); `f` gets
+    /// the site, the badge directory and whether sessions are folded in full (tests). On
+    /// PostgreSQL the site's advisory lock is taken first: writers of one site take turns.
+    fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<(T, End), LedgerError>,
+    ) -> Result<T, LedgerError>;
+    /// Runs `f` in one transaction, committed when it returns `Ok`.
     fn write<T>(
         &mut self,
         f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
-    ) -> Result<T, LedgerError>;
+    ) -> Result<T, LedgerError> {
+        self.transaction(|db, ctx| Ok((f(db, ctx)?, End::Commit)))
+    }
     /// Runs `f` on a read connection.
     fn read<T>(
         &self,
         f: impl FnOnce(&mut dyn Db, &str) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError>;
+    /// Runs `f` on one consistent snapshot of the database (a read-only transaction): several
+    /// queries that must agree with each other (the audit) see no commit made meanwhile.
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError>;
 }
 
@@ -1110,6 +1136,67 @@ impl<E: Engine> Ledger for E {
             maintenance::set_alert_state(tx, ctx.site, machine, plan, state, at_ms)
         })
     }
+
+    fn issue_invoices(
+        &mut self,
+        billing: &Billing,
+        period: Period,
+        now_ms: u64,
+        dry_run: bool,
+    ) -> Result<IssueReport, BillingError> {
+        invoices::issue_invoices(self, billing, period, now_ms, dry_run)
+    }
+
+    fn credit_note(
+        &mut self,
+        billing: &Billing,
+        number: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Invoice, BillingError> {
+        invoices::credit_note(self, billing, number, reason, now_ms)
+    }
+
+    fn documents(&self) -> Result<Vec<Invoice>, BillingError> {
+        invoices::documents(self)
+    }
+
+    fn period_documents(&self, period: Period) -> Result<Vec<Invoice>, BillingError> {
+        invoices::period_documents(self, period)
+    }
+
+    fn audit(&self, billing: &Billing) -> Result<Vec<AuditDifference>, BillingError> {
+        invoices::audit(self, billing)
+    }
+
+    fn session_events(
+        &self,
+        machine: &str,
+        boot: u32,
+        session: u32,
+    ) -> Result<Vec<StoredEvent>, LedgerError> {
+        self.read(|db, site| privacy::session_events(db, site, machine, boot, session))
+    }
+
+    fn purge(
+        &mut self,
+        now_ms: u64,
+        retention_days: u32,
+        dry_run: bool,
+    ) -> Result<PurgeReport, LedgerError> {
+        privacy::purge(self, now_ms, retention_days, dry_run)
+    }
+
+    fn erase_member(
+        &mut self,
+        member: &str,
+        badges: &[String],
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<ErasureReport, LedgerError> {
+        privacy::erase_member(self, member, badges, by, reason, now_ms)
+    }
 }
 
 #[path = "maintenance.rs"]
@@ -1117,3 +1204,9 @@ pub(super) mod maintenance;
 
 #[path = "session_rows.rs"]
 pub(super) mod session_rows;
+
+#[path = "invoices.rs"]
+pub(super) mod invoices;
+
+#[path = "privacy.rs"]
+pub(super) mod privacy;

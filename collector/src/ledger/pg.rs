@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use fabmeter_protocol::Id;
 
-use super::ops::{Ctx, Engine};
+use super::ops::{privacy, Ctx, End, Engine};
 use super::sql::{Db, Pg};
 use super::{Committed, LedgerError, MachineInfo, Record};
 
@@ -282,6 +282,16 @@ impl PgConnection {
         sites: &[&PgLedger],
         mut f: impl FnMut(usize, &mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
     ) -> Result<Vec<T>, LedgerError> {
+        self.transaction_sites(sites, |i, db, ctx| Ok((f(i, db, ctx)?, End::Commit)))
+    }
+
+    /// [`PgConnection::write_sites`], each call saying how the transaction ends: it is committed
+    /// when every call returned `Ok` with [`End::Commit`], else rolled back.
+    fn transaction_sites<T>(
+        &self,
+        sites: &[&PgLedger],
+        mut f: impl FnMut(usize, &mut dyn Db, &Ctx<'_>) -> Result<(T, End), LedgerError>,
+    ) -> Result<Vec<T>, LedgerError> {
         self.with_client(|client, cache| {
             let mut tx = client.transaction()?;
             let mut order: Vec<&str> = sites.iter().map(|l| l.site.as_str()).collect();
@@ -294,22 +304,29 @@ impl PgConnection {
                 )?;
             }
             let mut out = Vec::with_capacity(sites.len());
+            let mut commit = true;
             for (i, l) in sites.iter().enumerate() {
                 let ctx = Ctx {
                     site: &l.site,
                     badges: &l.badges,
                     full_session_recompute: false,
                 };
-                out.push(f(
+                let (t, end) = f(
                     i,
                     &mut Pg {
                         client: &mut tx,
                         cache,
                     },
                     &ctx,
-                )?);
+                )?;
+                commit &= end == End::Commit;
+                out.push(t);
             }
-            tx.commit()?;
+            if commit {
+                tx.commit()?;
+            } else {
+                tx.rollback()?;
+            }
             Ok(out)
         })
     }
@@ -418,16 +435,8 @@ impl PgLedger {
         badges: HashMap<String, String>,
     ) -> Result<Self, LedgerError> {
         let mut badges = badges;
-        conn.with_client(|c, _| {
-            for row in c.query(
-                "SELECT badge, member FROM erased_badges WHERE site=$1",
-                &[&site.as_str()],
-            )? {
-                badges
-                    .entry(row.try_get(0)?)
-                    .or_insert(row.try_get::<_, String>(1)?);
-            }
-            Ok(())
+        conn.with_client(|client, cache| {
+            privacy::add_erased_badges(&mut Pg { client, cache }, site.as_str(), &mut badges)
         })?;
         Ok(PgLedger {
             conn: conn.clone(),
@@ -488,15 +497,15 @@ fn migrate(client: &mut postgres::Client) -> Result<(), LedgerError> {
 }
 
 impl Engine for PgLedger {
-    fn write<T>(
+    fn transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
+        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<(T, End), LedgerError>,
     ) -> Result<T, LedgerError> {
         // One writer per site at a time (see the module's doc).
         let mut f = Some(f);
         let mut out = self
             .conn
-            .write_sites(&[&*self], |_, db, ctx| match f.take() {
+            .transaction_sites(&[&*self], |_, db, ctx| match f.take() {
                 Some(f) => f(db, ctx),
                 None => Err(LedgerError::Column("a write ran twice".into())),
             })?;
@@ -510,5 +519,32 @@ impl Engine for PgLedger {
     ) -> Result<T, LedgerError> {
         self.conn
             .with_client(|client, cache| f(&mut Pg { client, cache }, &self.site))
+    }
+
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        self.conn.with_client(|client, cache| {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let ctx = Ctx {
+                site: &self.site,
+                badges: &self.badges,
+                full_session_recompute: false,
+            };
+            let out = f(
+                &mut Pg {
+                    client: &mut tx,
+                    cache,
+                },
+                &ctx,
+            )?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 }

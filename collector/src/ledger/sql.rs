@@ -31,6 +31,12 @@ impl From<i64> for Val {
     }
 }
 
+impl From<i32> for Val {
+    fn from(x: i32) -> Self {
+        Val::Int(i64::from(x))
+    }
+}
+
 impl From<u32> for Val {
     fn from(x: u32) -> Self {
         Val::Int(i64::from(x))
@@ -147,6 +153,12 @@ impl Row {
     /// A boolean stored as an integer, or NULL.
     pub(crate) fn opt_bool(&self, i: usize) -> Result<Option<bool>, LedgerError> {
         Ok(self.opt_i64(i)?.map(|x| x != 0))
+    }
+
+    /// A boolean stored as an integer (PostgreSQL's `BOOL` reads as one too).
+    pub(crate) fn bool(&self, i: usize) -> Result<bool, LedgerError> {
+        self.opt_bool(i)?
+            .ok_or_else(|| column_error(i, "a boolean", &Val::Null))
     }
 
     /// Text or NULL.
@@ -440,6 +452,25 @@ mod tests {
         assert_eq!(
             postgres_dialect("SET a = MIN(t.a, excluded.a), b = MAX(COALESCE(x, 1), ?4)"),
             "SET a = LEAST(t.a, excluded.a), b = GREATEST(COALESCE(x, 1), $4)"
+        );
+        // Forms the invoicing and privacy queries use: an INSERT from a SELECT that ignores
+        // conflicts, a hinted DELETE, the scalar MAX of an upsert beside an aggregate MAX.
+        assert_eq!(
+            postgres_dialect(
+                "INSERT OR IGNORE INTO b (s, m) SELECT DISTINCT s, m FROM t WHERE s=?1 AND m=?2"
+            ),
+            "INSERT INTO b (s, m) SELECT DISTINCT s, m FROM t WHERE s=$1 AND m=$2 \
+             ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            postgres_dialect("DELETE FROM events INDEXED BY events_session WHERE site=?1"),
+            "DELETE FROM events  WHERE site=$1"
+        );
+        assert_eq!(
+            postgres_dialect(
+                "SELECT MAX(seq) FROM t; UPDATE SET max_seq = MAX(k.max_seq, excluded.max_seq)"
+            ),
+            "SELECT MAX(seq) FROM t; UPDATE SET max_seq = GREATEST(k.max_seq, excluded.max_seq)"
         );
         // Aggregates stay; a name ending in min is not a call.
         assert_eq!(

@@ -1,6 +1,5 @@
-//! The SQLite ledger: one file per site, WAL mode, versioned migrations. The logic it shares
-//! with the PostgreSQL ledger is in `ops`; invoices and privacy are still SQLite's own (issue
-//! #15).
+//! The SQLite ledger: one file per site, WAL mode, versioned migrations. Its logic, invoicing and
+//! privacy included, is the one it shares with the PostgreSQL ledger (`ops`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,7 +8,7 @@ use std::time::Duration;
 use fabmeter_protocol::Id;
 use rusqlite::Connection;
 
-use super::ops::{fold_stored, i64_of, member_of, u64_of, Ctx, Engine};
+use super::ops::{privacy, Ctx, End, Engine};
 use super::sql::{Db, Lite};
 use super::LedgerError;
 
@@ -247,7 +246,7 @@ impl SqliteLedger {
             [site.as_str()],
         )?;
         let mut badges = badges;
-        privacy::add_erased_badges(&conn, site.as_str(), &mut badges)?;
+        privacy::add_erased_badges(&mut Lite(&conn), site.as_str(), &mut badges)?;
         Ok(SqliteLedger {
             conn,
             site: site.as_str().to_owned(),
@@ -272,9 +271,9 @@ impl SqliteLedger {
 }
 
 impl Engine for SqliteLedger {
-    fn write<T>(
+    fn transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
+        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<(T, End), LedgerError>,
     ) -> Result<T, LedgerError> {
         let tx = self.conn.transaction()?;
         let ctx = Ctx {
@@ -282,8 +281,11 @@ impl Engine for SqliteLedger {
             badges: &self.badges,
             full_session_recompute: self.full_session_recompute,
         };
-        let out = f(&mut Lite(&tx), &ctx)?;
-        tx.commit()?;
+        let (out, end) = f(&mut Lite(&tx), &ctx)?;
+        match end {
+            End::Commit => tx.commit()?,
+            End::Rollback => tx.rollback()?,
+        }
         Ok(out)
     }
 
@@ -292,6 +294,22 @@ impl Engine for SqliteLedger {
         f: impl FnOnce(&mut dyn Db, &str) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
         f(&mut Lite(&self.conn), &self.site)
+    }
+
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        // A read transaction: in WAL mode its first read fixes the snapshot it sees.
+        let tx = self.conn.unchecked_transaction()?;
+        let ctx = Ctx {
+            site: &self.site,
+            badges: &self.badges,
+            full_session_recompute: self.full_session_recompute,
+        };
+        let out = f(&mut Lite(&tx), &ctx)?;
+        tx.rollback()?;
+        Ok(out)
     }
 }
 
@@ -317,9 +335,3 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
     }
     Ok(())
 }
-
-#[path = "invoices.rs"]
-pub(super) mod invoices;
-
-#[path = "privacy.rs"]
-pub(super) mod privacy;
