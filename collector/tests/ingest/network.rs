@@ -10,7 +10,7 @@ use std::time::Duration;
 use fabmeter_collector::ledger::{Ledger, PgLedger, SessionQuery};
 use fabmeter_collector::netview::{NetMachine, NetworkSummary};
 use fabmeter_collector::network::Network;
-use fabmeter_e2e::{wait_until, KillOnDrop, Mosquitto, Postgres};
+use fabmeter_e2e::{wait_until, KillOnDrop, Mosquitto, Postgres, VictoriaMetrics};
 use fabmeter_protocol::Id;
 
 use crate::helpers::*;
@@ -315,4 +315,75 @@ fn three_collectors_share_every_site_and_lose_nothing_when_one_is_killed_again_a
         );
     }
     drop(collectors);
+}
+
+#[test]
+fn each_site_writes_its_time_series_to_its_own_tenant() {
+    // A VictoriaMetrics cluster gives each account its own path (`/insert/<account>/influx`); it
+    // is not packaged for Debian, so two single VictoriaMetrics stand for two tenants, each
+    // answering only under its site's path, on a port given as the site's tenant.
+    let pg = Postgres::start().expect("PostgreSQL");
+    let url = pg.create_database("tenants").expect("createdb");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let vms: Vec<VictoriaMetrics> = ["t1", "t2"]
+        .iter()
+        .map(|s| {
+            VictoriaMetrics::builder()
+                .path_prefix(format!("/insert/{s}/influx"))
+                .start()
+                .expect("victoria-metrics")
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sites = dir.path().join("sites");
+    std::fs::create_dir(&sites).expect("sites dir");
+    for (s, vm) in ["t1", "t2"].iter().zip(&vms) {
+        site_file(&sites, s);
+        let path = sites.join(format!("{s}.toml"));
+        let text = std::fs::read_to_string(&path).expect("read");
+        let text = text.replacen(
+            "[site]\n",
+            &format!("[site]\ntenant = \"{}\"\n", vm.port()),
+            1,
+        );
+        std::fs::write(&path, text).expect("write");
+    }
+    let path = collector_file(
+        dir.path(),
+        "ts",
+        &[],
+        &broker,
+        &url,
+        "\n[timeseries]\nurl = \"http://127.0.0.1:{tenant}/insert/{site}/influx\"\n",
+    );
+    let text = std::fs::read_to_string(&path).expect("read");
+    let network = Network::load(&path, &text).expect("network file");
+    let collector = TestCollector::start_network(network, tempfile::tempdir().expect("tmp"));
+    wait_until(LONG, "collector ready", || {
+        collector.get("/readyz").status == 200
+    });
+    let t0 = fabmeter_collector::ingest::now_ms() - DAY_MS;
+    for s in ["t1", "t2"] {
+        let (per_machine, _) = workload_at(s, t0, &["m0"], 1, 2, 1);
+        publish_all(broker.port(), &format!("device-{s}"), &per_machine["m0"]);
+    }
+    for (s, vm) in ["t1", "t2"].iter().zip(&vms) {
+        wait_until(LONG, "the site's points in its tenant", || {
+            vm.force_flush();
+            !vm.export(&format!("{{site=\"{s}\"}}")).is_empty()
+        });
+    }
+    for (s, vm) in ["t1", "t2"].iter().zip(&vms) {
+        let all = vm.export(r#"{site=~".+"}"#);
+        assert!(!all.is_empty());
+        for series in &all {
+            assert_eq!(
+                series.label("site"),
+                Some(*s),
+                "{s}'s tenant holds {}",
+                series.name()
+            );
+        }
+    }
+    drop(collector);
 }
