@@ -75,6 +75,49 @@ fn keys_in(url: &str) -> BTreeSet<(String, String, u32, u32)> {
         .collect()
 }
 
+const BREST_BILLING: &str = r#"
+[billing]
+invoice_prefix = "BRE"
+timezone = "Europe/Paris"
+vat_rate = "20"
+default_plan = "visitor"
+
+[billing.seller]
+name = "Atelier de Brest SAS"
+address = "1 quai de la Douane\n29200 Brest"
+siret = "123 456 789 00012"
+vat_id = "FR12123456789"
+
+[[billing.tariffs]]
+name = "laser"
+valid_from = "2020-01-01"
+busy_per_min = "1.00"
+idle_per_min = "0"
+increment_min = 1
+label = "Laser"
+
+[[billing.tariffs]]
+name = "cnc"
+valid_from = "2020-01-01"
+busy_per_min = "1.00"
+idle_per_min = "0"
+increment_min = 1
+label = "CNC"
+
+[[billing.plans]]
+name = "visitor"
+"#;
+
+/// The second day of the previous calendar month, 00:00 UTC, unix ms: sessions from there for
+/// two weeks fall in the period `invoice` bills by default.
+fn previous_month_ms() -> u64 {
+    use fabmeter_collector::billing::calendar::{civil_from_days, days_from_civil};
+    let today = i64::try_from(fabmeter_collector::ingest::now_ms() / DAY_MS).expect("days");
+    let (y, m, _) = civil_from_days(today);
+    let (y, m) = if m == 1 { (y - 1, 12) } else { (y, m - 1) };
+    u64::try_from(days_from_civil(y, m, 2)).expect("days") * DAY_MS
+}
+
 #[test]
 fn one_collector_serves_several_sites_from_the_shared_ledger() {
     let mut pg = Postgres::start().expect("PostgreSQL");
@@ -85,6 +128,11 @@ fn one_collector_serves_several_sites_from_the_shared_ledger() {
     for s in ["lyon", "brest", "lille"] {
         site_file(&dir.path().join("sites"), s);
     }
+    // Brest bills, by its own rules: 1.00 EUR per busy minute on either machine.
+    let brest = dir.path().join("sites").join("brest.toml");
+    let mut text = std::fs::read_to_string(&brest).expect("read");
+    text.push_str(BREST_BILLING);
+    std::fs::write(&brest, text).expect("write");
     // This collector serves two of the three sites of the directory.
     let path = collector_file(dir.path(), "a", &["lyon", "brest"], &broker, &url, "");
     let text = std::fs::read_to_string(&path).expect("read");
@@ -95,7 +143,7 @@ fn one_collector_serves_several_sites_from_the_shared_ledger() {
         collector.get("/readyz").status == 200
     });
 
-    let t0 = fabmeter_collector::ingest::now_ms() - 30 * DAY_MS;
+    let t0 = previous_month_ms();
     let mut rng = Rng::new(11);
     let mut clients = Vec::new();
     let mut expected: HashMap<&str, Expected> = HashMap::new();
@@ -152,7 +200,7 @@ fn one_collector_serves_several_sites_from_the_shared_ledger() {
     );
 
     // The network view.
-    let n: NetworkSummary = json(&collector, "/api/network/sites?days=60");
+    let n: NetworkSummary = json(&collector, "/api/network/sites?days=90");
     assert_eq!(n.collector, "a");
     let ids: Vec<&str> = n.sites.iter().map(|s| s.site.as_str()).collect();
     assert_eq!(ids, ["brest", "lyon"]);
@@ -180,6 +228,22 @@ fn one_collector_serves_several_sites_from_the_shared_ledger() {
             .collect::<Vec<_>>(),
         [("brest", "m1"), ("lyon", "m1")]
     );
+    // Brest invoices the sessions on its machines by its rules, through the network file; lyon
+    // does not bill.
+    let (ok, out, err) = collector_cli(&path, &["invoice", "--site", "brest"]);
+    assert!(ok, "{out}{err}");
+    // Per machine: sessions of 180 s, then 181 to 185 s, each rounded up to the minute:
+    // 3 + 5 x 4 = 23 minutes, two machines, 1.00 EUR a minute.
+    assert!(
+        out.contains("issued BRE-")
+            && out.contains(" alice ")
+            && out.contains("46.00 EUR excl. VAT"),
+        "{out}"
+    );
+    let (ok, out, err) = collector_cli(&path, &["invoice", "--site", "lyon"]);
+    assert!(!ok && err.contains("no [billing]"), "{out}{err}");
+    let (ok, _, err) = collector_cli(&path, &["invoice"]);
+    assert!(!ok && err.contains("--site"), "{err}");
     let r = collector.get("/api/network/machines?site=lille");
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.text().contains("no site lille"), "{}", r.text());
