@@ -57,6 +57,10 @@ pub struct Args {
     /// The collectors' `ledger.batch_max`.
     #[arg(long, default_value_t = 2000)]
     batch_max: usize,
+    /// Mosquitto `max_inflight_messages`: QoS 1 messages in flight to each collector, i.e. the
+    /// largest batch a collector can commit (Mosquitto's default is 20).
+    #[arg(long, default_value_t = 1000)]
+    broker_inflight: u32,
     /// Longest wait for the ledger to hold every event, seconds.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
@@ -67,7 +71,11 @@ fn site_id(i: usize) -> String {
 }
 
 fn write_site(dir: &Path, site: &str, machines: &[String], members: usize) -> anyhow::Result<()> {
-    let mut t = format!("[site]\nid = \"{site}\"\nname = \"Atelier {site}\"\n");
+    // The simulated devices take no retained config: the collectors publish none (25,000
+    // retained configs at start are measured apart, docs/BENCHMARKS.md "Network").
+    let mut t = format!(
+        "[site]\nid = \"{site}\"\nname = \"Atelier {site}\"\n\n[devices]\npublish_configs = false\n"
+    );
     for m in machines {
         t.push_str(&format!("\n[[machines]]\nid = \"{m}\"\nkind = \"laser\"\n"));
     }
@@ -159,6 +167,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let url = pg.create_database("network").context("createdb")?;
     let broker = Mosquitto::builder()
         .max_queued_messages(0)
+        .max_inflight_messages(a.broker_inflight)
         .start()
         .context("starting mosquitto")?;
     let dir = tempfile::tempdir()?;
@@ -234,7 +243,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     drop(per_machine);
     let total: usize = work.iter().map(Vec::len).sum();
     println!(
-        "network: {} sites x {} machines, {} events ({} per machine), {} collectors ({:?}), {} publishers, batch_max {}; collectors ready in {start_s:.1} s; load {}",
+        "network: {} sites x {} machines, {} events ({} per machine), {} collectors ({:?}), {} publishers, batch_max {}, broker max_inflight_messages {}; collectors ready in {start_s:.1} s; load {}",
         a.sites,
         a.machines,
         total,
@@ -243,6 +252,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         a.mode,
         a.publishers,
         a.batch_max,
+        a.broker_inflight,
         load_average()
     );
 

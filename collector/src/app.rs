@@ -383,13 +383,17 @@ impl Application {
         for ((c, site), series) in sites.iter().zip(&site_ids).zip(&series) {
             ingests.push(site_ingest(c, site, series.clone())?);
         }
+        let activity: Vec<_> = ingests.iter().map(|i| i.activity.clone()).collect();
+        // One site reacts within a second; a network collector spaces each site's evaluations.
+        let react = Duration::from_secs(if network.is_some() { 10 } else { 1 });
         let writer = Writer::new(
             store,
             ingests,
             client.clone(),
             metrics.clone(),
             config.ledger.batch_max,
-        );
+        )
+        .stop_retrying_on(shutdown.clone());
         let rt = tokio::runtime::Handle::current();
         let done = writer_done.clone();
         let writer_thread = std::thread::Builder::new()
@@ -401,7 +405,9 @@ impl Application {
             })?;
 
         let mut tasks = Vec::new();
-        for ((c, ledger), series) in sites.iter().zip(maintenance).zip(&series) {
+        for (((c, ledger), series), activity) in
+            sites.iter().zip(maintenance).zip(&series).zip(activity)
+        {
             tasks.push(tokio::spawn(
                 MaintenanceTask {
                     config: c.clone(),
@@ -410,6 +416,8 @@ impl Application {
                     metrics: metrics.clone(),
                     series: series.clone(),
                     now_ms: ingest::now_ms,
+                    activity,
+                    react,
                 }
                 .run(shutdown.clone()),
             ));
@@ -579,6 +587,7 @@ fn site_ingest(
         members: config.badge_directory(),
         series,
         device_keys,
+        activity: Arc::default(),
     })
 }
 

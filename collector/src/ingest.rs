@@ -10,7 +10,7 @@
 //!   commit fails, nothing is acknowledged: the batch is retried, and if the collector dies the
 //!   broker redelivers, which the ledger turns into duplicates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -225,6 +225,10 @@ pub fn subscriptions(site: &Id, shared_group: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// Most messages the MQTT loop holds for a writer whose queue is full before it stops reading
+/// (a broker with an in-flight window never sends that many unacknowledged messages).
+const MAX_OVERFLOW: usize = 20_000;
+
 /// Most filters in one SUBSCRIBE packet.
 const SUBSCRIBE_CHUNK: usize = 100;
 
@@ -257,14 +261,41 @@ pub async fn run_mqtt(
     let mut backoff = Duration::from_millis(100);
     let mut to_writer = Some(to_writer);
     let mut pending_subacks = 0usize;
+    // Messages received while the writer's queue is full. The event loop is polled all the same,
+    // so that keep-alive answers keep coming: a loop that stops polling when the writer is behind
+    // misses its PINGRESP, the connection drops, the broker sends its whole in-flight window again,
+    // and the duplicates put the writer further behind (seen with hundreds of sites per
+    // collector). What is unacknowledged stays bounded by the broker's in-flight window.
+    let mut overflow: VecDeque<Incoming> = VecDeque::new();
     loop {
+        let room = match (&to_writer, overflow.is_empty()) {
+            (Some(tx), false) => Some(tx.clone()),
+            _ => None,
+        };
         let polled = tokio::select! {
             () = shutdown.cancelled(), if to_writer.is_some() => {
-                // Stop reading: the writer drains its queue and acknowledges.
+                // Stop reading: the writer drains its queue and acknowledges; what it was not
+                // given stays unacknowledged and is redelivered to the next run.
                 to_writer = None;
+                metrics.queue_depth.fetch_sub(overflow.len() as u64, Relaxed);
+                overflow.clear();
                 continue;
             }
             () = writer_done.cancelled(), if to_writer.is_none() => break,
+            permit = async { room?.reserve_owned().await.ok() }, if room.is_some() => {
+                match (permit, overflow.pop_front()) {
+                    (Some(p), Some(m)) => {
+                        p.send(m);
+                    }
+                    (None, _) => {
+                        to_writer = None;
+                        metrics.queue_depth.fetch_sub(overflow.len() as u64, Relaxed);
+                        overflow.clear();
+                    }
+                    (Some(_), None) => {}
+                }
+                continue;
+            }
             p = eventloop.poll() => p,
         };
         match polled {
@@ -311,9 +342,26 @@ pub async fn run_mqtt(
                     received: Instant::now(),
                     received_ms: now_ms(),
                 };
-                // Back-pressure: when the writer is behind, stop reading from the broker.
-                if tx.send(msg).await.is_err() {
-                    to_writer = None;
+                // Back-pressure is the broker's in-flight window (nothing is acknowledged before
+                // its commit); the loop itself never waits for the writer (see `overflow`).
+                if overflow.is_empty() {
+                    match tx.try_send(msg) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(m)) => overflow.push_back(m),
+                        Err(mpsc::error::TrySendError::Closed(_)) => to_writer = None,
+                    }
+                } else if overflow.len() < MAX_OVERFLOW {
+                    overflow.push_back(msg);
+                } else {
+                    // A broker without an in-flight limit: stop reading until the writer
+                    // catches up (TCP flow control), as the last resort.
+                    overflow.push_back(msg);
+                    while let Some(m) = overflow.pop_front() {
+                        if tx.send(m).await.is_err() {
+                            to_writer = None;
+                            break;
+                        }
+                    }
                 }
             }
             Ok(_) => {}
@@ -384,6 +432,8 @@ pub struct SiteIngest {
     pub series: TimeSeriesHandle,
     /// The device key file, re-read (when changed) before each batch into `rules.signing.keys`.
     pub device_keys: Option<DeviceKeys>,
+    /// Records newly stored for the site (the site's maintenance task watches it).
+    pub activity: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One site's part of a batch: machines to register, then records.
@@ -468,6 +518,10 @@ pub struct Writer<S: Store> {
     pub sites: Vec<SiteIngest>,
     /// Site id to its index in `sites` ([`Writer::new`] builds it).
     index: HashMap<Id, usize>,
+    /// Once cancelled, a failing commit is not retried: the batch stays unacknowledged and the
+    /// broker redelivers it to the next run (so that SIGTERM stops a collector whose ledger is
+    /// down).
+    shutdown: CancellationToken,
     /// The MQTT client, to acknowledge after commit.
     pub client: AsyncClient,
     /// Metrics.
@@ -494,10 +548,17 @@ impl<S: Store> Writer<S> {
             store,
             sites,
             index,
+            shutdown: CancellationToken::new(),
             client,
             metrics,
             batch_max,
         }
+    }
+
+    /// Gives up retrying failed commits once `shutdown` is cancelled (see [`Writer`]).
+    pub fn stop_retrying_on(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 }
 
@@ -751,6 +812,15 @@ fn process_batch<S: Store>(
             Err(e) => {
                 w.metrics.commit_errors.fetch_add(1, Relaxed);
                 w.metrics.set_ledger_failure(Some(e.to_string()));
+                if w.shutdown.is_cancelled() {
+                    tracing::warn!(
+                        messages = batch.len(),
+                        error = %e,
+                        "stopping while the ledger fails: these messages stay unacknowledged and the broker redelivers them to the next run"
+                    );
+                    batch.clear();
+                    return;
+                }
                 tracing::error!(error = %e, retry_in = ?pause, "ledger commit failed; nothing acknowledged");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(5));
@@ -764,6 +834,7 @@ fn process_batch<S: Store>(
             match c.outcome {
                 Outcome::Accepted => {
                     w.metrics.accepted.fetch_add(1, Relaxed);
+                    site.activity.fetch_add(1, Relaxed);
                     if let (Record::Event { machine, event, .. }, Some(wall)) = (record, c.wall_ms)
                     {
                         let kind = site

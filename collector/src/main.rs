@@ -462,10 +462,15 @@ async fn run(loaded: Loaded) -> anyhow::Result<()> {
             Application::build(*config).await?
         }
         Loaded::Network(network) => {
+            // The same warning of many sites once, with the sites it concerns.
+            let mut warnings: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
             for site in &network.sites {
                 for w in site.warnings() {
-                    tracing::warn!(site = %site.site.id, "{w}");
+                    warnings.entry(w).or_default().push(&site.site.id);
                 }
+            }
+            for (w, sites) in &warnings {
+                tracing::warn!(sites = sites.len(), first = sites[0], "{w}");
             }
             tracing::info!(
                 collector = %network.name,
@@ -718,31 +723,97 @@ mod billing {
     }
 
     pub(super) fn invoice(a: InvoiceArgs) -> anyhow::Result<()> {
-        let (billing, mut ledger) = open(a.o)?;
+        let config = match a.o.load_run()? {
+            super::Loaded::Network(n) => {
+                return invoice_network(n, a.period.as_deref(), a.dry_run, a.out.as_deref())
+            }
+            super::Loaded::Site(config) => config,
+        };
+        let billing = Billing::from_config(&config)?.ok_or_else(|| {
+            anyhow::anyhow!("no [billing] section in the configuration; see docs/BILLING.md")
+        })?;
+        let mut ledger = super::open_ledger(&config)?;
+        invoice_site(
+            &billing,
+            &mut ledger,
+            a.period.as_deref(),
+            a.dry_run,
+            a.out.as_deref(),
+        )
+    }
+
+    /// Invoices every site a network collector file serves (or the one `--site` names), one
+    /// after the other on one PostgreSQL connection; a site without `[billing]` is skipped and
+    /// said so. The documents of a site go to `out/{site}/`.
+    fn invoice_network(
+        n: super::Network,
+        period: Option<&str>,
+        dry_run: bool,
+        out: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
+        let url = n
+            .sites
+            .first()
+            .and_then(|c| c.ledger.url.clone())
+            .context("a network collector file needs ledger.url")?;
+        let conn = fabmeter_collector::ledger::PgConnection::connect(&url)?;
+        let (mut billed, mut skipped) = (0, 0);
+        for config in &n.sites {
+            let Some(billing) = Billing::from_config(config)? else {
+                println!("site {}: no [billing] section, skipped", config.site.id);
+                skipped += 1;
+                continue;
+            };
+            println!("site {}:", config.site.id);
+            let mut ledger =
+                AnyLedger::Postgres(Box::new(fabmeter_collector::ledger::PgLedger::on(
+                    &conn,
+                    &config.site_id()?,
+                    config.badge_directory(),
+                )?));
+            let dir = out.map(|d| d.join(&config.site.id));
+            invoice_site(&billing, &mut ledger, period, dry_run, dir.as_deref())
+                .with_context(|| format!("site {}", config.site.id))?;
+            billed += 1;
+        }
+        println!(
+            "network collector {}: {billed} sites invoiced, {skipped} without billing",
+            n.name
+        );
+        Ok(())
+    }
+
+    fn invoice_site(
+        billing: &Billing,
+        ledger: &mut AnyLedger,
+        period: Option<&str>,
+        dry_run: bool,
+        out: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
         let now = now_ms();
-        let period = match &a.period {
+        let period = match period {
             Some(p) => Period::parse(p).map_err(|e| anyhow::anyhow!("--period: {e}"))?,
             None => Period::of(billing.rules.zone.date_of(now)).prev(),
         };
-        let report = ledger.issue_invoices(&billing, period, now, a.dry_run)?;
+        let report = ledger.issue_invoices(billing, period, now, dry_run)?;
         if report.already_issued {
             println!("period {period} was already invoiced: nothing new (late sessions go on the next period's invoices)");
         }
         for d in &report.invoices {
             println!(
                 "{}{}",
-                if a.dry_run { "would issue " } else { "issued " },
+                if dry_run { "would issue " } else { "issued " },
                 summary(d)
             );
         }
         for m in &report.settled_at_zero {
             println!("{m}: total 0.00, no invoice (sessions settled)");
         }
-        if let Some(dir) = &a.out {
+        if let Some(dir) = out {
             write(dir, &report.invoices)?;
             // The period's documents only (the ones just issued are among them), not every
             // document ever issued: the run's memory does not grow with the history.
-            let docs: Vec<Invoice> = if a.dry_run {
+            let docs: Vec<Invoice> = if dry_run {
                 report.invoices.clone()
             } else {
                 ledger.period_documents(period)?

@@ -294,15 +294,16 @@ impl PgConnection {
     ) -> Result<Vec<T>, LedgerError> {
         self.with_client(|client, cache| {
             let mut tx = client.transaction()?;
-            let mut order: Vec<&str> = sites.iter().map(|l| l.site.as_str()).collect();
-            order.sort_unstable();
-            order.dedup();
-            for site in order {
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[&site],
-                )?;
-            }
+            // One round trip for every site's lock, taken in the order of the lock keys (the
+            // same order in every transaction: two collectors never deadlock).
+            let names: Vec<&str> = sites.iter().map(|l| l.site.as_str()).collect();
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM (
+                    SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s
+                    ORDER BY k
+                 ) AS keys",
+                &[&names],
+            )?;
             let mut out = Vec::with_capacity(sites.len());
             let mut commit = true;
             for (i, l) in sites.iter().enumerate() {

@@ -122,6 +122,13 @@ pub struct MaintenanceTask {
     pub series: TimeSeriesHandle,
     /// Wall clock, unix ms (tests may pass their own).
     pub now_ms: fn() -> u64,
+    /// Records the ingest stored for this site ([`crate::ingest::SiteIngest::activity`]): a
+    /// change triggers an evaluation.
+    pub activity: Arc<std::sync::atomic::AtomicU64>,
+    /// The shortest gap between two evaluations triggered by new events: 1 s for a single site;
+    /// a network collector of hundreds of sites spaces them out (each evaluation reads every
+    /// machine's counters).
+    pub react: Duration,
 }
 
 /// Alert transitions and configs to publish, decided from one evaluation.
@@ -275,8 +282,8 @@ fn sync_plan_locks(
 }
 
 impl MaintenanceTask {
-    /// Runs until `shutdown`: evaluates every second when new events were stored, and every
-    /// `maintenance.check_s` seconds anyway.
+    /// Runs until `shutdown`: evaluates when new events of the site were stored (at most every
+    /// `react`), and every `maintenance.check_s` seconds anyway.
     pub async fn run(self, shutdown: CancellationToken) {
         let MaintenanceTask {
             config,
@@ -285,6 +292,8 @@ impl MaintenanceTask {
             metrics,
             series,
             now_ms,
+            activity,
+            react,
         } = self;
         let site = config.site.id.clone();
         let Ok(site_id) = Id::new(&site) else {
@@ -313,8 +322,9 @@ impl MaintenanceTask {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let accepted = metrics.accepted.load(Relaxed);
-            if accepted == last_accepted && last_check.elapsed() < check {
+            let accepted = activity.load(Relaxed);
+            let since = last_check.elapsed();
+            if since < check && (accepted == last_accepted || since < react) {
                 continue;
             }
             last_accepted = accepted;

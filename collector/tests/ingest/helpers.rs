@@ -121,6 +121,25 @@ impl TestCollector {
     }
 }
 
+impl TestCollector {
+    /// Asks the collector to stop; whether it did within `timeout`.
+    #[allow(dead_code)]
+    pub fn stop_within(&mut self, timeout: Duration) -> bool {
+        self.shutdown.cancel();
+        let deadline = std::time::Instant::now() + timeout;
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        true
+    }
+}
+
 impl Drop for TestCollector {
     fn drop(&mut self) {
         self.shutdown.cancel();

@@ -93,3 +93,31 @@ fn a_collector_on_postgresql_stores_each_event_once_across_a_database_crash() {
         "each event accepted once"
     );
 }
+
+#[test]
+fn a_collector_whose_database_is_down_still_stops_on_request_and_acknowledges_nothing() {
+    let mut pg = Postgres::start().expect("PostgreSQL");
+    let url = pg.create_database("fabmeter").expect("createdb");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let machines = ["m0"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = site_config(&broker, &machines, dir.path());
+    config.ledger.url = Some(url.clone());
+    let mut collector = TestCollector::start(config, dir);
+    wait_until(LONG, "collector ready", || {
+        collector.get("/readyz").status == 200
+    });
+    pg.kill().expect("kill PostgreSQL");
+    let (per_machine, _) = workload(&machines, 1, 2, 1);
+    publish_all(broker.port(), "device-m0", &per_machine["m0"]);
+    wait_until(LONG, "commits failing", || {
+        collector.metric("fabmeter_commit_errors_total") > 0
+    });
+    assert_eq!(collector.metric("fabmeter_acked_total"), 0);
+    // The writer retries forever while running, but a shutdown gives the batch back to the
+    // broker (unacknowledged) instead of hanging.
+    assert!(
+        collector.stop_within(Duration::from_secs(60)),
+        "the collector did not stop while its database was down"
+    );
+}
