@@ -73,8 +73,8 @@ fn the_demo_shows_machines_changing_state_within_30_seconds() {
     );
     let page = fabmeter_e2e::http::get("127.0.0.1", port, "/").expect("the web page");
     assert!(
-        page.text().contains("/api/machines"),
-        "the page polls the API"
+        page.text().contains("api(\"api/machines\")") && page.text().contains("<base href=\"/\">"),
+        "the page polls the API (relative to its base, /)"
     );
     // The demo bills: a member's statement of the month so far, as the page shows it.
     assert!(
