@@ -61,6 +61,10 @@ pub struct Args {
     /// largest batch a collector can commit (Mosquitto's default is 20).
     #[arg(long, default_value_t = 1000)]
     broker_inflight: u32,
+    /// Then invoice the workload's month for every site (`fabmeter-collector invoice` on a
+    /// network file serving them all, under GNU time: elapsed and peak RSS).
+    #[arg(long)]
+    invoice: bool,
     /// Longest wait for the ledger to hold every event, seconds.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
@@ -70,7 +74,39 @@ fn site_id(i: usize) -> String {
     format!("site-{i:04}")
 }
 
-fn write_site(dir: &Path, site: &str, machines: &[String], members: usize) -> anyhow::Result<()> {
+/// Every site bills the same way: 0.50 EUR a busy minute on its lasers, members on no plan.
+const BILLING: &str = r#"
+[billing]
+invoice_prefix = "INV"
+timezone = "Europe/Paris"
+vat_rate = "20"
+default_plan = "visitor"
+
+[billing.seller]
+name = "Atelier SAS"
+address = "1 rue de l'Atelier\n69001 Lyon"
+siret = "123 456 789 00012"
+vat_id = "FR12123456789"
+
+[[billing.tariffs]]
+name = "laser"
+valid_from = "2020-01-01"
+busy_per_min = "0.50"
+idle_per_min = "0"
+increment_min = 1
+label = "Laser"
+
+[[billing.plans]]
+name = "visitor"
+"#;
+
+fn write_site(
+    dir: &Path,
+    site: &str,
+    machines: &[String],
+    members: usize,
+    billing: bool,
+) -> anyhow::Result<()> {
     // The simulated devices take no retained config: the collectors publish none (25,000
     // retained configs at start are measured apart, docs/BENCHMARKS.md "Network").
     let mut t = format!(
@@ -84,6 +120,9 @@ fn write_site(dir: &Path, site: &str, machines: &[String], members: usize) -> an
             "\n[[members]]\nid = \"member-{i}\"\nname = \"Member {i}\"\nbadges = [\"{}\"]\n",
             workload::badge(i)
         ));
+    }
+    if billing {
+        t.push_str(BILLING);
     }
     std::fs::write(dir.join(format!("{site}.toml")), t).context("writing a site file")
 }
@@ -176,7 +215,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let machines = workload::machine_ids(a.machines);
     let sites: Vec<String> = (1..=a.sites).map(site_id).collect();
     for s in &sites {
-        write_site(&sites_dir, s, &machines, a.members)?;
+        write_site(&sites_dir, s, &machines, a.members, a.invoice)?;
     }
     let mut procs = Vec::new();
     let started = Instant::now();
@@ -340,6 +379,40 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         bail!("the ledger holds {stored} events of {total}");
     }
     drop(procs);
+    if a.invoice {
+        // A network file serving every site, for the command only (no collector runs on it).
+        let all = dir.path().join("all.toml");
+        std::fs::write(
+            &all,
+            format!(
+                "[network]\nname = \"all\"\nsites_dir = \"sites\"\n\n[mqtt]\nurl = \"{}\"\n\n[ledger]\nurl = \"{url}\"\n",
+                broker.url()
+            ),
+        )?;
+        // The workload's month (workload::T0 is 2025-11-24).
+        let out = std::process::Command::new("/usr/bin/time")
+            .args(["-f", "BENCH_TIME %e s %M KiB"])
+            .arg(&a.collector_bin)
+            .args(["invoice", "--period", "2025-11", "--config"])
+            .arg(&all)
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("running the invoice command under /usr/bin/time (package `time`)")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("invoice failed: {stderr}");
+        }
+        let issued = stdout.lines().filter(|l| l.starts_with("issued ")).count();
+        let timing = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("BENCH_TIME "))
+            .unwrap_or("?");
+        println!(
+            "| invoicing the month of {} sites ({sessions} sessions) | {issued} invoices, {timing} peak RSS |",
+            a.sites
+        );
+    }
     drop(dir);
     Ok(())
 }
