@@ -63,26 +63,30 @@ pub(super) fn epoch_of(
             pending: None,
         });
     }
-    let stored = tx
-        .row(
-            "SELECT boot_offset FROM boot_epochs WHERE site=?1 AND machine=?2 AND box=?3",
-            args![site, machine, b],
-        )?
-        .map(|r| r.u32(0))
-        .transpose()?;
-    if let Some(offset) = stored {
-        known.boxes.insert(b, offset);
-        return Ok(Epoch {
-            offset,
-            pending: None,
-        });
-    }
-    let any_box = tx
-        .row(
+    let any_box = if known.boxes_read {
+        // Every stored box of the machine is known ([`super::prefetch`]): this one is new.
+        !known.boxes.is_empty()
+    } else {
+        let stored = tx
+            .row(
+                "SELECT boot_offset FROM boot_epochs WHERE site=?1 AND machine=?2 AND box=?3",
+                args![site, machine, b],
+            )?
+            .map(|r| r.u32(0))
+            .transpose()?;
+        if let Some(offset) = stored {
+            known.boxes.insert(b, offset);
+            return Ok(Epoch {
+                offset,
+                pending: None,
+            });
+        }
+        tx.row(
             "SELECT 1 FROM boot_epochs WHERE site=?1 AND machine=?2 AND box IS NOT NULL LIMIT 1",
             args![site, machine],
         )?
-        .is_some();
+        .is_some()
+    };
     Ok(if any_box {
         new_epoch(known, b)
     } else {

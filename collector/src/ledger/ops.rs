@@ -141,6 +141,9 @@ pub(super) struct KnownBoots {
     pub(super) offset: u32,
     /// The epoch offset of each box id this transaction resolved.
     pub(super) boxes: HashMap<u32, u32>,
+    /// Whether `boxes` holds every stored box of the machine ([`prefetch`]): a box not in it is
+    /// new, and the machine has a box id if and only if `boxes` is not empty.
+    pub(super) boxes_read: bool,
     boots: HashMap<u32, BootState>,
 }
 
@@ -207,6 +210,7 @@ fn machine_state<'a>(
                 max_boot,
                 offset,
                 boxes: HashMap::new(),
+                boxes_read: false,
                 boots: HashMap::new(),
             },
         );
@@ -244,35 +248,131 @@ fn boot_state<'a>(
         .ok_or_else(|| LedgerError::Column("boot state vanished".into()))
 }
 
-/// Writes the `boots` rows the batch touched: one upsert per (machine, boot).
-fn flush_boots(
-    tx: &mut dyn Db,
-    site: &str,
-    machines: &HashMap<String, KnownBoots>,
-) -> Result<(), LedgerError> {
-    for (machine, known) in machines {
-        for (boot, b) in known.boots.iter().filter(|(_, b)| b.dirty) {
-            tx.exec(
-                "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms,
-                    max_uptime_ms, max_seq, events)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (site, machine, boot) DO UPDATE SET
-                    anchor_ms = MIN(boots.anchor_ms, excluded.anchor_ms),
-                    max_uptime_ms = MAX(boots.max_uptime_ms, excluded.max_uptime_ms),
-                    max_seq = MAX(boots.max_seq, excluded.max_seq),
-                    events = boots.events + excluded.events",
-                args![
-                    site,
-                    machine.as_str(),
-                    *boot,
-                    b.anchor,
-                    b.first_received_ms,
-                    b.max_uptime_ms,
-                    b.max_seq,
-                    b.events
-                ],
-            )?;
+/// Writes the `boots` rows the batches touched: one multi-row upsert.
+fn flush_boots(tx: &mut dyn Db, work: &[SiteCommit<'_, '_>]) -> Result<(), LedgerError> {
+    let mut rows: Vec<[Val; 8]> = Vec::new();
+    for w in work {
+        for (machine, known) in &w.machines {
+            for (boot, b) in known.boots.iter().filter(|(_, b)| b.dirty) {
+                rows.push([
+                    Val::from(w.ctx.site),
+                    Val::from(machine.as_str()),
+                    Val::from(*boot),
+                    Val::from(b.anchor),
+                    Val::from(b.first_received_ms),
+                    Val::from(b.max_uptime_ms),
+                    Val::from(b.max_seq),
+                    Val::from(b.events),
+                ]);
+            }
         }
+    }
+    insert_rows(
+        tx,
+        "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms, max_uptime_ms,
+            max_seq, events) VALUES ",
+        " ON CONFLICT (site, machine, boot) DO UPDATE SET
+            anchor_ms = MIN(boots.anchor_ms, excluded.anchor_ms),
+            max_uptime_ms = MAX(boots.max_uptime_ms, excluded.max_uptime_ms),
+            max_seq = MAX(boots.max_seq, excluded.max_seq),
+            events = boots.events + excluded.events",
+        &rows,
+    )
+}
+
+/// Reads what the batches need of their machines with a few statements instead of a few per
+/// machine (see `batch_reads`): each machine's boots and epochs, and for the ledger boot each
+/// event most likely goes to (its box's epoch, else the machine's latest), the boot's anchor and
+/// tombstone and the stored seqs over the span of the batch's events. What it did not foresee is
+/// read on first use, key by key, as before.
+fn prefetch<'b>(tx: &mut dyn Db, work: &mut [SiteCommit<'b, '_>]) -> Result<(), LedgerError> {
+    let mut names: Vec<(&str, &str)> = work
+        .iter()
+        .flat_map(|w| {
+            w.batch.iter().filter_map(|r| match r {
+                Record::Event { machine, .. } | Record::Status { machine, .. } => {
+                    Some((w.ctx.site, machine.as_str()))
+                }
+                Record::DeadLetter { .. } => None,
+            })
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut read = batch_reads::machines(tx, &names)?;
+    let at: HashMap<&str, usize> = work
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.ctx.site, i))
+        .collect();
+    for (site, m) in &names {
+        let key = ((*site).to_owned(), (*m).to_owned());
+        let Some(w) = at.get(site).and_then(|i| work.get_mut(*i)) else {
+            continue;
+        };
+        w.machines.insert(
+            (*m).to_owned(),
+            KnownBoots {
+                max_boot: read.max_boot.get(&key).copied(),
+                offset: read.offset.get(&key).copied().unwrap_or(0),
+                boxes: read.boxes.remove(&key).unwrap_or_default(),
+                boxes_read: true,
+                boots: HashMap::new(),
+            },
+        );
+    }
+    // Per (site index, machine, ledger boot): the seq span of the batch's events.
+    let mut spans: BTreeMap<(usize, &'b str, u32), (u32, u32)> = BTreeMap::new();
+    for (i, w) in work.iter().enumerate() {
+        let batch: &'b [Record] = w.batch;
+        for r in batch {
+            let Record::Event { machine, event, .. } = r else {
+                continue;
+            };
+            let Some(known) = w.machines.get(machine.as_str()) else {
+                continue;
+            };
+            let offset = event
+                .box_id
+                .and_then(|b| known.boxes.get(&b).copied())
+                .unwrap_or(known.offset);
+            let span = spans
+                .entry((i, machine.as_str(), event.boot.saturating_add(offset)))
+                .or_insert((event.seq, event.seq));
+            span.0 = span.0.min(event.seq);
+            span.1 = span.1.max(event.seq);
+        }
+    }
+    let site_of = |i: usize| work.get(i).map_or("", |w| w.ctx.site);
+    let keys: Vec<(&str, &str, u32)> = spans
+        .keys()
+        .map(|(i, m, b)| (site_of(*i), *m, *b))
+        .collect();
+    let spans_read: Vec<(&str, &str, u32, u32, u32)> = spans
+        .iter()
+        .map(|((i, m, b), (lo, hi))| (site_of(*i), *m, *b, *lo, *hi))
+        .collect();
+    let boots = batch_reads::boots(tx, &keys)?;
+    let mut seqs = batch_reads::stored_seqs(tx, &spans_read)?;
+    for ((i, m, b), (lo, hi)) in spans {
+        let Some(w) = work.get_mut(i) else { continue };
+        let key = (w.ctx.site.to_owned(), m.to_owned(), b);
+        let stored = boots.get(&key).copied().unwrap_or_default();
+        if let Some(known) = w.machines.get_mut(m) {
+            known.boots.insert(
+                b,
+                BootState {
+                    anchor: stored.anchor,
+                    tombstone: stored.tombstone,
+                    ..BootState::default()
+                },
+            );
+        }
+        let seqs = seqs.remove(&key).unwrap_or_default();
+        w.new_events.stored.insert((m, b), (lo, hi, seqs));
     }
     Ok(())
 }
@@ -310,6 +410,47 @@ fn insert_rows<const N: usize>(
         rows = rest;
     }
     Ok(())
+}
+
+/// The columns of an `events` row, in the order of [`NewEvents::rows`].
+const EVENT_COLUMN_NAMES: [&str; EVENT_COLUMNS] = [
+    "site",
+    "machine",
+    "boot",
+    "seq",
+    "kind",
+    "state",
+    "session",
+    "uptime_ms",
+    "ts_ms",
+    "wall_ms",
+    "received_ms",
+    "payload",
+];
+
+/// Inserts the batch's new events (their keys are free: see [`NewEvents`]): in bulk where the
+/// engine can (PostgreSQL's `COPY`), else with multi-row `INSERT`s.
+fn insert_events(tx: &mut dyn Db, rows: Vec<[Val; EVENT_COLUMNS]>) -> Result<(), LedgerError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let refs: Vec<&[Val]> = rows.iter().map(|r| r.as_slice()).collect();
+    match tx.copy_rows("events", &EVENT_COLUMN_NAMES, &refs)? {
+        Some(copied) if copied == u64::try_from(n).unwrap_or(u64::MAX) => Ok(()),
+        Some(copied) => Err(LedgerError::Column(format!(
+            "{copied} of {n} events copied"
+        ))),
+        None => insert_rows(
+            tx,
+            &format!(
+                "INSERT INTO events ({}) VALUES ",
+                EVENT_COLUMN_NAMES.join(", ")
+            ),
+            "",
+            &rows,
+        ),
+    }
 }
 
 /// Where an event's key stands in this transaction.
@@ -445,17 +586,6 @@ impl<'b> NewEvents<'b> {
         self.keys.insert((machine, boot, seq), self.rows.len());
         self.rows.push(row);
     }
-
-    /// Inserts the new events.
-    fn flush(self, tx: &mut dyn Db) -> Result<(), LedgerError> {
-        insert_rows(
-            tx,
-            "INSERT INTO events (site, machine, boot, seq, kind, state, session, uptime_ms, ts_ms,
-                wall_ms, received_ms, payload) VALUES ",
-            "",
-            &self.rows,
-        )
-    }
 }
 
 fn session_of(body: &EventBody, seq: u32) -> Option<u32> {
@@ -514,243 +644,333 @@ pub(super) fn commit(
     ctx: &Ctx<'_>,
     batch: &[Record],
 ) -> Result<Vec<Committed>, LedgerError> {
-    let site = ctx.site;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    // The sessions the batch touched, with the batch's new events naming them.
-    let mut touched: BTreeMap<(String, u32, u32), Vec<session_rows::NewEvent<'_>>> =
-        BTreeMap::new();
-    let mut rebooted: BTreeSet<String> = BTreeSet::new();
-    // What this transaction knows of each machine's boots (only the writer changes them).
-    let mut machines: HashMap<String, KnownBoots> = HashMap::new();
-    let mut new_events = NewEvents::new(batch);
-    for record in batch {
-        let mut wall_ms = None;
-        let outcome = match record {
-            Record::Event {
-                machine,
-                event,
-                payload,
-                received_ms,
-            } => 'event: {
-                let machine = machine.as_str();
-                let known = machine_state(&mut machines, tx, site, machine)?;
-                let max_boot = known.max_boot;
-                // The ledger's boot: the device's, shifted by the offset of the epoch of the
-                // box that counted it (see maintenance::epoch_of). Insert first; only a key
-                // already taken is read back, to tell a resend (a duplicate) from another
-                // event under the same key (a conflict: the first copy wins).
-                let mut epoch = maintenance::epoch_of(tx, site, known, machine, event.box_id)?;
-                let mut boot = event.boot.saturating_add(epoch.offset);
-                if boot_state(known, tx, site, machine, boot)?.purged(event.seq) {
-                    // Purged or erased (docs/SECURITY.md): its key is gone, its tombstone stays.
-                    maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
-                    break 'event Outcome::Duplicate;
-                }
-                let state = match &event.event {
-                    EventBody::State { to, .. } => Some(to.as_str()),
-                    _ => None,
-                };
-                let session = session_of(&event.event, event.seq);
-                let candidate = i64_of(received_ms.saturating_sub(event.sent_uptime_ms));
-                let inserted = loop {
-                    known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
-                    let b = boot_state(known, tx, site, machine, boot)?;
-                    // The boot's anchor after this event.
-                    let anchor = b.anchor.map_or(candidate, |a| a.min(candidate));
-                    let wall = event
-                        .ts
-                        .unwrap_or_else(|| u64_of(anchor).saturating_add(event.uptime_ms));
-                    wall_ms = Some(wall);
-                    let taken = new_events.taken(tx, site, machine, event.boot, boot, event.seq)?;
-                    if matches!(taken, Taken::Free) {
-                        new_events.insert(
-                            machine,
-                            boot,
-                            event.seq,
-                            [
-                                Val::from(site),
-                                Val::from(machine),
-                                Val::from(boot),
-                                Val::from(event.seq),
-                                Val::from(event.event.kind()),
-                                Val::from(state),
-                                Val::from(session),
-                                Val::from(event.uptime_ms),
-                                Val::from(event.ts),
-                                Val::from(wall),
-                                Val::from(*received_ms),
-                                Val::from(String::from_utf8_lossy(payload).into_owned()),
-                            ],
-                        );
-                        let b = boot_state(known, tx, site, machine, boot)?;
-                        b.observe(anchor, *received_ms, Some((event.uptime_ms, event.seq)));
-                        break true;
-                    }
-                    let stored = new_events.payload(tx, site, machine, boot, event.seq, &taken)?;
-                    // Not stored (only its tombstone is): nothing to compare, a duplicate.
-                    let differs = stored
-                        .as_deref()
-                        .and_then(|p| maintenance::stored_differs(p, event));
-                    let Some(field) = differs else {
-                        // A resend: its anchor candidate counts, as it always did.
-                        let b = boot_state(known, tx, site, machine, boot)?;
-                        b.observe(anchor, *received_ms, None);
-                        break false;
-                    };
-                    if let Some(maintenance::Pending::Adopt(b)) = epoch.pending {
-                        // The machine's first box id, counting boots the machine already
-                        // had: a replacement of a box older than box ids, not a resend.
-                        epoch = maintenance::new_epoch(known, b);
-                        boot = event.boot.saturating_add(epoch.offset);
-                        if boot_state(known, tx, site, machine, boot)?.purged(event.seq) {
-                            maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
-                            wall_ms = None;
-                            break 'event Outcome::Duplicate;
-                        }
-                        continue;
-                    }
-                    // The same key, another event: the first copy wins, this one is kept
-                    // aside and never applied (docs/PROTOCOL.md: it cannot double-bill).
-                    maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
-                    wall_ms = None;
-                    let detail = format!(
-                        "machine {machine} boot {} seq {} (ledger boot {boot}) is already \
-                         stored with another {field}: the first copy is kept and this one is \
-                         not counted. A device resends an event unchanged but for \
-                         sent_uptime_ms; a replacement box sends its own `box` id",
-                        event.boot, event.seq
-                    );
-                    tracing::warn!(
-                        machine,
-                        boot,
-                        seq = event.seq,
-                        field,
-                        "conflicting copy of a stored event kept as a dead letter"
-                    );
-                    let keep = payload.len().min(fabmeter_protocol::MAX_CONFIG_PAYLOAD);
-                    dead_letter(
-                        tx,
-                        site,
-                        *received_ms,
-                        &format!("fabmeter/v1/{site}/{machine}/event"),
-                        &payload[..keep],
-                        CONFLICT,
-                        &detail,
-                    )?;
-                    break 'event Outcome::Conflict;
-                };
-                maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
-                if !inserted {
-                    break 'event Outcome::Duplicate;
-                }
-                if let Some(s) = session {
-                    touched
-                        .entry((machine.to_owned(), boot, s))
-                        .or_default()
-                        .push(session_rows::NewEvent {
-                            seq: event.seq,
-                            // As stored and read back by the full fold.
-                            uptime_ms: u64_of(i64_of(event.uptime_ms)),
-                            ts: event.ts.map(|t| u64_of(i64_of(t))),
-                            body: &event.event,
-                        });
-                }
-                if max_boot.is_some_and(|b| boot > b) {
-                    rebooted.insert(machine.to_owned());
-                }
-                Outcome::Accepted
-            }
-            Record::Status {
-                machine,
-                status,
-                received_ms,
-            } => {
-                let caps = status
-                    .caps
-                    .as_ref()
-                    .map(|c| serde_json::to_string(c).unwrap_or_default());
-                let offset = machine_state(&mut machines, tx, site, machine.as_str())?.offset;
-                // A status of an older boot (a late last will) never overrides a newer one.
-                tx.exec(
-                    "INSERT INTO presence (site, machine, boot, online, fw, config_hash, caps,
-                        changed_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (site, machine) DO UPDATE SET
-                        boot=excluded.boot, online=excluded.online,
-                        fw=COALESCE(excluded.fw, presence.fw),
-                        config_hash=COALESCE(excluded.config_hash, presence.config_hash),
-                        caps=COALESCE(excluded.caps, presence.caps),
-                        changed_ms=excluded.changed_ms
-                     WHERE excluded.boot >= presence.boot",
-                    args![
-                        site,
-                        machine.as_str(),
-                        status.boot.saturating_add(offset),
-                        status.status == Presence::Online,
-                        status.fw.as_ref().map(|f| f.as_str()),
-                        status.config_hash.map(|h| h.to_hex().as_str().to_owned()),
-                        caps,
-                        *received_ms,
-                    ],
-                )?;
-                Outcome::Accepted
-            }
-            Record::DeadLetter {
-                topic,
-                payload,
-                reason,
-                detail,
-                received_ms,
-            } => {
-                dead_letter(tx, site, *received_ms, topic, payload, reason, detail)?;
-                Outcome::DeadLettered
-            }
-        };
-        outcomes.push(Committed { outcome, wall_ms });
+    Ok(commit_sites(tx, &[(ctx, batch)])?.pop().unwrap_or_default())
+}
+
+/// One site's part of a commit: its batch and what the transaction learns of it.
+struct SiteCommit<'b, 'c> {
+    ctx: &'c Ctx<'c>,
+    batch: &'b [Record],
+    /// What this transaction knows of each machine's boots (only the writer changes them).
+    machines: HashMap<String, KnownBoots>,
+    new_events: NewEvents<'b>,
+    /// The sessions the batch touched, with the batch's new events naming them.
+    touched: BTreeMap<session_rows::SessionKey, Vec<session_rows::NewEvent<'b>>>,
+    rebooted: BTreeSet<String>,
+    outcomes: Vec<Committed>,
+}
+
+/// Stores the batches of several sites in the caller's transaction (which holds their sites) and
+/// returns what became of each record, batch by batch: the sites' reads and writes share their
+/// statements (`batch_reads`, multi-row inserts), so that a batch spanning hundreds of sites costs
+/// a few dozen round trips, not a few per machine.
+pub(super) fn commit_sites<'b, 'c>(
+    tx: &mut dyn Db,
+    batches: &[(&'c Ctx<'c>, &'b [Record])],
+) -> Result<Vec<Vec<Committed>>, LedgerError> {
+    let sites: BTreeSet<&str> = batches.iter().map(|(ctx, _)| ctx.site).collect();
+    if sites.len() < batches.len() {
+        // A site twice: its second batch must see the first one's events, written at the end.
+        return batches
+            .iter()
+            .map(|b| Ok(commit_sites(tx, &[*b])?.pop().unwrap_or_default()))
+            .collect();
     }
-    new_events.flush(tx)?;
-    flush_boots(tx, site, &machines)?;
-    // A newer boot closes the open sessions of the older boots (at their last progress).
-    for machine in &rebooted {
-        let open = tx.rows(
-            "SELECT boot, session FROM sessions WHERE site=?1 AND machine=?2 AND status='open'",
-            args![site, machine.as_str()],
-        )?;
-        for r in open {
-            touched
-                .entry((machine.clone(), r.u32(0)?, r.u32(1)?))
-                .or_default();
-        }
+    let mut work: Vec<SiteCommit<'b, 'c>> = batches
+        .iter()
+        .map(|(ctx, batch)| SiteCommit {
+            ctx,
+            batch,
+            machines: HashMap::new(),
+            new_events: NewEvents::new(batch),
+            touched: BTreeMap::new(),
+            rebooted: BTreeSet::new(),
+            outcomes: Vec::with_capacity(batch.len()),
+        })
+        .collect();
+    prefetch(tx, &mut work)?;
+    for w in &mut work {
+        w.apply(tx)?;
     }
-    let stored = if ctx.full_session_recompute {
-        session_rows::Stored::default()
-    } else {
-        session_rows::Stored::read(tx, site, touched.keys())?
-    };
-    let mut rows = Vec::with_capacity(touched.len());
-    for ((machine, boot, session), new) in &touched {
-        let known = machine_state(&mut machines, tx, site, machine)?;
-        let newer = known.max_boot.is_some_and(|b| b > *boot);
-        let anchor = boot_state(known, tx, site, machine, *boot)?
-            .anchor
-            .map(u64_of);
-        let key = session_rows::Key {
-            site,
-            machine,
-            boot: *boot,
-            session: *session,
-        };
-        let row = if ctx.full_session_recompute {
-            session_rows::full(tx, &key, newer)?
+    let rows: Vec<[Val; EVENT_COLUMNS]> = work
+        .iter_mut()
+        .flat_map(|w| std::mem::take(&mut w.new_events.rows))
+        .collect();
+    insert_events(tx, rows)?;
+    flush_boots(tx, &work)?;
+    for w in &mut work {
+        w.close_rebooted(tx)?;
+    }
+    let keys: Vec<(&str, Vec<&session_rows::SessionKey>)> = work
+        .iter()
+        .filter(|w| !w.ctx.full_session_recompute)
+        .map(|w| (w.ctx.site, w.touched.keys().collect()))
+        .collect();
+    let mut stored = session_rows::Stored::read_sites(tx, &keys)?;
+    let mut rows = Vec::new();
+    for w in &mut work {
+        let s = if w.ctx.full_session_recompute {
+            session_rows::Stored::default()
         } else {
-            session_rows::recompute(tx, &key, new, anchor, newer, &stored)?
+            stored.remove(w.ctx.site).unwrap_or_default()
         };
-        if let Some(row) = row {
-            rows.push(session_values(ctx.badges, &key, &row));
-        }
+        w.session_rows(tx, &s, &mut rows)?;
     }
     write_sessions(tx, &rows)?;
-    Ok(outcomes)
+    Ok(work.into_iter().map(|w| w.outcomes).collect())
+}
+
+impl<'b> SiteCommit<'b, '_> {
+    /// Decides each record of the batch; the new events and boot rows are written afterwards.
+    fn apply(&mut self, tx: &mut dyn Db) -> Result<(), LedgerError> {
+        let SiteCommit {
+            ctx,
+            batch,
+            machines,
+            new_events,
+            touched,
+            rebooted,
+            outcomes,
+        } = self;
+        let site = ctx.site;
+        let batch: &'b [Record] = batch;
+        for record in batch {
+            let mut wall_ms = None;
+            let outcome = match record {
+                Record::Event {
+                    machine,
+                    event,
+                    payload,
+                    received_ms,
+                } => 'event: {
+                    let machine = machine.as_str();
+                    let known = machine_state(machines, tx, site, machine)?;
+                    let max_boot = known.max_boot;
+                    // The ledger's boot: the device's, shifted by the offset of the epoch of the
+                    // box that counted it (see maintenance::epoch_of). Insert first; only a key
+                    // already taken is read back, to tell a resend (a duplicate) from another
+                    // event under the same key (a conflict: the first copy wins).
+                    let mut epoch = maintenance::epoch_of(tx, site, known, machine, event.box_id)?;
+                    let mut boot = event.boot.saturating_add(epoch.offset);
+                    if boot_state(known, tx, site, machine, boot)?.purged(event.seq) {
+                        // Purged or erased (docs/SECURITY.md): its key is gone, its tombstone stays.
+                        maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
+                        break 'event Outcome::Duplicate;
+                    }
+                    let state = match &event.event {
+                        EventBody::State { to, .. } => Some(to.as_str()),
+                        _ => None,
+                    };
+                    let session = session_of(&event.event, event.seq);
+                    let candidate = i64_of(received_ms.saturating_sub(event.sent_uptime_ms));
+                    let inserted = loop {
+                        known.max_boot = Some(known.max_boot.map_or(boot, |b| b.max(boot)));
+                        let b = boot_state(known, tx, site, machine, boot)?;
+                        // The boot's anchor after this event.
+                        let anchor = b.anchor.map_or(candidate, |a| a.min(candidate));
+                        let wall = event
+                            .ts
+                            .unwrap_or_else(|| u64_of(anchor).saturating_add(event.uptime_ms));
+                        wall_ms = Some(wall);
+                        let taken =
+                            new_events.taken(tx, site, machine, event.boot, boot, event.seq)?;
+                        if matches!(taken, Taken::Free) {
+                            new_events.insert(
+                                machine,
+                                boot,
+                                event.seq,
+                                [
+                                    Val::from(site),
+                                    Val::from(machine),
+                                    Val::from(boot),
+                                    Val::from(event.seq),
+                                    Val::from(event.event.kind()),
+                                    Val::from(state),
+                                    Val::from(session),
+                                    Val::from(event.uptime_ms),
+                                    Val::from(event.ts),
+                                    Val::from(wall),
+                                    Val::from(*received_ms),
+                                    Val::from(String::from_utf8_lossy(payload).into_owned()),
+                                ],
+                            );
+                            let b = boot_state(known, tx, site, machine, boot)?;
+                            b.observe(anchor, *received_ms, Some((event.uptime_ms, event.seq)));
+                            break true;
+                        }
+                        let stored =
+                            new_events.payload(tx, site, machine, boot, event.seq, &taken)?;
+                        // Not stored (only its tombstone is): nothing to compare, a duplicate.
+                        let differs = stored
+                            .as_deref()
+                            .and_then(|p| maintenance::stored_differs(p, event));
+                        let Some(field) = differs else {
+                            // A resend: its anchor candidate counts, as it always did.
+                            let b = boot_state(known, tx, site, machine, boot)?;
+                            b.observe(anchor, *received_ms, None);
+                            break false;
+                        };
+                        if let Some(maintenance::Pending::Adopt(b)) = epoch.pending {
+                            // The machine's first box id, counting boots the machine already
+                            // had: a replacement of a box older than box ids, not a resend.
+                            epoch = maintenance::new_epoch(known, b);
+                            boot = event.boot.saturating_add(epoch.offset);
+                            if boot_state(known, tx, site, machine, boot)?.purged(event.seq) {
+                                maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
+                                wall_ms = None;
+                                break 'event Outcome::Duplicate;
+                            }
+                            continue;
+                        }
+                        // The same key, another event: the first copy wins, this one is kept
+                        // aside and never applied (docs/PROTOCOL.md: it cannot double-bill).
+                        maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
+                        wall_ms = None;
+                        let detail = format!(
+                            "machine {machine} boot {} seq {} (ledger boot {boot}) is already \
+                             stored with another {field}: the first copy is kept and this one is \
+                             not counted. A device resends an event unchanged but for \
+                             sent_uptime_ms; a replacement box sends its own `box` id",
+                            event.boot, event.seq
+                        );
+                        tracing::warn!(
+                            machine,
+                            boot,
+                            seq = event.seq,
+                            field,
+                            "conflicting copy of a stored event kept as a dead letter"
+                        );
+                        let keep = payload.len().min(fabmeter_protocol::MAX_CONFIG_PAYLOAD);
+                        dead_letter(
+                            tx,
+                            site,
+                            *received_ms,
+                            &format!("fabmeter/v1/{site}/{machine}/event"),
+                            &payload[..keep],
+                            CONFLICT,
+                            &detail,
+                        )?;
+                        break 'event Outcome::Conflict;
+                    };
+                    maintenance::settle(tx, site, known, machine, epoch, *received_ms)?;
+                    if !inserted {
+                        break 'event Outcome::Duplicate;
+                    }
+                    if let Some(s) = session {
+                        touched
+                            .entry((machine.to_owned(), boot, s))
+                            .or_default()
+                            .push(session_rows::NewEvent {
+                                seq: event.seq,
+                                // As stored and read back by the full fold.
+                                uptime_ms: u64_of(i64_of(event.uptime_ms)),
+                                ts: event.ts.map(|t| u64_of(i64_of(t))),
+                                body: &event.event,
+                            });
+                    }
+                    if max_boot.is_some_and(|b| boot > b) {
+                        rebooted.insert(machine.to_owned());
+                    }
+                    Outcome::Accepted
+                }
+                Record::Status {
+                    machine,
+                    status,
+                    received_ms,
+                } => {
+                    let caps = status
+                        .caps
+                        .as_ref()
+                        .map(|c| serde_json::to_string(c).unwrap_or_default());
+                    let offset = machine_state(machines, tx, site, machine.as_str())?.offset;
+                    // A status of an older boot (a late last will) never overrides a newer one.
+                    tx.exec(
+                        "INSERT INTO presence (site, machine, boot, online, fw, config_hash, caps,
+                            changed_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (site, machine) DO UPDATE SET
+                            boot=excluded.boot, online=excluded.online,
+                            fw=COALESCE(excluded.fw, presence.fw),
+                            config_hash=COALESCE(excluded.config_hash, presence.config_hash),
+                            caps=COALESCE(excluded.caps, presence.caps),
+                            changed_ms=excluded.changed_ms
+                         WHERE excluded.boot >= presence.boot",
+                        args![
+                            site,
+                            machine.as_str(),
+                            status.boot.saturating_add(offset),
+                            status.status == Presence::Online,
+                            status.fw.as_ref().map(|f| f.as_str()),
+                            status.config_hash.map(|h| h.to_hex().as_str().to_owned()),
+                            caps,
+                            *received_ms,
+                        ],
+                    )?;
+                    Outcome::Accepted
+                }
+                Record::DeadLetter {
+                    topic,
+                    payload,
+                    reason,
+                    detail,
+                    received_ms,
+                } => {
+                    dead_letter(tx, site, *received_ms, topic, payload, reason, detail)?;
+                    Outcome::DeadLettered
+                }
+            };
+            outcomes.push(Committed { outcome, wall_ms });
+        }
+        Ok(())
+    }
+
+    /// A newer boot closes the open sessions of the older boots (at their last progress).
+    fn close_rebooted(&mut self, tx: &mut dyn Db) -> Result<(), LedgerError> {
+        for machine in &self.rebooted {
+            let open = tx.rows(
+                "SELECT boot, session FROM sessions WHERE site=?1 AND machine=?2 AND status='open'",
+                args![self.ctx.site, machine.as_str()],
+            )?;
+            for r in open {
+                self.touched
+                    .entry((machine.clone(), r.u32(0)?, r.u32(1)?))
+                    .or_default();
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows of the sessions the batch touched, after it, added to `rows`.
+    fn session_rows(
+        &mut self,
+        tx: &mut dyn Db,
+        stored: &session_rows::Stored,
+        rows: &mut Vec<[Val; 14]>,
+    ) -> Result<(), LedgerError> {
+        let site = self.ctx.site;
+        for ((machine, boot, session), new) in &self.touched {
+            let known = machine_state(&mut self.machines, tx, site, machine)?;
+            let newer = known.max_boot.is_some_and(|b| b > *boot);
+            let anchor = boot_state(known, tx, site, machine, *boot)?
+                .anchor
+                .map(u64_of);
+            let key = session_rows::Key {
+                site,
+                machine,
+                boot: *boot,
+                session: *session,
+            };
+            let row = if self.ctx.full_session_recompute {
+                session_rows::full(tx, &key, newer)?
+            } else {
+                session_rows::recompute(tx, &key, new, anchor, newer, stored)?
+            };
+            if let Some(row) = row {
+                rows.push(session_values(self.ctx.badges, &key, &row));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn dead_letter(
@@ -1201,6 +1421,9 @@ impl<E: Engine> Ledger for E {
 
 #[path = "maintenance.rs"]
 pub(super) mod maintenance;
+
+#[path = "batch_reads.rs"]
+pub(super) mod batch_reads;
 
 #[path = "session_rows.rs"]
 pub(super) mod session_rows;

@@ -274,24 +274,14 @@ impl PgConnection {
         out
     }
 
-    /// Runs `f` once per site of `sites` in one transaction, committed when every call returned
-    /// `Ok`: the batches of several sites cost one `COMMIT`. The sites' advisory locks are taken
-    /// first, in order (two collectors locking overlapping sets never deadlock).
-    pub(crate) fn write_sites<T>(
+    /// Runs `f` once, with every site's context, in one transaction that holds the sites'
+    /// advisory locks (taken first, in order: two collectors locking overlapping sets never
+    /// deadlock); `f` says how it ends.
+    fn transaction_all<T>(
         &self,
         sites: &[&PgLedger],
-        mut f: impl FnMut(usize, &mut dyn Db, &Ctx<'_>) -> Result<T, LedgerError>,
-    ) -> Result<Vec<T>, LedgerError> {
-        self.transaction_sites(sites, |i, db, ctx| Ok((f(i, db, ctx)?, End::Commit)))
-    }
-
-    /// [`PgConnection::write_sites`], each call saying how the transaction ends: it is committed
-    /// when every call returned `Ok` with [`End::Commit`], else rolled back.
-    fn transaction_sites<T>(
-        &self,
-        sites: &[&PgLedger],
-        mut f: impl FnMut(usize, &mut dyn Db, &Ctx<'_>) -> Result<(T, End), LedgerError>,
-    ) -> Result<Vec<T>, LedgerError> {
+        f: impl FnOnce(&mut dyn Db, &[Ctx<'_>]) -> Result<(T, End), LedgerError>,
+    ) -> Result<T, LedgerError> {
         self.with_client(|client, cache| {
             let mut tx = client.transaction()?;
             // One round trip for every site's lock, taken in the order of the lock keys (the
@@ -304,31 +294,26 @@ impl PgConnection {
                  ) AS keys",
                 &[&names],
             )?;
-            let mut out = Vec::with_capacity(sites.len());
-            let mut commit = true;
-            for (i, l) in sites.iter().enumerate() {
-                let ctx = Ctx {
+            let ctxs: Vec<Ctx<'_>> = sites
+                .iter()
+                .map(|l| Ctx {
                     site: &l.site,
                     badges: &l.badges,
                     full_session_recompute: false,
-                };
-                let (t, end) = f(
-                    i,
-                    &mut Pg {
-                        client: &mut tx,
-                        cache,
-                    },
-                    &ctx,
-                )?;
-                commit &= end == End::Commit;
-                out.push(t);
+                })
+                .collect();
+            let (t, end) = f(
+                &mut Pg {
+                    client: &mut tx,
+                    cache,
+                },
+                &ctxs,
+            )?;
+            match end {
+                End::Commit => tx.commit()?,
+                End::Rollback => tx.rollback()?,
             }
-            if commit {
-                tx.commit()?;
-            } else {
-                tx.rollback()?;
-            }
-            Ok(out)
+            Ok(t)
         })
     }
 
@@ -347,14 +332,20 @@ impl PgConnection {
             )));
         }
         let ledgers: Vec<&PgLedger> = batches.iter().map(|b| b.ledger).collect();
-        self.write_sites(&ledgers, |i, db, ctx| match batches.get(i) {
-            Some(b) => {
+        // Every site's batch in one pass (`ops::commit_sites`): their reads and writes share
+        // statements.
+        self.transaction_all(&ledgers, |db, ctxs| {
+            for (b, ctx) in batches.iter().zip(ctxs) {
                 if !b.register.is_empty() {
                     super::ops::register(db, ctx.site, b.register, now_ms)?;
                 }
-                super::ops::commit(db, ctx, b.records)
             }
-            None => Ok(Vec::new()),
+            let work: Vec<(&Ctx<'_>, &[Record])> = ctxs
+                .iter()
+                .zip(batches)
+                .map(|(ctx, b)| (ctx, b.records))
+                .collect();
+            Ok((super::ops::commit_sites(db, &work)?, End::Commit))
         })
     }
 
@@ -503,15 +494,11 @@ impl Engine for PgLedger {
         f: impl FnOnce(&mut dyn Db, &Ctx<'_>) -> Result<(T, End), LedgerError>,
     ) -> Result<T, LedgerError> {
         // One writer per site at a time (see the module's doc).
-        let mut f = Some(f);
-        let mut out = self
-            .conn
-            .transaction_sites(&[&*self], |_, db, ctx| match f.take() {
-                Some(f) => f(db, ctx),
-                None => Err(LedgerError::Column("a write ran twice".into())),
-            })?;
-        out.pop()
-            .ok_or_else(|| LedgerError::Column("a write returned nothing".into()))
+        self.conn
+            .transaction_all(&[&*self], |db, ctxs| match ctxs.first() {
+                Some(ctx) => f(db, ctx),
+                None => Err(LedgerError::Column("a write without its site".into())),
+            })
     }
 
     fn read<T>(

@@ -14,7 +14,10 @@
 //! anchor may have moved since (see `protocol::clock`), so the start and the `last_seq` event are
 //! re-dated from their stored uptime and `ts` with the current anchor, like the full fold does.
 
-use super::super::sql::{args, Db};
+use std::collections::HashMap;
+
+use super::super::sql::{Db, Val};
+use super::batch_reads::chunked;
 use super::{fold_stored, u64_of, LedgerError};
 use crate::session::{fold, SessionEvent, SessionFold, SessionStatus};
 use fabmeter_protocol::clock::ClockAnchor;
@@ -66,71 +69,144 @@ pub(super) type SessionKey = (String, u32, u32);
 /// of an old session must not make a read span every event in between).
 const GAP: u32 = 1024;
 
-/// What the ledger holds of the sessions a batch touched, read with one query per (machine,
-/// boot) and run of nearby sessions rather than per session: their rows, and how many stored
-/// events name each (after the batch's events were inserted).
+/// What the ledger holds of the sessions a batch touched, read with one statement per chunk of
+/// (machine, boot, run of nearby sessions) rather than per session (`batch_reads`): their rows,
+/// how many stored events name each (after the batch's events were inserted), and the stored
+/// uptime and `ts` of the events the rows' wall times come from (the start and `last_seq`).
 #[derive(Debug, Default)]
 pub(super) struct Stored {
-    rows: std::collections::HashMap<SessionKey, SessionRow>,
-    events: std::collections::HashMap<SessionKey, i64>,
+    rows: HashMap<SessionKey, SessionRow>,
+    events: HashMap<SessionKey, i64>,
+    /// (machine, boot, seq) → (uptime_ms, ts_ms).
+    clocks: HashMap<SessionKey, (i64, Option<i64>)>,
 }
 
 impl Stored {
-    /// Reads the rows and event counts of `keys` (sorted, as a `BTreeMap`'s keys are).
-    pub(super) fn read<'k>(
+    /// Reads the rows and event counts of the sessions of each site of `keys` (each site's keys
+    /// sorted, as a `BTreeMap`'s keys are), site by site.
+    pub(super) fn read_sites(
         db: &mut dyn Db,
-        site: &str,
-        keys: impl Iterator<Item = &'k SessionKey>,
-    ) -> Result<Stored, LedgerError> {
-        let mut out = Stored::default();
-        // Runs (machine, boot, first session, last session) of nearby sessions.
-        let mut runs: Vec<(&str, u32, u32, u32)> = Vec::new();
-        for (machine, boot, session) in keys {
-            match runs.last_mut() {
-                Some((m, b, _, hi))
-                    if *m == machine.as_str()
-                        && *b == *boot
-                        && session.saturating_sub(*hi) <= GAP =>
-                {
-                    *hi = (*hi).max(*session);
+        keys: &[(&str, Vec<&SessionKey>)],
+    ) -> Result<HashMap<String, Stored>, LedgerError> {
+        let mut out: HashMap<String, Stored> = HashMap::new();
+        // Runs (site, machine, boot, first session, last session) of nearby sessions.
+        let mut runs: Vec<(&str, &str, u32, u32, u32)> = Vec::new();
+        for (site, keys) in keys {
+            out.entry((*site).to_owned()).or_default();
+            for (machine, boot, session) in keys {
+                match runs.last_mut() {
+                    Some((s, m, b, _, hi))
+                        if s == site
+                            && *m == machine.as_str()
+                            && *b == *boot
+                            && session.saturating_sub(*hi) <= GAP =>
+                    {
+                        *hi = (*hi).max(*session);
+                    }
+                    _ => runs.push((site, machine.as_str(), *boot, *session, *session)),
                 }
-                _ => runs.push((machine.as_str(), *boot, *session, *session)),
             }
         }
-        for (machine, boot, lo, hi) in runs {
-            for r in db.rows(
-                "SELECT session, badge, start_ms, end_ms, busy_s, idle_s, energy_wh, status,
-                    reason, last_seq
-                 FROM sessions WHERE site=?1 AND machine=?2 AND boot=?3
-                    AND session BETWEEN ?4 AND ?5",
-                args![site, machine, boot, lo, hi],
-            )? {
-                out.rows.insert(
-                    (machine.to_owned(), boot, r.u32(0)?),
-                    SessionRow {
-                        badge: r.opt_text(1)?,
-                        start_ms: r.opt_u64(2)?,
-                        end_ms: r.opt_u64(3)?,
-                        busy_s: r.u32(4)?,
-                        idle_s: r.u32(5)?,
-                        energy_wh: r.u32(6)?,
-                        status: r.text(7)?,
-                        reason: r.opt_text(8)?,
-                        last_seq: r.u32(9)?,
-                    },
-                );
-            }
-            for r in db.rows(
-                // The session index, named: without statistics SQLite prefers the primary key's
-                // (site, machine, boot) prefix and counts through every event of the boot.
-                "SELECT session, COUNT(*) FROM events INDEXED BY events_session
-                 WHERE site=?1 AND machine=?2 AND boot=?3 AND session BETWEEN ?4 AND ?5
-                 GROUP BY session",
-                args![site, machine, boot, lo, hi],
-            )? {
-                out.events
-                    .insert((machine.to_owned(), boot, r.u32(0)?), r.i64(1)?);
-            }
+        let runs: Vec<[Val; 5]> = runs
+            .into_iter()
+            .map(|(s, m, b, lo, hi)| {
+                [
+                    Val::from(s),
+                    Val::from(m),
+                    Val::from(b),
+                    Val::from(lo),
+                    Val::from(hi),
+                ]
+            })
+            .collect();
+        const RUN: &str = "site, machine, boot, lo, hi";
+        const RUN_TYPES: [&str; 5] = ["TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT"];
+        for r in chunked(
+            db,
+            "WITH {keys} SELECT t.site, t.machine, t.boot, t.session, t.badge, t.start_ms,
+                t.end_ms, t.busy_s, t.idle_s, t.energy_wh, t.status, t.reason, t.last_seq
+             FROM k CROSS JOIN sessions t
+             WHERE t.site=k.site AND t.machine=k.machine AND t.boot=k.boot
+                AND t.session BETWEEN k.lo AND k.hi",
+            RUN,
+            RUN_TYPES,
+            &runs,
+        )? {
+            out.entry(r.text(0)?).or_default().rows.insert(
+                (r.text(1)?, r.u32(2)?, r.u32(3)?),
+                SessionRow {
+                    badge: r.opt_text(4)?,
+                    start_ms: r.opt_u64(5)?,
+                    end_ms: r.opt_u64(6)?,
+                    busy_s: r.u32(7)?,
+                    idle_s: r.u32(8)?,
+                    energy_wh: r.u32(9)?,
+                    status: r.text(10)?,
+                    reason: r.opt_text(11)?,
+                    last_seq: r.u32(12)?,
+                },
+            );
+        }
+        for r in chunked(
+            db,
+            // The session index, named: without statistics SQLite prefers the primary key's
+            // (site, machine, boot) prefix and counts through every event of the boot.
+            "WITH {keys} SELECT t.site, t.machine, t.boot, t.session, COUNT(*)
+             FROM k CROSS JOIN events t INDEXED BY events_session
+             WHERE t.site=k.site AND t.machine=k.machine AND t.boot=k.boot
+                AND t.session BETWEEN k.lo AND k.hi
+             GROUP BY t.site, t.machine, t.boot, t.session",
+            RUN,
+            RUN_TYPES,
+            &runs,
+        )? {
+            out.entry(r.text(0)?)
+                .or_default()
+                .events
+                .insert((r.text(1)?, r.u32(2)?, r.u32(3)?), r.i64(4)?);
+        }
+        // The start and `last_seq` event of each row, in key order (as the runs: nearby keys
+        // share index pages).
+        let mut named: Vec<(&str, &SessionKey, u32)> = out
+            .iter()
+            .flat_map(|(site, s)| {
+                s.rows
+                    .iter()
+                    .map(move |(k, r)| (site.as_str(), k, r.last_seq))
+            })
+            .collect();
+        named.sort_unstable();
+        let wanted: Vec<[Val; 5]> = named
+            .into_iter()
+            .map(|(site, (m, b, session), last_seq)| {
+                [
+                    Val::from(site),
+                    Val::from(m.as_str()),
+                    Val::from(*b),
+                    Val::from(*session),
+                    Val::from(last_seq),
+                ]
+            })
+            .collect();
+        let mut clocks = Vec::new();
+        for r in chunked(
+            db,
+            "WITH {keys} SELECT t.site, t.machine, t.boot, t.seq, t.uptime_ms, t.ts_ms
+             FROM k CROSS JOIN events t
+             WHERE t.site=k.site AND t.machine=k.machine AND t.boot=k.boot
+                AND t.seq IN (k.start_seq, k.last_seq)",
+            "site, machine, boot, start_seq, last_seq",
+            ["TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT"],
+            &wanted,
+        )? {
+            clocks.push((
+                r.text(0)?,
+                (r.text(1)?, r.u32(2)?, r.u32(3)?),
+                (r.i64(4)?, r.opt_i64(5)?),
+            ));
+        }
+        for (site, key, clock) in clocks {
+            out.entry(site).or_default().clocks.insert(key, clock);
         }
         Ok(out)
     }
@@ -155,7 +231,7 @@ pub(super) fn recompute(
     newer: bool,
     stored: &Stored,
 ) -> Result<Option<SessionRow>, LedgerError> {
-    if let Some(row) = incremental(db, k, new, anchor, newer, stored)? {
+    if let Some(row) = incremental(k, new, anchor, newer, stored)? {
         return Ok(Some(row));
     }
     full(db, k, newer)
@@ -177,7 +253,6 @@ fn wall(anchor: Option<u64>, uptime_ms: u64, ts: Option<u64>) -> Option<u64> {
 
 /// `None`: the row does not allow it (see the module's doc); the caller folds the stored events.
 fn incremental(
-    db: &mut dyn Db,
     k: &Key<'_>,
     new: &[NewEvent<'_>],
     anchor: Option<u64>,
@@ -240,14 +315,8 @@ fn incremental(
     // The stored events the row's wall times came from, re-dated with the current anchor.
     let mut start_at = None;
     let mut last_at = None;
-    {
-        let rows = db.rows(
-            "SELECT seq, uptime_ms, ts_ms FROM events
-             WHERE site=?1 AND machine=?2 AND boot=?3 AND seq IN (?4, ?5)",
-            args![k.site, k.machine, k.boot, k.session, row.last_seq],
-        )?;
-        for r in rows {
-            let (seq, uptime, ts) = (r.u32(0)?, r.i64(1)?, r.opt_i64(2)?);
+    for seq in [k.session, row.last_seq] {
+        if let Some(&(uptime, ts)) = stored.clocks.get(&(k.machine.to_owned(), k.boot, seq)) {
             let at = wall(anchor, u64_of(uptime), ts.map(u64_of));
             if seq == k.session && had_start {
                 start_at = Some(at);
@@ -256,9 +325,9 @@ fn incremental(
                 last_at = Some(at);
             }
         }
-        if (had_start && start_at.is_none()) || (row.last_seq != k.session && last_at.is_none()) {
-            return Ok(None); // an event the row names is gone (purged): fold what is left
-        }
+    }
+    if (had_start && start_at.is_none()) || (row.last_seq != k.session && last_at.is_none()) {
+        return Ok(None); // an event the row names is gone (purged): fold what is left
     }
     let mut out = SessionRow {
         badge: row.badge.clone(),

@@ -193,6 +193,17 @@ pub(crate) trait Db {
     fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, LedgerError>;
     /// Runs a query; all its rows.
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Row>, LedgerError>;
+    /// Appends rows to `table` in bulk when the engine has a faster way than `INSERT` (PostgreSQL's
+    /// binary `COPY`): each row holds `columns.len()` values, and no row may conflict with a
+    /// stored one. `None`: no such way (the caller inserts).
+    fn copy_rows(
+        &mut self,
+        _table: &str,
+        _columns: &[&str],
+        _rows: &[&[Val]],
+    ) -> Result<Option<u64>, LedgerError> {
+        Ok(None)
+    }
     /// Runs a query; its first row, if any.
     fn row(&mut self, sql: &str, args: &[Val]) -> Result<Option<Row>, LedgerError> {
         Ok(self.rows(sql, args)?.into_iter().next())
@@ -275,15 +286,23 @@ impl<C: postgres::GenericClient> Pg<'_, C> {
         stmt: &postgres::Statement,
         args: &[Val],
     ) -> Result<Vec<Box<dyn postgres::types::ToSql + Sync>>, LedgerError> {
+        Self::bind_as(stmt.params(), args)
+    }
+
+    /// The arguments as `types`, one each.
+    fn bind_as(
+        types: &[postgres::types::Type],
+        args: &[Val],
+    ) -> Result<Vec<Box<dyn postgres::types::ToSql + Sync>>, LedgerError> {
         use postgres::types::Type;
-        if stmt.params().len() != args.len() {
+        if types.len() != args.len() {
             return Err(LedgerError::Column(format!(
                 "{} arguments for {} parameters",
                 args.len(),
-                stmt.params().len()
+                types.len()
             )));
         }
-        stmt.params()
+        types
             .iter()
             .zip(args)
             .enumerate()
@@ -328,6 +347,36 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
             bound.iter().map(|b| b.as_ref()).collect();
         Ok(self.client.execute(&stmt, &refs)?)
+    }
+
+    fn copy_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[&[Val]],
+    ) -> Result<Option<u64>, LedgerError> {
+        if rows.is_empty() || columns.is_empty() {
+            return Ok(Some(0));
+        }
+        let columns = columns.join(", ");
+        // The columns' types, from a statement prepared once per connection.
+        let types: Vec<postgres::types::Type> = self
+            .prepared(&format!("SELECT {columns} FROM {table} WHERE false"))?
+            .columns()
+            .iter()
+            .map(|c| c.type_().clone())
+            .collect();
+        let sink = self.client.copy_in(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))?;
+        let mut writer = postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
+        for row in rows {
+            let bound = Self::bind_as(&types, row)?;
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                bound.iter().map(|b| b.as_ref()).collect();
+            writer.write(&refs)?;
+        }
+        Ok(Some(writer.finish()?))
     }
 
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Row>, LedgerError> {

@@ -239,6 +239,9 @@ impl SqliteLedger {
         // 32 MiB of page cache (SQLite's default is 2 MiB): the ingest writer otherwise reads the
         // event and boot indexes back from the OS for every batch (docs/BENCHMARKS.md "Ingest").
         conn.pragma_update(None, "cache_size", -32_768)?;
+        // The write path's multi-key statements come in a few shapes each (`batch_reads`): keep
+        // them all prepared (rusqlite keeps 16 by default).
+        conn.set_prepared_statement_cache_capacity(256);
         migrate(&mut conn)?;
         // Dead letters stored before they named their site (schema 7) are this file's site's.
         conn.execute(
