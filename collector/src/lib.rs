@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod config;
+pub mod costs;
 pub mod device_keys;
 pub mod ingest;
 pub mod ledger;
