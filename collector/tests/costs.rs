@@ -481,3 +481,33 @@ fn cost_recovery_on_postgresql_equals_sqlite() {
     workload(&mut s, &c);
     assert_eq!(on_pg, november(&c, &s));
 }
+
+#[test]
+fn the_api_serves_the_report_and_refuses_a_bad_range() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    let mut l =
+        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges(&c)).expect("open");
+    workload(&mut l, &c);
+    let expected = serde_json::to_value(november(&c, &l)).expect("value");
+    let reader: Box<dyn Ledger> = Box::new(l);
+    let app = api::costs_router(Arc::new(Mutex::new(reader)), Arc::new(c));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let get = |path: &str| fabmeter_e2e::http::get("127.0.0.1", port, path).expect("GET");
+    let r = get("/api/costs?from=2026-11-01&to=2026-12-01");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(body, expected);
+    let r = get("/api/costs?from=2026-12-01&to=2026-11-01");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("give --from before --to"), "{}", r.text());
+    let r = get("/api/costs?from=yesterday");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("from=\\\"yesterday\\\""), "{}", r.text());
+}
