@@ -4,6 +4,7 @@
 
 pub use fabmeter_protocol as protocol;
 
+pub mod accounting;
 pub mod api;
 pub mod app;
 pub mod auth;

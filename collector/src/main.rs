@@ -51,6 +51,32 @@ enum Command {
     /// Cost recovery per machine: depreciation, maintenance, consumables, revenue billed,
     /// utilisation and months to pay back (docs/COSTS.md).
     CostRecovery(CostRecoveryArgs),
+    /// The accounting export of the documents issued in a month: CSV (one line per document and
+    /// VAT rate) or the French FEC of the sales journal (docs/BILLING.md "Accounting export").
+    ExportAccounting(ExportAccountingArgs),
+}
+
+/// `export-accounting` arguments.
+#[derive(Args, Debug)]
+struct ExportAccountingArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// The month of issue, e.g. 2026-11 (default: the previous month).
+    #[arg(long)]
+    period: Option<String>,
+    /// csv or fec.
+    #[arg(long)]
+    format: AccountingFormat,
+    /// The file to write (atomically: a temporary file renamed once complete).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Output format of `export-accounting`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum AccountingFormat {
+    Csv,
+    Fec,
 }
 
 /// `cost-recovery` arguments.
@@ -472,6 +498,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CostRecovery(a) => cost_recovery(a),
+        Command::ExportAccounting(a) => billing::export_accounting(a),
         Command::Run(o) => {
             let loaded = o.load_run()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -893,6 +920,36 @@ mod billing {
             )?;
             println!("written to {}", dir.display());
         }
+        Ok(())
+    }
+
+    pub(super) fn export_accounting(a: ExportAccountingArgs) -> anyhow::Result<()> {
+        use fabmeter_collector::accounting;
+        let (billing, ledger) = open(a.o)?;
+        let period = match &a.period {
+            Some(p) => Period::parse(p).map_err(|e| anyhow::anyhow!("--period: {e}"))?,
+            None => Period::of(billing.rules.zone.date_of(now_ms())).prev(),
+        };
+        let docs = accounting::issued_in(ledger.documents()?, period);
+        let bytes = match a.format {
+            AccountingFormat::Csv => accounting::vat_csv(&docs).into_bytes(),
+            AccountingFormat::Fec => {
+                accounting::latin9(&accounting::fec(&docs, &billing.config.accounts))
+            }
+        };
+        fabmeter_collector::provision::write_atomic_bytes(&a.out, &bytes, 0o644)?;
+        let sum = |f: fn(&Invoice) -> i64| format_cents(docs.iter().map(f).sum());
+        println!(
+            "{} documents issued in {period} ({} credit notes): {} EUR excl. VAT, {} EUR VAT, {} EUR incl. VAT; written to {}",
+            docs.len(),
+            docs.iter()
+                .filter(|d| d.kind == fabmeter_collector::billing::invoice::DocKind::CreditNote)
+                .count(),
+            sum(|d| d.totals.excl_cents),
+            sum(|d| d.totals.vat_cents),
+            sum(|d| d.totals.incl_cents),
+            a.out.display()
+        );
         Ok(())
     }
 

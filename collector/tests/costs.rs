@@ -40,7 +40,7 @@ kind = "saw"
 
 [[members]]
 id = "alice"
-name = "Alice Martin"
+name = "Alice Martin-Léger"
 badges = ["ba279e0c1e5c2464"]
 [[members]]
 id = "bob"
@@ -510,4 +510,218 @@ fn the_api_serves_the_report_and_refuses_a_bad_range() {
     let r = get("/api/costs?from=yesterday");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("from=\\\"yesterday\\\""), "{}", r.text());
+}
+
+/// `1234,56` → cents.
+fn fec_cents(s: &str) -> i64 {
+    let (e, c) = s.split_once(',').expect("comma decimal");
+    assert_eq!(c.len(), 2, "{s}");
+    e.parse::<i64>().expect("euros") * 100 + c.parse::<i64>().expect("cents")
+}
+
+/// VAT of a base at a rate in basis points, half up (bases here are positive).
+fn vat(base: i64, bp: i64) -> i64 {
+    (base * bp + 5_000) / 10_000
+}
+
+#[test]
+fn the_accounting_export_balances_and_equals_the_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path());
+    let mut l =
+        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges(&c)).expect("open");
+    workload(&mut l, &c);
+    let toml = dir.path().join("site.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "{SITE}\n[ledger]\npath = {:?}\n",
+            c.ledger.path.display().to_string()
+        ),
+    )
+    .expect("write site");
+    let export = |period: &str, format: &str, out: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
+            .args(["export-accounting", "--config"])
+            .arg(&toml)
+            .args(["--period", period, "--format", format, "--out"])
+            .arg(out)
+            .output()
+            .expect("run")
+    };
+    // December holds November's invoices (issued on the 2nd) and the credit note of Bob's.
+    let docs: Vec<_> = l
+        .documents()
+        .expect("docs")
+        .into_iter()
+        .filter(|d| d.issue_date.to_string().starts_with("2026-12"))
+        .collect();
+    assert_eq!(docs.len(), 3);
+    assert_eq!(
+        docs.iter()
+            .filter(|d| d.kind == DocKind::CreditNote)
+            .count(),
+        1
+    );
+    // Expected per member and rate from the workload: laser at 20 %, printer at 5.5 %.
+    let base = |badge: &str, machine: &str| -> i64 {
+        NOVEMBER
+            .iter()
+            .filter(|s| s.3 == badge && s.0 == machine)
+            .map(price)
+            .sum()
+    };
+    let gross = |badge: &str| {
+        let (laser, printer) = (base(badge, "laser-1"), base(badge, "printer-1"));
+        laser + vat(laser, 2000) + printer + vat(printer, 550)
+    };
+    let net_all = base(ALICE, "laser-1") + base(ALICE, "printer-1");
+    let gross_all = gross(ALICE);
+
+    // FEC: 18 columns, every entry balanced, the customer account carries the ledger's totals.
+    let fec_path = dir.path().join("FEC-2026-12.txt");
+    let out = export("2026-12", "fec", &fec_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&fec_path).expect("fec");
+    // ISO 8859-15: the é of Martin-Léger is one byte.
+    assert!(bytes.windows(2).any(|w| w == [b'L', 0xE9]));
+    let text: String = bytes.iter().map(|&b| char::from(b)).collect();
+    let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+    let header: Vec<&str> = lines.next().expect("header").split('|').collect();
+    assert_eq!(
+        header,
+        [
+            "JournalCode",
+            "JournalLib",
+            "EcritureNum",
+            "EcritureDate",
+            "CompteNum",
+            "CompteLib",
+            "CompAuxNum",
+            "CompAuxLib",
+            "PieceRef",
+            "PieceDate",
+            "EcritureLib",
+            "Debit",
+            "Credit",
+            "EcritureLet",
+            "DateLet",
+            "ValidDate",
+            "Montantdevise",
+            "Idevise"
+        ]
+    );
+    let mut balance: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    let (mut customer, mut sales, mut vat_collected) = (0i64, 0i64, 0i64);
+    for line in lines {
+        let f: Vec<&str> = line.split('|').collect();
+        assert_eq!(f.len(), 18, "{line}");
+        assert_eq!(
+            (f[0], f[3].len(), f[9], f[15]),
+            ("VT", 8, f[3], f[3]),
+            "{line}"
+        );
+        assert!(f[3].starts_with("202612"), "{line}");
+        let (d, cr) = (fec_cents(f[11]), fec_cents(f[12]));
+        assert!(d >= 0 && cr >= 0 && (d == 0 || cr == 0), "{line}");
+        let e = balance.entry(f[2].to_owned()).or_default();
+        e.0 += d;
+        e.1 += cr;
+        match &f[4][..3] {
+            "411" => {
+                customer += d - cr;
+                assert!(!f[6].is_empty(), "customer lines name the member: {line}");
+            }
+            "706" => sales += cr - d,
+            "445" => vat_collected += cr - d,
+            other => panic!("unexpected account {other}: {line}"),
+        }
+    }
+    assert_eq!(balance.len(), 3, "one entry per document");
+    for (n, (d, cr)) in &balance {
+        assert_eq!(d, cr, "entry {n} balances");
+    }
+    let ledger_incl: i64 = docs.iter().map(|d| d.totals.incl_cents).sum();
+    let ledger_excl: i64 = docs.iter().map(|d| d.totals.excl_cents).sum();
+    assert_eq!((customer, sales), (ledger_incl, ledger_excl));
+    assert_eq!((customer, sales), (gross_all, net_all));
+    assert_eq!(vat_collected, gross_all - net_all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("3 documents issued in 2026-12 (1 credit notes)"),
+        "{stdout}"
+    );
+
+    // CSV: one line per document and rate, credit notes negative, totals equal the ledger's.
+    let csv_path = dir.path().join("sales-2026-12.csv");
+    let out = export("2026-12", "csv", &csv_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(&csv_path).expect("csv");
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next(),
+        Some("number,kind,date,period,member,member_name,vat_rate,net,vat,gross,refers_to")
+    );
+    let cents = |s: &str| -> i64 {
+        let neg = s.starts_with('-');
+        let v: i64 = s
+            .trim_start_matches('-')
+            .replace('.', "")
+            .parse()
+            .expect("amount");
+        if neg {
+            -v
+        } else {
+            v
+        }
+    };
+    let (mut n, mut net, mut total) = (0, 0i64, 0i64);
+    for r in rows {
+        let f: Vec<&str> = r.split(',').collect();
+        assert_eq!(f.len(), 11, "{r}");
+        let (b, v, g) = (cents(f[7]), cents(f[8]), cents(f[9]));
+        assert_eq!(b + v, g, "{r}");
+        let bp: i64 = if f[6] == "20" { 2000 } else { 550 };
+        assert_eq!(v.abs(), vat(b.abs(), bp), "{r}");
+        if f[1] == "credit_note" {
+            assert!(
+                b < 0 && g < 0 && !f[10].is_empty(),
+                "negative, naming the invoice: {r}"
+            );
+        } else {
+            assert!(b > 0, "{r}");
+        }
+        n += 1;
+        net += b;
+        total += g;
+    }
+    assert_eq!(n, 6, "3 documents x 2 rates");
+    assert_eq!((net, total), (net_all, gross_all));
+
+    // November holds October's two invoices, no credit note.
+    let out = export("2026-11", "csv", &dir.path().join("sales-2026-11.csv"));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .starts_with("2 documents issued in 2026-11 (0 credit notes)"));
+
+    // Never a half file: a directory that does not exist gets nothing, and no temporary file is
+    // left beside the files written.
+    let missing = dir.path().join("no-such-dir").join("fec.txt");
+    let out = export("2026-12", "fec", &missing);
+    assert!(!out.status.success());
+    assert!(!missing.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
