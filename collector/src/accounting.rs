@@ -20,7 +20,8 @@ pub fn issued_in(docs: Vec<Invoice>, period: Period) -> Vec<Invoice> {
 pub const VAT_CSV_HEADER: &str =
     "number,kind,date,period,member,member_name,vat_rate,net,vat,gross,refers_to\n";
 
-fn csv_field(s: &str) -> String {
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -682,20 +682,15 @@ fn cells(r: &CostRow) -> [String; 17] {
     ]
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 /// The report as CSV (amounts in EUR with two decimals, hours with two, percentages with two).
 pub fn to_csv(r: &CostReport) -> String {
     let mut out = COLUMNS.join(",");
     out.push('\n');
     for row in &r.machines {
-        let c: Vec<String> = cells(row).iter().map(|x| csv_field(x)).collect();
+        let c: Vec<String> = cells(row)
+            .iter()
+            .map(|x| crate::accounting::csv_field(x))
+            .collect();
         out.push_str(&c.join(","));
         out.push('\n');
     }

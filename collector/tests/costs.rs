@@ -330,6 +330,14 @@ fn november(c: &Config, l: &dyn Ledger) -> CostReport {
     costs::report(c, l, ms("2026-11-01T00:00:00Z"), ms("2026-12-01T00:00:00Z")).expect("report")
 }
 
+/// The site file for the commands, naming the test's ledger.
+fn site_file(dir: &std::path::Path, c: &Config) -> std::path::PathBuf {
+    let toml = dir.join("site.toml");
+    let ledger = c.ledger.path.display().to_string();
+    std::fs::write(&toml, format!("{SITE}\n[ledger]\npath = {ledger:?}\n")).expect("write site");
+    toml
+}
+
 fn badges(c: &Config) -> HashMap<String, String> {
     c.badge_directory()
 }
@@ -353,15 +361,7 @@ fn cost_recovery_on_sqlite_matches_the_workload_and_the_command_prints_it() {
     check_november(&r);
 
     // The command, on the same file: JSON equals the library's report; the table names the fix.
-    let toml = dir.path().join("site.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "{SITE}\n[ledger]\npath = {:?}\n",
-            c.ledger.path.display().to_string()
-        ),
-    )
-    .expect("write site");
+    let toml = site_file(dir.path(), &c);
     let run = |format: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
             .args(["cost-recovery", "--config"])
@@ -531,15 +531,7 @@ fn the_accounting_export_balances_and_equals_the_ledger() {
     let mut l =
         SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges(&c)).expect("open");
     workload(&mut l, &c);
-    let toml = dir.path().join("site.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "{SITE}\n[ledger]\npath = {:?}\n",
-            c.ledger.path.display().to_string()
-        ),
-    )
-    .expect("write site");
+    let toml = site_file(dir.path(), &c);
     let export = |period: &str, format: &str, out: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
             .args(["export-accounting", "--config"])
