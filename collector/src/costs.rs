@@ -21,7 +21,7 @@ use crate::ledger::{BillingError, Ledger, LedgerError};
 pub const MONTH_MS: i128 = 2_629_746_000;
 
 /// `[costs]`: opening hours and what each machine cost.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CostsConfig {
     /// Weekly opening hours, e.g. `"Mon-Fri 08:00-19:00, Sat 09:00-13:00"` (local time):
@@ -35,7 +35,18 @@ pub struct CostsConfig {
     /// What each machine cost.
     #[serde(default)]
     pub machines: Vec<MachineCost>,
+    /// How often the collector writes the `cost_recovery` points of the last 30 days to the
+    /// time series (docs/SCHEMA.md), seconds.
+    #[serde(default = "default_series_s")]
+    pub series_s: u64,
 }
+
+fn default_series_s() -> u64 {
+    3600
+}
+
+/// The range of the `cost_recovery` points: the last 30 days.
+pub const SERIES_RANGE_MS: u64 = 30 * 86_400_000;
 
 /// `[[costs.machines]]`: the purchase and running costs of one machine.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -52,6 +63,17 @@ pub struct MachineCost {
     /// Consumables (tubes, lenses, bits, filament not sold...), cents per busy hour.
     #[serde(default)]
     pub consumables_cents_per_busy_h: u64,
+}
+
+impl Default for CostsConfig {
+    fn default() -> Self {
+        CostsConfig {
+            opening_hours: None,
+            timezone: None,
+            machines: Vec::new(),
+            series_s: default_series_s(),
+        }
+    }
 }
 
 /// Example of a `[[costs.machines]]` entry, for error messages.
@@ -91,6 +113,9 @@ impl CostsConfig {
     pub fn validate(&self, config: &Config) -> Result<(), ConfigError> {
         self.zone(config)?;
         self.hours()?;
+        if self.series_s == 0 {
+            return Err(err("costs.series_s", "must be at least 1 second", "3600"));
+        }
         let mut seen = BTreeSet::new();
         for (i, m) in self.machines.iter().enumerate() {
             let key = |k: &str| format!("costs.machines[{i}].{k}");
