@@ -741,7 +741,7 @@ pub fn to_table(r: &CostReport) -> String {
         crate::api::format_utc(r.from_ms),
         crate::api::format_utc(r.to_ms),
         r.opening_s
-            .map(hours)
+            .map(|s| format!("{} h", hours(s)))
             .unwrap_or_else(|| "not configured: add costs.opening_hours".into())
     );
     let line = |cols: &[String]| {
