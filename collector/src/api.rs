@@ -10,6 +10,7 @@
 //! | `GET /api/members/{id}/statement?period` | usage and charges so far this period (docs/BILLING.md) |
 //! | `GET /api/members/{id}/export` | everything held about the member (docs/SECURITY.md "Personal data") |
 //! | `GET /api/maintenance` | every machine's plans (hours left, due date, state), lock, availability |
+//! | `GET /api/costs?from&to` | cost recovery per machine (docs/COSTS.md) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | the process answers |
 //! | `GET /readyz` | connected to the broker and the ledger answers |
@@ -96,6 +97,65 @@ async fn maintenance(
     })
     .await?;
     Ok(Json(serde_json::json!({ "now_ms": now, "machines": machines })).into_response())
+}
+
+/// The cost recovery route (`GET /api/costs`), merged into [`router`]'s by the application.
+pub fn costs_router(ledger: SharedLedger, config: Arc<crate::config::Config>) -> Router {
+    Router::new()
+        .route("/api/costs", get(costs))
+        .with_state((ledger, config))
+}
+
+/// Query string of `/api/costs`.
+#[derive(Debug, Deserialize, Default)]
+pub struct CostParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn costs(
+    State((ledger, config)): State<(SharedLedger, Arc<crate::config::Config>)>,
+    Query(q): Query<CostParams>,
+) -> Result<Response, ApiError> {
+    use crate::costs::{report, CostError};
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let zone = config
+        .costs
+        .clone()
+        .unwrap_or_default()
+        .zone(&config)
+        .map_err(|e| bad(e.to_string()))?;
+    let bound = |name: &str, v: &Option<String>| -> Result<Option<u64>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                crate::billing::Date::parse(s)
+                    .map(|d| zone.midnight(d))
+                    .ok()
+                    .or_else(|| parse_time(s))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{name}={s:?}: give a date (2026-11-01), a UTC date-time (2026-11-01T08:00:00Z) or unix ms"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let to = bound("to", &q.to)?.unwrap_or_else(crate::ingest::now_ms);
+    let from = bound("from", &q.from)?.unwrap_or(to.saturating_sub(90 * 86_400_000));
+    let r = tokio::task::spawn_blocking(move || {
+        let guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        report(&config, guard.as_ref(), from, to)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match r {
+        Ok(r) => Ok(Json(r).into_response()),
+        Err(e @ (CostError::Range(_) | CostError::Config(_))) => Err(bad(e.to_string())),
+        Err(e) => {
+            tracing::error!(error = %e, "cost recovery failed");
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
+    }
 }
 
 /// `GET /api/members/{id}/export`: everything held about one member (docs/SECURITY.md "Personal

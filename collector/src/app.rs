@@ -478,11 +478,13 @@ impl Application {
             site_readers.push((c.clone(), state.ledger.clone()));
             process.get_or_insert_with(|| api::process_router(state.clone()));
             let maintenance_routes = api::maintenance_router(state.ledger.clone(), c.clone());
+            let state_ledger = state.ledger.clone();
             site_routes.push((
                 c.site.id.clone(),
                 guard(
                     api::router(state)
                         .merge(maintenance_routes)
+                        .merge(api::costs_router(state_ledger, c.clone()))
                         .merge(api::privacy_router(c.clone())),
                 ),
             ));

@@ -295,6 +295,9 @@ pub struct Config {
     /// Retention of personal data (docs/SECURITY.md "Personal data").
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    /// Cost recovery: opening hours and machine costs (docs/COSTS.md); absent: no costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub costs: Option<crate::costs::CostsConfig>,
 }
 
 /// `[security]`: per-device keys that sign events.
@@ -655,6 +658,7 @@ impl Config {
             maintenance: MaintenanceConfig::default(),
             security: SecurityConfig::default(),
             privacy: PrivacyConfig::default(),
+            costs: None,
         }
     }
 
@@ -876,7 +880,11 @@ impl Config {
                 "400",
             ));
         }
-        self.validate_maintenance()
+        self.validate_maintenance()?;
+        match &self.costs {
+            Some(c) => c.validate(self),
+            None => Ok(()),
+        }
     }
 
     fn validate_devices(&self) -> Result<(), ConfigError> {

@@ -4,11 +4,13 @@
 
 pub use fabmeter_protocol as protocol;
 
+pub mod accounting;
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod config;
+pub mod costs;
 pub mod device_keys;
 pub mod ingest;
 pub mod ledger;

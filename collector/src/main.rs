@@ -48,6 +48,60 @@ enum Command {
     /// Retention of personal data (docs/SECURITY.md "Retention, purge and erasure").
     #[command(subcommand)]
     Privacy(PrivacyCommand),
+    /// Cost recovery per machine: depreciation, maintenance, consumables, revenue billed,
+    /// utilisation and months to pay back (docs/COSTS.md).
+    CostRecovery(CostRecoveryArgs),
+    /// The accounting export of the documents issued in a month: CSV (one line per document and
+    /// VAT rate) or the French FEC of the sales journal (docs/BILLING.md "Accounting export").
+    ExportAccounting(ExportAccountingArgs),
+}
+
+/// `export-accounting` arguments.
+#[derive(Args, Debug)]
+struct ExportAccountingArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// The month of issue, e.g. 2026-11 (default: the previous month).
+    #[arg(long)]
+    period: Option<String>,
+    /// csv or fec.
+    #[arg(long)]
+    format: AccountingFormat,
+    /// The file to write (atomically: a temporary file renamed once complete).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Output format of `export-accounting`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum AccountingFormat {
+    Csv,
+    Fec,
+}
+
+/// `cost-recovery` arguments.
+#[derive(Args, Debug)]
+struct CostRecoveryArgs {
+    #[command(flatten)]
+    o: Overrides,
+    /// Start of the range: a local date (2026-09-01), a UTC date-time or unix ms (default: 90
+    /// days before --to).
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the range, exclusive (default: now).
+    #[arg(long)]
+    to: Option<String>,
+    /// table, json or csv.
+    #[arg(long, default_value = "table")]
+    format: ReportFormat,
+}
+
+/// Output format of `cost-recovery`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ReportFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 /// `privacy` subcommands.
@@ -116,6 +170,10 @@ enum MaintenanceCommand {
         /// What was done.
         #[arg(long, default_value = "")]
         note: String,
+        /// What it cost, in cents excl. VAT (e.g. 12050 for 120.50 EUR): counted by
+        /// `cost-recovery` (docs/COSTS.md).
+        #[arg(long)]
+        cost_cents: Option<u64>,
     },
     /// Mark a machine out of order: its device refuses new sessions until back in service.
     OutOfOrder {
@@ -439,6 +497,8 @@ fn main() -> anyhow::Result<()> {
             print!("{}", fabmeter_collector::privacy::describe_purge(&r));
             Ok(())
         }
+        Command::CostRecovery(a) => cost_recovery(a),
+        Command::ExportAccounting(a) => billing::export_accounting(a),
         Command::Run(o) => {
             let loaded = o.load_run()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -677,6 +737,42 @@ fn provision(p: ProvisionCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A range bound: a local date (midnight in the costs' zone), else what the API takes.
+fn parse_bound(
+    s: &str,
+    zone: fabmeter_collector::billing::Zone,
+    flag: &str,
+) -> anyhow::Result<u64> {
+    if let Ok(d) = fabmeter_collector::billing::Date::parse(s) {
+        return Ok(zone.midnight(d));
+    }
+    fabmeter_collector::api::parse_time(s).ok_or_else(|| {
+        anyhow::anyhow!("{flag} {s:?}: give a date (2026-11-01), a UTC date-time (2026-11-01T08:00:00Z) or unix ms")
+    })
+}
+
+fn cost_recovery(a: CostRecoveryArgs) -> anyhow::Result<()> {
+    use fabmeter_collector::costs;
+    let config = a.o.load()?;
+    let zone = config.costs.clone().unwrap_or_default().zone(&config)?;
+    let to = match &a.to {
+        Some(s) => parse_bound(s, zone, "--to")?,
+        None => fabmeter_collector::ingest::now_ms(),
+    };
+    let from = match &a.from {
+        Some(s) => parse_bound(s, zone, "--from")?,
+        None => to.saturating_sub(90 * 86_400_000),
+    };
+    let ledger = open_ledger(&config)?;
+    let report = costs::report(&config, &ledger, from, to)?;
+    match a.format {
+        ReportFormat::Table => print!("{}", costs::to_table(&report)),
+        ReportFormat::Csv => print!("{}", costs::to_csv(&report)),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
+}
+
 /// The billing subcommands: open the ledger, call the library, print and write files.
 mod billing {
     use super::*;
@@ -827,6 +923,36 @@ mod billing {
         Ok(())
     }
 
+    pub(super) fn export_accounting(a: ExportAccountingArgs) -> anyhow::Result<()> {
+        use fabmeter_collector::accounting;
+        let (billing, ledger) = open(a.o)?;
+        let period = match &a.period {
+            Some(p) => Period::parse(p).map_err(|e| anyhow::anyhow!("--period: {e}"))?,
+            None => Period::of(billing.rules.zone.date_of(now_ms())).prev(),
+        };
+        let docs = accounting::issued_in(ledger.documents()?, period);
+        let bytes = match a.format {
+            AccountingFormat::Csv => accounting::vat_csv(&docs).into_bytes(),
+            AccountingFormat::Fec => {
+                accounting::latin9(&accounting::fec(&docs, &billing.config.accounts))
+            }
+        };
+        fabmeter_collector::provision::write_atomic_bytes(&a.out, &bytes, 0o644)?;
+        let sum = |f: fn(&Invoice) -> i64| format_cents(docs.iter().map(f).sum());
+        println!(
+            "{} documents issued in {period} ({} credit notes): {} EUR excl. VAT, {} EUR VAT, {} EUR incl. VAT; written to {}",
+            docs.len(),
+            docs.iter()
+                .filter(|d| d.kind == fabmeter_collector::billing::invoice::DocKind::CreditNote)
+                .count(),
+            sum(|d| d.totals.excl_cents),
+            sum(|d| d.totals.vat_cents),
+            sum(|d| d.totals.incl_cents),
+            a.out.display()
+        );
+        Ok(())
+    }
+
     pub(super) fn credit_note(a: CreditNoteArgs) -> anyhow::Result<()> {
         let (billing, mut ledger) = open(a.o)?;
         let d = ledger.credit_note(&billing, &a.invoice, &a.reason, now_ms())?;
@@ -889,6 +1015,7 @@ mod maintenance {
                 plan,
                 by,
                 note,
+                cost_cents,
             } => {
                 let (config, mut ledger) = open(o)?;
                 let s = admin::record_service(
@@ -898,6 +1025,7 @@ mod maintenance {
                     &plan,
                     &by,
                     &note,
+                    cost_cents,
                     now_ms(),
                 )?;
                 println!(

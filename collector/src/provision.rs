@@ -486,6 +486,12 @@ pub fn acl(site: &str, machines: &[String]) -> String {
 /// Writes `text` to `path` through a temporary file in the same directory and a rename, with
 /// the given Unix mode.
 pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), ProvisionError> {
+    write_atomic_bytes(path, text.as_bytes(), mode)
+}
+
+/// [`write_atomic`] of bytes: a failed write leaves `path` as it was (the temporary file is
+/// removed).
+pub fn write_atomic_bytes(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ProvisionError> {
     let io = |source| ProvisionError::Io {
         path: path.display().to_string(),
         source,
@@ -500,10 +506,13 @@ pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), ProvisionE
     #[cfg(not(unix))]
     let _ = mode;
     let mut f = opts.open(&tmp).map_err(io)?;
-    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    let written = std::io::Write::write_all(&mut f, bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io)
 }
 
 #[cfg(test)]

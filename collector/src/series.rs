@@ -29,6 +29,8 @@ pub const FAULT: &str = "fault";
 pub const MAINTENANCE: &str = "maintenance";
 /// Measurement of a machine's locks and downtime, one point per maintenance evaluation.
 pub const AVAILABILITY: &str = "availability";
+/// Measurement of a machine's cost recovery over the last 30 days (docs/COSTS.md).
+pub const COST_RECOVERY: &str = "cost_recovery";
 
 /// Numeric code of a state: 0 off, 1 idle, 2 busy.
 pub const fn state_code(s: MachineState) -> i64 {
@@ -179,12 +181,82 @@ pub fn maintenance(site: &Id, machine: &Id, m: &MachineMaintenance, now_ms: u64)
     out
 }
 
+/// The `cost_recovery` point of one machine's row of a report over the 30 days before `now_ms`:
+/// busy hours, revenue, and with opening hours the utilisation; with a purchase price the cost,
+/// margin, recovered amount and months to pay back (-1: never at this use), and the break-even
+/// rate when the machine was busy.
+pub fn cost_recovery(
+    site: &Id,
+    machine: &Id,
+    kind: &str,
+    r: &crate::costs::CostRow,
+    now_ms: u64,
+) -> Point {
+    let mut p = base(COST_RECOVERY, site, machine, kind, now_ms)
+        .field("busy_h_30d", r.busy_s as f64 / 3600.0)
+        .field("revenue_cents_30d", r.revenue_cents);
+    if let Some(u) = r.utilisation_bp {
+        p = p.field("utilisation_30d", u as f64 / 10_000.0);
+    }
+    if let (Some(cost), Some(margin), Some(recovered)) =
+        (r.cost_cents, r.margin_cents, r.recovered_cents)
+    {
+        let payback = r.payback_months_x10.map_or(-1.0, |x| x as f64 / 10.0);
+        p = p
+            .field("cost_cents_30d", cost)
+            .field("margin_cents_30d", margin)
+            .field("recovered_cents", recovered)
+            .field("payback_months", payback);
+    }
+    if let Some(b) = r.break_even_per_busy_h_cents {
+        p = p.field("break_even_cents_per_h_30d", b);
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::timeseries::FieldValue;
     use fabmeter_protocol::message::EndReason;
     use fabmeter_protocol::BadgeHash;
+
+    #[test]
+    fn cost_points_write_what_is_known() {
+        let site = Id::new("s").expect("id");
+        let machine = Id::new("laser-1").expect("id");
+        let mut r = crate::costs::row(
+            "laser-1",
+            "Laser",
+            None,
+            crate::billing::Zone::Utc,
+            0,
+            86_400_000,
+            Some(36_000),
+            crate::costs::Facts {
+                busy_s: 3_600,
+                revenue_cents: 500,
+                ..Default::default()
+            },
+            crate::costs::Facts::default(),
+        );
+        let fields = |p: &Point| -> Vec<&'static str> { p.fields.iter().map(|f| f.0).collect() };
+        let p = cost_recovery(&site, &machine, "laser", &r, 1);
+        assert_eq!(
+            fields(&p),
+            ["busy_h_30d", "revenue_cents_30d", "utilisation_30d"]
+        );
+        r.cost_cents = Some(900);
+        r.margin_cents = Some(-400);
+        r.recovered_cents = Some(500);
+        r.break_even_per_busy_h_cents = Some(900);
+        let p = cost_recovery(&site, &machine, "laser", &r, 1);
+        assert!(p
+            .fields
+            .iter()
+            .any(|(k, v)| *k == "payback_months" && *v == FieldValue::Float(-1.0)));
+        assert_eq!(fields(&p).len(), 8);
+    }
 
     #[test]
     fn session_end_and_state_points() {

@@ -111,6 +111,7 @@ fn tokens_open_what_their_role_allows_and_nothing_else() {
         "/api/machines",
         "/api/sessions",
         "/api/maintenance",
+        "/api/costs",
         "/metrics",
         "/api/members/bob/statement",
     ] {
@@ -129,6 +130,8 @@ fn tokens_open_what_their_role_allows_and_nothing_else() {
     assert_eq!(status(port, "/api/machines", Some(&alice)), 403);
     assert_eq!(status(port, "/metrics", Some(&alice)), 403);
     assert_eq!(status(port, "/api/maintenance", Some(&alice)), 403);
+    assert_eq!(status(port, "/api/costs", Some(&alice)), 403);
+    assert_eq!(status(port, "/api/costs", None), 401);
     // A monitor reads the metrics only.
     assert_eq!(status(port, "/metrics", Some(&monitor)), 200);
     assert_eq!(status(port, "/api/sessions", Some(&monitor)), 403);

@@ -281,7 +281,7 @@ fn the_postgresql_ledger_gives_the_sqlite_ledgers_outcomes_and_reads() {
         }
         for l in [&mut lite as &mut dyn Ledger, &mut post] {
             assert!(l
-                .record_service("cnc-1", "belts", "claire", "new belt", T0 + 50_000)
+                .record_service("cnc-1", "belts", "claire", "new belt", None, T0 + 50_000)
                 .expect("service")
                 .is_some());
             assert!(l
@@ -459,7 +459,7 @@ fn a_newer_schema_and_a_bad_url_are_refused_with_the_fix() {
     let pg = Postgres::start().expect("start PostgreSQL");
     pg.create_database("newer").expect("createdb");
     let l = pg_ledger(&pg, "newer", "site");
-    assert_eq!(l.schema_version().expect("version"), 1);
+    assert_eq!(l.schema_version().expect("version"), 2);
     drop(l);
     pg.psql("newer", "UPDATE fabmeter_schema SET version = 99")
         .expect("bump");
@@ -469,7 +469,7 @@ fn a_newer_schema_and_a_bad_url_are_refused_with_the_fix() {
             e,
             LedgerError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{e:?}"

@@ -169,30 +169,46 @@ pub(super) fn stored_differs(stored: &str, event: &Event) -> Option<&'static str
     }
 }
 
+/// A service to record: the plan, who, what, and what it cost (cents excl. VAT, optional).
+pub(super) struct Service<'a> {
+    pub(super) plan: &'a str,
+    pub(super) by: &'a str,
+    pub(super) note: &'a str,
+    pub(super) cost_cents: Option<u64>,
+}
+
 pub(super) fn record_service(
     tx: &mut dyn Db,
     site: &str,
     machine: &str,
-    plan: &str,
-    by: &str,
-    note: &str,
+    s: &Service<'_>,
     at_ms: u64,
 ) -> Result<Option<ServiceRecord>, LedgerError> {
     let Some(counters) = counters(tx, site, machine)? else {
         return Ok(None);
     };
     tx.exec(
-        "INSERT INTO services (site, machine, plan, done_ms, done_by, note, busy_s_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        args![site, machine, plan, at_ms, by, note, counters.busy_s],
+        "INSERT INTO services (site, machine, plan, done_ms, done_by, note, busy_s_at, cost_cents)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        args![
+            site,
+            machine,
+            s.plan,
+            at_ms,
+            s.by,
+            s.note,
+            counters.busy_s,
+            s.cost_cents
+        ],
     )?;
     Ok(Some(ServiceRecord {
         machine: machine.to_owned(),
-        plan: plan.to_owned(),
+        plan: s.plan.to_owned(),
         done_ms: at_ms,
-        by: by.to_owned(),
-        note: note.to_owned(),
+        by: s.by.to_owned(),
+        note: s.note.to_owned(),
         busy_s_at: counters.busy_s,
+        cost_cents: s.cost_cents,
     }))
 }
 
@@ -239,7 +255,7 @@ pub(super) fn records(
     };
     let services = db
         .rows(
-            "SELECT plan, done_ms, done_by, note, busy_s_at FROM services
+            "SELECT plan, done_ms, done_by, note, busy_s_at, cost_cents FROM services
              WHERE site=?1 AND machine=?2 ORDER BY done_ms, id",
             args![site, machine],
         )?
@@ -252,6 +268,7 @@ pub(super) fn records(
                 by: r.text(2)?,
                 note: r.text(3)?,
                 busy_s_at: r.u64(4)?,
+                cost_cents: r.opt_u64(5)?,
             })
         })
         .collect::<Result<Vec<_>, LedgerError>>()?;
@@ -592,7 +609,7 @@ mod tests {
             .expect("old rows");
         }
         let mut l = open(&dir);
-        assert_eq!(l.schema_version().expect("version"), 7);
+        assert_eq!(l.schema_version().expect("version"), 8);
         assert_eq!(epochs(&l), [(2, None)], "the old epoch keeps its offset");
         // An old device (no box id): the latest epoch, as before.
         l.commit(&busy_for("laser-1", 2, 60)).expect("commit");
@@ -663,12 +680,12 @@ mod tests {
         let mut l = open(&dir);
         l.commit(&busy_for("laser-1", 1, 900)).expect("commit");
         let s = l
-            .record_service("laser-1", "lens", "sam", "cleaned", T0 + 5)
+            .record_service("laser-1", "lens", "sam", "cleaned", Some(4_500), T0 + 5)
             .expect("record")
             .expect("known machine");
-        assert_eq!(s.busy_s_at, 900);
+        assert_eq!((s.busy_s_at, s.cost_cents), (900, Some(4_500)));
         assert!(l
-            .record_service("nope", "lens", "sam", "", T0)
+            .record_service("nope", "lens", "sam", "", None, T0)
             .expect("ok")
             .is_none());
 

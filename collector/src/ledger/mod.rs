@@ -327,6 +327,17 @@ pub struct MachineCounters {
     pub events: u64,
 }
 
+/// Sessions and busy time of one machine over a range ([`Ledger::busy_by_machine`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineBusy {
+    /// Machine id.
+    pub machine: String,
+    /// Sessions started in the range.
+    pub sessions: u64,
+    /// Their busy seconds.
+    pub busy_s: u64,
+}
+
 /// A dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetter {
@@ -360,6 +371,9 @@ pub struct ServiceRecord {
     /// The machine's lifetime busy seconds when it was recorded: the plan's busy hours count from
     /// here.
     pub busy_s_at: u64,
+    /// What the service cost, cents excl. VAT, when given (`maintenance done --cost-cents`):
+    /// counted by cost recovery (docs/COSTS.md).
+    pub cost_cents: Option<u64>,
 }
 
 /// The outage source of a machine marked out of order by a person.
@@ -433,16 +447,20 @@ pub trait Ledger: Send {
     fn totals(&self) -> Result<LedgerTotals, LedgerError>;
     /// Use of the site's machines by sessions starting at or after `from_ms` (the network view).
     fn usage(&self, from_ms: u64) -> Result<Usage, LedgerError>;
+    /// Per machine: the sessions starting in `[from_ms, to_ms)` and their busy seconds, sorted by
+    /// machine (cost recovery, docs/COSTS.md); machines without such sessions are absent.
+    fn busy_by_machine(&self, from_ms: u64, to_ms: u64) -> Result<Vec<MachineBusy>, LedgerError>;
     /// The machines with an open downtime period (out of order or locked), sorted.
     fn unavailable(&self) -> Result<Vec<String>, LedgerError>;
-    /// Records a service of `plan` on `machine` at `at_ms`, with the machine's busy counter then;
-    /// `None` if the machine is unknown.
+    /// Records a service of `plan` on `machine` at `at_ms`, with the machine's busy counter then
+    /// and what it cost (cents excl. VAT, optional); `None` if the machine is unknown.
     fn record_service(
         &mut self,
         machine: &str,
         plan: &str,
         by: &str,
         note: &str,
+        cost_cents: Option<u64>,
         at_ms: u64,
     ) -> Result<Option<ServiceRecord>, LedgerError>;
     /// Opens a downtime period of a machine from `at_ms`: `source` is [`OUT_OF_ORDER`] (marked by

@@ -10,9 +10,9 @@ use fabmeter_protocol::message::{EventBody, Presence};
 use super::sql::{args, Db, Val};
 use super::{
     AuditDifference, BillingError, Committed, DeadLetter, ErasureReport, IssueReport, Ledger,
-    LedgerError, LedgerTotals, MachineCounters, MachineInfo, MachineView, MaintenanceRecords,
-    Outcome, PurgeReport, Record, ServiceRecord, SessionQuery, SessionView, StoredEvent, Usage,
-    CONFLICT,
+    LedgerError, LedgerTotals, MachineBusy, MachineCounters, MachineInfo, MachineView,
+    MaintenanceRecords, Outcome, PurgeReport, Record, ServiceRecord, SessionQuery, SessionView,
+    StoredEvent, Usage, CONFLICT,
 };
 use crate::billing::invoice::{Billing, Invoice};
 use crate::billing::Period;
@@ -1269,6 +1269,26 @@ impl<E: Engine> Ledger for E {
         })
     }
 
+    fn busy_by_machine(&self, from_ms: u64, to_ms: u64) -> Result<Vec<MachineBusy>, LedgerError> {
+        self.read(|db, site| {
+            db.rows(
+                "SELECT machine, COUNT(*), CAST(COALESCE(SUM(busy_s), 0) AS BIGINT)
+                 FROM sessions WHERE site=?1 AND start_ms>=?2 AND start_ms<?3
+                 GROUP BY machine ORDER BY machine",
+                args![site, from_ms, to_ms],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(MachineBusy {
+                    machine: r.text(0)?,
+                    sessions: r.u64(1)?,
+                    busy_s: r.u64(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+
     fn unavailable(&self) -> Result<Vec<String>, LedgerError> {
         self.read(|db, site| {
             db.rows(
@@ -1292,10 +1312,17 @@ impl<E: Engine> Ledger for E {
         plan: &str,
         by: &str,
         note: &str,
+        cost_cents: Option<u64>,
         at_ms: u64,
     ) -> Result<Option<ServiceRecord>, LedgerError> {
         self.write(|tx, ctx| {
-            maintenance::record_service(tx, ctx.site, machine, plan, by, note, at_ms)
+            let service = maintenance::Service {
+                plan,
+                by,
+                note,
+                cost_cents,
+            };
+            maintenance::record_service(tx, ctx.site, machine, &service, at_ms)
         })
     }
 

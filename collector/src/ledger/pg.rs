@@ -23,7 +23,8 @@ use super::{Committed, LedgerError, MachineInfo, Record};
 /// Schema migrations, applied in order under an advisory lock (several collectors may start at
 /// once); `fabmeter_schema.version` is the number applied. Never edit a released migration.
 /// Version 1 is the SQLite ledger's schema 7, with 64-bit integers.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE machines (
         site TEXT NOT NULL, machine TEXT NOT NULL,
         name TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL,
@@ -179,7 +180,12 @@ const MIGRATIONS: &[&str] = &[r#"
         site TEXT NOT NULL, badge TEXT NOT NULL, member TEXT NOT NULL,
         PRIMARY KEY (site, badge)
     );
-"#];
+"#,
+    // 2: what a service cost, cents excl. VAT (`maintenance done --cost-cents`, docs/COSTS.md).
+    r#"
+    ALTER TABLE services ADD COLUMN cost_cents BIGINT;
+"#,
+];
 
 /// The advisory lock key of the schema migrations (any constant; "fabmeter" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6661_626d_6574_6572;

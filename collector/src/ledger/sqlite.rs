@@ -198,6 +198,11 @@ pub(in crate::ledger) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE dead_letters ADD COLUMN site TEXT;
     "#,
+    // 8: what a service cost, cents excl. VAT (`maintenance done --cost-cents`, docs/COSTS.md);
+    // NULL when not given.
+    r#"
+    ALTER TABLE services ADD COLUMN cost_cents INTEGER;
+    "#,
 ];
 
 /// The SQLite implementation of [`Ledger`](super::Ledger). Open one for the writer and one per

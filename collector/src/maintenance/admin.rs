@@ -63,8 +63,9 @@ fn not_empty(what: &'static str, s: &str) -> Result<(), AdminError> {
     }
 }
 
-/// Records a service of `plan` on `machine`: the plan's count restarts from the machine's counters
-/// now.
+/// Records a service of `plan` on `machine`, with what it cost (cents excl. VAT, optional: cost
+/// recovery counts it, docs/COSTS.md): the plan's count restarts from the machine's counters now.
+#[allow(clippy::too_many_arguments)]
 pub fn record_service(
     config: &Config,
     ledger: &mut dyn Ledger,
@@ -72,6 +73,7 @@ pub fn record_service(
     plan: &str,
     by: &str,
     note: &str,
+    cost_cents: Option<u64>,
     now_ms: u64,
 ) -> Result<ServiceRecord, AdminError> {
     let m = machine(config, machine_id)?;
@@ -85,7 +87,7 @@ pub fn record_service(
     }
     not_empty("by", by)?;
     ledger
-        .record_service(machine_id, plan, by, note, now_ms)?
+        .record_service(machine_id, plan, by, note, cost_cents, now_ms)?
         .ok_or_else(|| AdminError::UnknownMachine {
             machine: machine_id.to_owned(),
             known: "(not in the ledger yet: start the collector once with this site file)".into(),

@@ -313,6 +313,7 @@ impl MaintenanceTask {
         let ledger = Arc::new(Mutex::new(ledger));
         let mut published: HashMap<String, Option<String>> = HashMap::new();
         let mut last_series_ms: Option<u64> = None;
+        let mut last_costs_ms: Option<u64> = None;
         let mut last_accepted = u64::MAX;
         let mut last_check = tokio::time::Instant::now();
         let check = Duration::from_secs(config.maintenance.check_s);
@@ -330,6 +331,9 @@ impl MaintenanceTask {
             last_accepted = accepted;
             last_check = tokio::time::Instant::now();
             let now = now_ms();
+            let costs_due = config.costs.as_ref().is_some_and(|c| {
+                last_costs_ms.is_none_or(|t| now >= t.saturating_add(c.series_s * 1000))
+            });
             let (cfg, l, pubs, site2) = (
                 config.clone(),
                 ledger.clone(),
@@ -370,10 +374,20 @@ impl MaintenanceTask {
                         && l.reported_config_hash(machine)?.as_deref() == Some(hash.as_str());
                     configs.push((machine.clone(), lock.clone(), bytes, applied));
                 }
-                Ok::<_, LedgerError>((d.alerts, configs, machines))
+                // Cost recovery of the last 30 days, for the time series (docs/COSTS.md): a
+                // failure is logged and does not stop the maintenance evaluation.
+                let costs = costs_due
+                    .then(|| {
+                        let from = now.saturating_sub(crate::costs::SERIES_RANGE_MS);
+                        crate::costs::report(&cfg, l.as_ref(), from, now)
+                            .map_err(|e| tracing::warn!(error = %e, "cost recovery not computed"))
+                            .ok()
+                    })
+                    .flatten();
+                Ok::<_, LedgerError>((d.alerts, configs, machines, costs))
             })
             .await;
-            let (alerts, configs, machines) = match step {
+            let (alerts, configs, machines, costs) = match step {
                 Ok(Ok(d)) => d,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "maintenance evaluation failed; retrying");
@@ -384,6 +398,10 @@ impl MaintenanceTask {
                     continue;
                 }
             };
+            if let Some(report) = costs {
+                series.send(cost_points(&site_id, &config, &report, now));
+                last_costs_ms = Some(now);
+            }
             if series_due(last_series_ms, now, check, !alerts.is_empty()) {
                 series.send(series_points(&site_id, &machines, now));
                 last_series_ms = Some(now);
@@ -446,6 +464,24 @@ impl MaintenanceTask {
 pub fn series_due(last_ms: Option<u64>, now_ms: u64, check: Duration, changed: bool) -> bool {
     let check_ms = u64::try_from(check.as_millis()).unwrap_or(u64::MAX);
     changed || last_ms.is_none_or(|last| now_ms.saturating_sub(last) >= check_ms)
+}
+
+/// The `cost_recovery` points of a report (one per configured machine).
+fn cost_points(
+    site: &Id,
+    config: &Config,
+    report: &crate::costs::CostReport,
+    now_ms: u64,
+) -> Vec<Point> {
+    report
+        .machines
+        .iter()
+        .filter_map(|r| {
+            let kind = config.machine(&r.machine)?.kind.as_str();
+            let id = Id::new(&r.machine).ok()?;
+            Some(crate::series::cost_recovery(site, &id, kind, r, now_ms))
+        })
+        .collect()
 }
 
 /// The `maintenance` and `availability` points of every machine at `now_ms`.

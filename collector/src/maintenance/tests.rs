@@ -47,6 +47,7 @@ fn service(at_ms: u64, busy_s_at: u64) -> ServiceRecord {
         by: "tech".into(),
         note: String::new(),
         busy_s_at,
+        cost_cents: None,
     }
 }
 

@@ -243,6 +243,7 @@ fn a_threshold_alerts_locks_the_device_a_service_releases_it_and_counters_surviv
         "lens-cleaning",
         "tech",
         "lens and mirrors cleaned",
+        None,
         fabmeter_collector::ingest::now_ms(),
     )
     .expect("service recorded");

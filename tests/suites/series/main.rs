@@ -179,6 +179,20 @@ fn site_config(broker: &Mosquitto, vm: &VictoriaMetrics, dir: &Path) -> Config {
         warn_before: 0.5,
         lock_when_overdue: false,
     }];
+    // Cost recovery every second, opening hours round the clock (so utilisation is written) and
+    // a purchase price for the first machine (cost, margin, payback, break-even).
+    c.costs = Some(fabmeter_collector::costs::CostsConfig {
+        opening_hours: Some("Mon-Sun 00:00-24:00".into()),
+        timezone: Some("UTC".into()),
+        machines: vec![fabmeter_collector::costs::MachineCost {
+            machine: c.machines[0].id.clone(),
+            purchase_price_cents: 1_200_000,
+            purchase_date: fabmeter_collector::billing::Date::parse("2026-01-01").expect("date"),
+            life_months: 60,
+            consumables_cents_per_busy_h: 150,
+        }],
+        series_s: 1,
+    });
     c
 }
 
