@@ -709,11 +709,15 @@ mod billing {
         )
     }
 
-    fn write(dir: &std::path::Path, docs: &[Invoice]) -> anyhow::Result<()> {
+    fn write(dir: &std::path::Path, docs: &[Invoice], facturx: bool) -> anyhow::Result<()> {
+        use fabmeter_collector::billing::facturx::{cii_xml, write_new};
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for d in docs {
             std::fs::write(dir.join(format!("{}.json", d.number)), d.to_json())?;
             std::fs::write(dir.join(format!("{}.html", d.number)), to_html(d))?;
+            if facturx {
+                write_new(&dir.join(format!("{}.xml", d.number)), &cii_xml(d)?)?;
+            }
         }
         Ok(())
     }
@@ -810,7 +814,7 @@ mod billing {
             println!("{m}: total 0.00, no invoice (sessions settled)");
         }
         if let Some(dir) = out {
-            write(dir, &report.invoices)?;
+            write(dir, &report.invoices, billing.config.facturx)?;
             // The period's documents only (the ones just issued are among them), not every
             // document ever issued: the run's memory does not grow with the history.
             let docs: Vec<Invoice> = if dry_run {
@@ -832,7 +836,7 @@ mod billing {
         let d = ledger.credit_note(&billing, &a.invoice, &a.reason, now_ms())?;
         println!("issued {}", summary(&d));
         if let Some(dir) = &a.out {
-            write(dir, std::slice::from_ref(&d))?;
+            write(dir, std::slice::from_ref(&d), billing.config.facturx)?;
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 
 pub mod calendar;
 pub mod engine;
+pub mod facturx;
+pub mod identity;
 pub mod invoice;
 pub mod money;
 pub mod tariff;

@@ -1,0 +1,387 @@
+//! Factur-X against a real SQLite ledger: a month of sessions invoiced (two VAT rates, a daily-cap
+//! line, prepaid credit), a credit note, a seller under the VAT franchise; each document's EN 16931
+//! CII XML is validated by open tools (`scripts/facturx-check.py`: the Factur-X XSD and the
+//! EN 16931 Schematron with Saxon-HE, installed by `.ci/run`); a deliberately broken document is
+//! refused by the same validator. Bad identities are config errors naming the key; written
+//! documents are never changed nor left half-written.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fabmeter_collector::api;
+use fabmeter_collector::billing::facturx::{cii_xml, write_new, FacturxError};
+use fabmeter_collector::billing::invoice::{Billing, DocKind, Invoice};
+use fabmeter_collector::billing::Period;
+use fabmeter_collector::config::Config;
+use fabmeter_collector::ledger::{Ledger, Record};
+use fabmeter_collector::protocol::message::{EndReason, EventBody};
+use fabmeter_collector::protocol::BadgeHash;
+
+#[path = "support/ledger.rs"]
+mod support;
+use support::{event, open};
+
+const ALICE: &str = "ba279e0c1e5c2464";
+const BOB: &str = "a70e24fcac6bc0a8";
+
+const SITE: &str = r#"
+[site]
+id = "atelier-lyon"
+
+[[machines]]
+id = "laser-1"
+kind = "laser"
+[[machines]]
+id = "saw-1"
+kind = "wood"
+
+[[members]]
+id = "alice"
+name = "Alice Martin"
+badges = ["ba279e0c1e5c2464"]
+[[members]]
+id = "bob"
+name = "Bob Durand"
+badges = ["a70e24fcac6bc0a8"]
+
+[billing]
+invoice_prefix = "ATL"
+timezone = "UTC"
+facturx = true
+[billing.seller]
+name = "Atelier de Lyon SAS"
+street = "12 rue des Tanneurs"
+postcode = "69001"
+city = "Lyon"
+siret = "732 829 320 00074"
+vat_id = "FR44732829320"
+[[billing.tariffs]]
+name = "laser"
+valid_from = "2026-01-01"
+busy_per_min = "0.50"
+idle_per_min = "0.10"
+daily_cap = "20.00"
+label = "Découpe laser <CO2> & gravure"
+[[billing.tariffs]]
+name = "wood"
+valid_from = "2026-01-01"
+busy_per_min = "0.10"
+vat_rate = "5.5"
+[[billing.customers]]
+member = "alice"
+name = "Alice Martin EI"
+street = "3 place Bellecour"
+postcode = "69002"
+city = "Lyon"
+siren = "552 100 554"
+vat_id = "FR96552100554"
+[[billing.customers]]
+member = "bob"
+street = "8 quai Saint-Vincent"
+postcode = "69001"
+city = "Lyon"
+siren = "443061841"
+[[billing.credits]]
+member = "bob"
+date = "2026-10-01"
+amount = "5.00"
+"#;
+
+fn config(dir: &Path, text: &str) -> Config {
+    let mut c = Config::from_toml(text).expect("config");
+    c.ledger.path = dir.join("ledger.sqlite");
+    c.validate().expect("valid");
+    c
+}
+
+fn ms(s: &str) -> u64 {
+    api::parse_time(s).expect("time")
+}
+
+fn session(machine: &str, seq: u32, badge: &str, start: &str, busy_s: u32) -> Vec<Record> {
+    let badge = BadgeHash::from_hex(badge).expect("badge");
+    let t0 = ms(start);
+    let t1 = t0 + u64::from(busy_s) * 1000;
+    vec![
+        event(machine, 1, seq, t0, EventBody::SessionStarted { badge }),
+        event(
+            machine,
+            1,
+            seq + 1,
+            t1,
+            EventBody::SessionEnded {
+                session: seq,
+                badge,
+                busy_s,
+                idle_s: 0,
+                energy_wh: 1,
+                reason: EndReason::BadgeOut,
+            },
+        ),
+    ]
+}
+
+fn checker() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/facturx-check.py")
+}
+
+/// Runs the validator on the files: (exit code, stdout + stderr).
+fn validate(files: &[PathBuf]) -> (i32, String) {
+    let out = Command::new("python3")
+        .arg(checker())
+        .args(files)
+        .output()
+        .expect("python3 runs (installed by .ci/run)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = out.status.code().unwrap_or(-1);
+    assert_ne!(code, 2, "validator not installed (run .ci/run): {text}");
+    (code, text)
+}
+
+fn write_all(dir: &Path, docs: &[Invoice]) -> Vec<PathBuf> {
+    docs.iter()
+        .map(|d| {
+            let p = dir.join(format!("{}.xml", d.number));
+            write_new(&p, &cii_xml(d).expect("xml")).expect("write");
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), SITE);
+    let billing = Billing::from_config(&c).expect("rules").expect("billing");
+    let mut l = open(&c);
+    let mut batch = Vec::new();
+    // Alice: 30 + 25 laser minutes on the 3rd (27.50, capped at 20.00), 13 wood minutes at 5.5 %.
+    batch.extend(session("laser-1", 1, ALICE, "2026-11-03T09:00:00Z", 1_800));
+    batch.extend(session("laser-1", 3, ALICE, "2026-11-03T14:00:00Z", 1_500));
+    batch.extend(session("saw-1", 1, ALICE, "2026-11-04T09:00:00Z", 780));
+    // Bob: 10 laser minutes, paid partly with his prepaid credit.
+    batch.extend(session("laser-1", 5, BOB, "2026-11-10T09:00:00Z", 600));
+    l.commit(&batch).expect("commit");
+    let nov = Period::parse("2026-11").expect("period");
+    let r = l
+        .issue_invoices(&billing, nov, ms("2026-12-02T10:00:00Z"), false)
+        .expect("issue");
+    assert_eq!(r.invoices.len(), 2);
+    let alice = r
+        .invoices
+        .iter()
+        .find(|d| d.buyer.id == "alice")
+        .expect("alice");
+    assert!(alice.lines.iter().any(|l| l.amount_cents < 0), "a cap line");
+    assert_eq!(alice.totals.vat.len(), 2, "two VAT rates");
+    assert_eq!(alice.buyer.siren, "552100554");
+    let cn = l
+        .credit_note(
+            &billing,
+            &alice.number,
+            "erreur de tarif",
+            ms("2026-12-05T10:00:00Z"),
+        )
+        .expect("credit note");
+    assert_eq!(cn.kind, DocKind::CreditNote);
+
+    let docs = l.documents().expect("documents");
+    assert_eq!(docs.len(), 3);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let files = write_all(&out, &docs);
+    let (code, text) = validate(&files);
+    assert_eq!(code, 0, "every document is valid: {text}");
+    assert_eq!(text.matches(": valid").count(), 3, "{text}");
+
+    // What the XML says: the type codes, the reference of the credit note, escaped text,
+    // positive credit-note totals.
+    let inv = String::from_utf8(cii_xml(alice).expect("xml")).expect("utf-8");
+    assert!(inv.contains("<ram:TypeCode>380</ram:TypeCode>"));
+    assert!(inv.contains("<ram:ID schemeID=\"0002\">552100554</ram:ID>"));
+    assert!(inv.contains("<ram:ID schemeID=\"VA\">FR44732829320</ram:ID>"));
+    assert!(inv.contains("Découpe laser &lt;CO2&gt; &amp; gravure"));
+    assert!(inv.contains("<ram:BilledQuantity unitCode=\"C62\">-1</ram:BilledQuantity>"));
+    let credit = String::from_utf8(cii_xml(&cn).expect("xml")).expect("utf-8");
+    assert!(credit.contains("<ram:TypeCode>381</ram:TypeCode>"));
+    let compact: String = credit.split_whitespace().collect();
+    assert!(compact.contains(&format!(
+        "<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>{}</ram:IssuerAssignedID>",
+        alice.number
+    )));
+    assert!(credit.contains(&format!(
+        "<ram:GrandTotalAmount>{}.{:02}</ram:GrandTotalAmount>",
+        alice.totals.incl_cents / 100,
+        alice.totals.incl_cents % 100
+    )));
+
+    // Deliberately broken: the grand total one cent off (BR-CO-15), and the seller's name gone
+    // (XSD order and BR-6). The validator must refuse each.
+    let off = format!(
+        "<ram:GrandTotalAmount>{}.{:02}</ram:GrandTotalAmount>",
+        (alice.totals.incl_cents + 1) / 100,
+        (alice.totals.incl_cents + 1) % 100
+    );
+    let good = format!(
+        "<ram:GrandTotalAmount>{}.{:02}</ram:GrandTotalAmount>",
+        alice.totals.incl_cents / 100,
+        alice.totals.incl_cents % 100
+    );
+    assert!(inv.contains(&good));
+    let broken_total = out.join("broken-total.xml");
+    std::fs::write(&broken_total, inv.replace(&good, &off)).expect("write");
+    let broken_name = out.join("broken-name.xml");
+    std::fs::write(
+        &broken_name,
+        inv.replacen("<ram:Name>Atelier de Lyon SAS</ram:Name>", "", 1),
+    )
+    .expect("write");
+    let (code, text) = validate(&[broken_total]);
+    assert_eq!(code, 1, "a wrong total is refused: {text}");
+    assert!(text.contains("BR-CO-15"), "{text}");
+    let (code, text) = validate(&[broken_name]);
+    assert_eq!(code, 1, "a seller without a name is refused: {text}");
+
+    // Issued documents never change: writing the same bytes again is a no-op, other bytes are
+    // refused and the file is left as it was; no temporary file is left behind.
+    let first = files[0].clone();
+    let before = std::fs::read(&first).expect("read");
+    write_new(&first, &before).expect("same bytes");
+    match write_new(&first, b"<other/>") {
+        Err(FacturxError::Differs { .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&first).expect("read"), before);
+    assert_eq!(
+        cii_xml(&docs[0]).expect("xml"),
+        before,
+        "regenerating gives the same bytes"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .expect("ls")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A write that fails (the directory is gone) leaves nothing behind and says where.
+    let gone = dir.path().join("gone").join("x.xml");
+    let e = write_new(&gone, &before).expect_err("no directory");
+    assert!(e.to_string().contains("gone"), "{e}");
+}
+
+#[test]
+fn a_seller_under_the_vat_franchise_issues_valid_exempt_invoices() {
+    let text = SITE
+        .replace(
+            "vat_id = \"FR44732829320\"\n",
+            "vat_regime = \"franchise\"\ntax_id = \"1234567890123\"\n",
+        )
+        .replace(
+            "timezone = \"UTC\"\n",
+            "timezone = \"UTC\"\nvat_rate = \"0\"\n",
+        )
+        .replace("vat_rate = \"5.5\"\n", "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &text);
+    let billing = Billing::from_config(&c).expect("rules").expect("billing");
+    let mut l = open(&c);
+    l.commit(&session("laser-1", 1, ALICE, "2026-11-03T09:00:00Z", 1_800))
+        .expect("commit");
+    let r = l
+        .issue_invoices(
+            &billing,
+            Period::parse("2026-11").expect("p"),
+            ms("2026-12-02T10:00:00Z"),
+            false,
+        )
+        .expect("issue");
+    let d = &r.invoices[0];
+    assert_eq!(d.totals.vat_cents, 0);
+    let xml = String::from_utf8(cii_xml(d).expect("xml")).expect("utf-8");
+    assert!(xml.contains("<ram:CategoryCode>E</ram:CategoryCode>"));
+    assert!(xml.contains("<ram:ExemptionReasonCode>VATEX-FR-FRANCHISE</ram:ExemptionReasonCode>"));
+    assert!(xml.contains("TVA non applicable, art. 293 B du CGI"));
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let files = write_all(&out, &r.invoices);
+    let (code, text) = validate(&files);
+    assert_eq!(code, 0, "{text}");
+}
+
+#[test]
+fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            SITE.replace("siret = \"732 829 320 00074\"\n", ""),
+            "billing.seller.siren",
+            "required",
+        ),
+        (
+            SITE.replace("street = \"12 rue des Tanneurs\"\n", ""),
+            "billing.seller.street",
+            "e.g.",
+        ),
+        (
+            SITE.replace("732 829 320 00074", "732 829 320 00075"),
+            "billing.seller.siret",
+            "check digit",
+        ),
+        (
+            SITE.replace("FR44732829320", "FR45732829320"),
+            "billing.seller.vat_id",
+            "should be 44",
+        ),
+        (
+            SITE.replace("siren = \"443061841\"", "siren = \"443061842\""),
+            "billing.customers[1].siren",
+            "Luhn",
+        ),
+        (
+            SITE.replace("siren = \"443061841\"\n", ""),
+            "billing.customers[1].siren",
+            "required",
+        ),
+        (
+            SITE.replace("vat_rate = \"5.5\"", "vat_rate = \"7\""),
+            "billing.tariffs[1].vat_rate",
+            "not a VAT rate of France",
+        ),
+        (
+            SITE.replace(
+                "timezone = \"UTC\"\n",
+                "timezone = \"UTC\"\nvat_rate = \"0\"\n",
+            ),
+            "billing.seller.vat_exemption",
+            "reason",
+        ),
+        (
+            SITE.replace(
+                "[[billing.customers]]\nmember = \"bob\"",
+                "[[billing.customers]]\nmember = \"carol\"",
+            ),
+            "billing.customers",
+            "\"bob\" has no billing identity",
+        ),
+    ];
+    for (text, key, problem) in cases {
+        let c = Config::from_toml(&text).expect("parses");
+        let e = c.validate().expect_err(key).to_string();
+        assert!(
+            e.contains(&format!("`{key}`")) && e.contains(problem),
+            "{key}: {e}"
+        );
+        assert!(e.contains("for example"), "{e}");
+    }
+    // Without facturx the same identities are not required.
+    let off = SITE
+        .replace("facturx = true\n", "")
+        .replace("street = \"12 rue des Tanneurs\"\n", "");
+    Config::from_toml(&off)
+        .expect("parses")
+        .validate()
+        .expect("valid without facturx");
+}
