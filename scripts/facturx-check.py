@@ -62,18 +62,63 @@ def schematron(xml_bytes):
     return out
 
 
+def pdfa_structure(data):
+    """The PDF/A-3 and Factur-X structure a reader relies on (not a full PDF/A validation: no
+    open PDF/A validator is installable from the registries CI reaches; see docs/BILLING.md)."""
+    import io
+
+    from pypdf import PdfReader
+
+    out = []
+    try:
+        r = PdfReader(io.BytesIO(data), strict=True)
+        root = r.trailer["/Root"]
+    except Exception as e:  # noqa: BLE001
+        return [f"PDF does not parse: {e}"]
+    if not data.startswith(b"%PDF-1.7\n%"):
+        out.append("PDF header is not %PDF-1.7 followed by a binary comment")
+    if "/ID" not in r.trailer:
+        out.append("trailer has no /ID")
+    meta = root.get("/Metadata")
+    xmp = meta.get_object().get_data() if meta else b""
+    for needle in (b"<pdfaid:part>3</pdfaid:part>", b"<pdfaid:conformance>B</pdfaid:conformance>",
+                   b"<fx:DocumentFileName>factur-x.xml</fx:DocumentFileName>",
+                   b"<fx:ConformanceLevel>EN 16931</fx:ConformanceLevel>",
+                   b"<pdfaSchema:prefix>fx</pdfaSchema:prefix>"):
+        if needle not in xmp:
+            out.append(f"XMP metadata lacks {needle.decode()}")
+    intents = root.get("/OutputIntents") or []
+    if not any(i.get_object().get("/S") == "/GTS_PDFA1" and "/DestOutputProfile" in i.get_object()
+               for i in intents):
+        out.append("no GTS_PDFA1 output intent with an ICC profile")
+    af = root.get("/AF") or []
+    specs = [a.get_object() for a in af]
+    if not any(s.get("/F") == "factur-x.xml" and s.get("/UF") == "factur-x.xml"
+               and s.get("/AFRelationship") in ("/Data", "/Alternative", "/Source") for s in specs):
+        out.append("no /AF file specification of factur-x.xml with F, UF and AFRelationship")
+    for page in r.pages:
+        fonts = (page.get("/Resources") or {}).get("/Font") or {}
+        for name, f in fonts.items():
+            desc = f.get_object().get("/FontDescriptor")
+            desc = desc.get_object() if desc else {}
+            if not any(k in desc for k in ("/FontFile", "/FontFile2", "/FontFile3")):
+                out.append(f"font {name} is not embedded")
+    return out
+
+
 def check(path):
     with open(path, "rb") as f:
         data = f.read()
+    problems = []
     if path.endswith(".pdf"):
+        problems += pdfa_structure(data)
         try:
             _name, xml = facturx.get_xml_from_pdf(data, check_xsd=False)
         except Exception as e:  # noqa: BLE001 - any failure is a finding
-            return [f"cannot extract factur-x.xml: {e}"]
+            return problems + [f"cannot extract factur-x.xml: {e}"]
         if not xml:
-            return ["no factur-x.xml embedded"]
+            return problems + ["no factur-x.xml embedded"]
         data = xml
-    problems = []
     try:
         facturx.xml_check_xsd(data, flavor="factur-x", level="en16931")
     except Exception as e:  # noqa: BLE001

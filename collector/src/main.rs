@@ -216,7 +216,8 @@ struct InvoiceArgs {
     /// Show what would be issued; store nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Write {number}.json, {number}.html and accounting-{period}.csv into this directory.
+    /// Write {number}.json, {number}.html and accounting-{period}.csv into this directory (with
+    /// `billing.facturx`, also the Factur-X {number}.xml and {number}.pdf).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -232,7 +233,8 @@ struct CreditNoteArgs {
     /// Why (printed on the credit note).
     #[arg(long)]
     reason: String,
-    /// Write {number}.json and {number}.html into this directory.
+    /// Write {number}.json and {number}.html into this directory (with `billing.facturx`, also
+    /// {number}.xml and {number}.pdf).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -711,12 +713,14 @@ mod billing {
 
     fn write(dir: &std::path::Path, docs: &[Invoice], facturx: bool) -> anyhow::Result<()> {
         use fabmeter_collector::billing::facturx::{cii_xml, write_new};
+        use fabmeter_collector::billing::pdf::facturx_pdf;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for d in docs {
             std::fs::write(dir.join(format!("{}.json", d.number)), d.to_json())?;
             std::fs::write(dir.join(format!("{}.html", d.number)), to_html(d))?;
             if facturx {
                 write_new(&dir.join(format!("{}.xml", d.number)), &cii_xml(d)?)?;
+                write_new(&dir.join(format!("{}.pdf", d.number)), &facturx_pdf(d)?)?;
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ use std::process::Command;
 use fabmeter_collector::api;
 use fabmeter_collector::billing::facturx::{cii_xml, write_new, FacturxError};
 use fabmeter_collector::billing::invoice::{Billing, DocKind, Invoice};
+use fabmeter_collector::billing::pdf::facturx_pdf;
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{Ledger, Record};
@@ -142,14 +143,20 @@ fn validate(files: &[PathBuf]) -> (i32, String) {
     (code, text)
 }
 
+/// Writes each document's XML and PDF: the paths, XML files first.
 fn write_all(dir: &Path, docs: &[Invoice]) -> Vec<PathBuf> {
-    docs.iter()
-        .map(|d| {
-            let p = dir.join(format!("{}.xml", d.number));
-            write_new(&p, &cii_xml(d).expect("xml")).expect("write");
-            p
-        })
-        .collect()
+    let mut files = Vec::new();
+    for d in docs {
+        let p = dir.join(format!("{}.xml", d.number));
+        write_new(&p, &cii_xml(d).expect("xml")).expect("write");
+        files.push(p);
+    }
+    for d in docs {
+        let p = dir.join(format!("{}.pdf", d.number));
+        write_new(&p, &facturx_pdf(d).expect("pdf")).expect("write");
+        files.push(p);
+    }
+    files
 }
 
 #[test]
@@ -196,7 +203,11 @@ fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one
     let files = write_all(&out, &docs);
     let (code, text) = validate(&files);
     assert_eq!(code, 0, "every document is valid: {text}");
-    assert_eq!(text.matches(": valid").count(), 3, "{text}");
+    assert_eq!(
+        text.matches(": valid").count(),
+        6,
+        "3 XML and 3 PDF: {text}"
+    );
 
     // What the XML says: the type codes, the reference of the credit note, escaped text,
     // positive credit-note totals.
@@ -245,6 +256,24 @@ fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one
     assert!(text.contains("BR-CO-15"), "{text}");
     let (code, text) = validate(&[broken_name]);
     assert_eq!(code, 1, "a seller without a name is refused: {text}");
+    // A PDF that does not declare PDF/A-3 is refused too.
+    let pdf = facturx_pdf(alice).expect("pdf");
+    assert_eq!(
+        facturx_pdf(alice).expect("pdf"),
+        pdf,
+        "the PDF is reproducible"
+    );
+    let at = pdf
+        .windows(14)
+        .position(|w| w == b"<pdfaid:part>3")
+        .expect("XMP in clear");
+    let mut broken = pdf.clone();
+    broken[at + 13] = b'2';
+    let broken_pdf = out.join("broken.pdf");
+    std::fs::write(&broken_pdf, &broken).expect("write");
+    let (code, text) = validate(&[broken_pdf]);
+    assert_eq!(code, 1, "a PDF that is not PDF/A-3 is refused: {text}");
+    assert!(text.contains("pdfaid:part"), "{text}");
 
     // Issued documents never change: writing the same bytes again is a no-op, other bytes are
     // refused and the file is left as it was; no temporary file is left behind.

@@ -11,6 +11,7 @@ pub mod facturx;
 pub mod identity;
 pub mod invoice;
 pub mod money;
+pub mod pdf;
 pub mod tariff;
 
 #[cfg(test)]
