@@ -716,11 +716,18 @@ mod billing {
         use fabmeter_collector::billing::pdf::facturx_pdf;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for d in docs {
+            // Rendered before anything is written: a document that cannot be rendered leaves
+            // no file of it behind.
+            let facturx = if facturx {
+                Some((cii_xml(d)?, facturx_pdf(d)?))
+            } else {
+                None
+            };
             std::fs::write(dir.join(format!("{}.json", d.number)), d.to_json())?;
             std::fs::write(dir.join(format!("{}.html", d.number)), to_html(d))?;
-            if facturx {
-                write_new(&dir.join(format!("{}.xml", d.number)), &cii_xml(d)?)?;
-                write_new(&dir.join(format!("{}.pdf", d.number)), &facturx_pdf(d)?)?;
+            if let Some((xml, pdf)) = facturx {
+                write_new(&dir.join(format!("{}.xml", d.number)), &xml)?;
+                write_new(&dir.join(format!("{}.pdf", d.number)), &pdf)?;
             }
         }
         Ok(())

@@ -314,3 +314,81 @@ fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
         .validate()
         .expect("valid without facturx");
 }
+
+#[test]
+fn the_invoice_command_writes_valid_factur_x_files_and_check_config_names_a_missing_siren() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), SITE);
+    {
+        let mut l = open(&c);
+        l.commit(&session("laser-1", 1, ALICE, "2026-11-03T09:00:00Z", 1_800))
+            .expect("commit");
+    }
+    let file = dir.path().join("site.toml");
+    std::fs::write(&file, c.to_toml()).expect("write config");
+    let run = |file: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fabmeter-collector"))
+            .args(args)
+            .arg("--config")
+            .arg(file)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let out_dir = dir.path().join("out");
+    let out = out_dir.to_str().expect("utf-8 path");
+    let (ok, stdout, stderr) = run(&file, &["invoice", "--period", "2026-11", "--out", out]);
+    assert!(ok && stdout.contains("issued ATL-"), "{stdout}{stderr}");
+    let number = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("a number")
+        .to_owned();
+    let (ok, stdout, stderr) = run(
+        &file,
+        &[
+            "credit-note",
+            "--invoice",
+            &number,
+            "--reason",
+            "test",
+            "--out",
+            out,
+        ],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    let credit = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("a number")
+        .to_owned();
+    let files: Vec<PathBuf> = [&number, &credit]
+        .iter()
+        .flat_map(|n| ["xml", "pdf"].map(|e| out_dir.join(format!("{n}.{e}"))))
+        .collect();
+    let (code, text) = validate(&files);
+    assert_eq!(code, 0, "{text}");
+    let names: Vec<String> = std::fs::read_dir(&out_dir)
+        .expect("ls")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+
+    // check-config names the missing key with an example.
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&file)
+        .expect("read")
+        .replace("siret = \"732 829 320 00074\"\n", "");
+    std::fs::write(&bad, text).expect("write");
+    let (ok, stdout, stderr) = run(&bad, &["check-config"]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("billing.seller.siren") && stderr.contains("for example"),
+        "{stderr}"
+    );
+}
