@@ -90,6 +90,17 @@ struct Metrics {
     cap: f32,
 }
 
+/// The font's metrics and its deflated program, computed once per process.
+fn font() -> &'static (Metrics, Vec<u8>) {
+    static FONT_DATA: std::sync::OnceLock<(Metrics, Vec<u8>)> = std::sync::OnceLock::new();
+    FONT_DATA.get_or_init(|| {
+        (
+            metrics(),
+            miniz_oxide::deflate::compress_to_vec_zlib(FONT, 6),
+        )
+    })
+}
+
 fn metrics() -> Metrics {
     // The font is part of the binary: it parses, or the build is broken (a test renders it).
     let face = ttf_parser::Face::parse(FONT, 0).expect("the embedded font parses");
@@ -578,8 +589,8 @@ fn xmp(d: &Invoice, date: &str) -> Vec<u8> {
 /// The Factur-X PDF/A-3 of an issued document, with its CII XML embedded.
 pub fn facturx_pdf(d: &Invoice) -> Result<Vec<u8>, FacturxError> {
     let xml = cii_xml(d)?;
-    let m = metrics();
-    let pages = layout(d, &m);
+    let (m, packed) = font();
+    let pages = layout(d, m);
     let (year, month, day) = (d.issue_date.y, d.issue_date.m, d.issue_date.d);
     let secs = d.issued_ms / 1000 % 86_400;
     let (hh, mm, ss) = (secs / 3600, secs / 60 % 60, secs % 60);
@@ -662,8 +673,7 @@ pub fn facturx_pdf(d: &Invoice) -> Result<Vec<u8>, FacturxError> {
         .cap_height(m.cap)
         .stem_v(80.0)
         .font_file2(font_file);
-    let packed = miniz_oxide::deflate::compress_to_vec_zlib(FONT, 6);
-    pdf.stream(font_file, &packed)
+    pdf.stream(font_file, packed)
         .filter(Filter::FlateDecode)
         .pair(Name(b"Length1"), FONT.len() as i32);
 
