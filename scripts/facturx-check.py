@@ -40,26 +40,35 @@ XSLT = os.path.join(
 SVRL = "{http://purl.oclc.org/dsdl/svrl}"
 
 
-def schematron(xml_bytes):
-    """The fatal failed assertions of the EN 16931 Schematron, as strings."""
+def schematron(xmls):
+    """The fatal failed assertions of the EN 16931 Schematron for each XML (bytes), as lists of
+    strings: one Saxon run for all of them (a JVM start and the stylesheet compiled once)."""
     with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "in.xml")
-        with open(src, "wb") as f:
-            f.write(xml_bytes)
+        src, out = os.path.join(d, "in"), os.path.join(d, "out")
+        os.mkdir(src)
+        os.mkdir(out)
+        for i, x in enumerate(xmls):
+            with open(os.path.join(src, f"{i}.xml"), "wb") as f:
+                f.write(x)
         r = subprocess.run(
-            ["java", "-cp", jar, "net.sf.saxon.Transform", f"-s:{src}", f"-xsl:{XSLT}"],
+            ["java", "-cp", jar, "net.sf.saxon.Transform", f"-s:{src}", f"-xsl:{XSLT}", f"-o:{out}"],
             capture_output=True,
         )
         if r.returncode != 0:
-            return [f"saxon failed: {r.stderr.decode(errors='replace')[-500:]}"]
-    report = etree.fromstring(r.stdout)
-    out = []
-    for fa in report.iter(f"{SVRL}failed-assert"):
-        if fa.get("flag", "fatal") != "fatal":
-            continue
-        text = " ".join("".join(fa.itertext()).split())
-        out.append(f"[{fa.get('id')}] {fa.get('location')}: {text}")
-    return out
+            err = f"saxon failed: {r.stderr.decode(errors='replace')[-500:]}"
+            return [[err] for _ in xmls]
+        results = []
+        for i in range(len(xmls)):
+            with open(os.path.join(out, f"{i}.xml"), "rb") as f:
+                report = etree.fromstring(f.read())
+            found = []
+            for fa in report.iter(f"{SVRL}failed-assert"):
+                if fa.get("flag", "fatal") != "fatal":
+                    continue
+                text = " ".join("".join(fa.itertext()).split())
+                found.append(f"[{fa.get('id')}] {fa.get('location')}: {text}")
+            results.append(found)
+        return results
 
 
 def pdfa_structure(data):
@@ -106,7 +115,8 @@ def pdfa_structure(data):
     return out
 
 
-def check(path):
+def load(path):
+    """(XML bytes or None, problems found so far) of a file."""
     with open(path, "rb") as f:
         data = f.read()
     problems = []
@@ -115,25 +125,28 @@ def check(path):
         try:
             _name, xml = facturx.get_xml_from_pdf(data, check_xsd=False)
         except Exception as e:  # noqa: BLE001 - any failure is a finding
-            return problems + [f"cannot extract factur-x.xml: {e}"]
+            return None, problems + [f"cannot extract factur-x.xml: {e}"]
         if not xml:
-            return problems + ["no factur-x.xml embedded"]
+            return None, problems + ["no factur-x.xml embedded"]
         data = xml
     try:
         facturx.xml_check_xsd(data, flavor="factur-x", level="en16931")
     except Exception as e:  # noqa: BLE001
         problems.append(f"XSD: {e}")
-    problems += [f"Schematron: {p}" for p in schematron(data)]
-    return problems
+    return data, problems
 
 
 def main():
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
+    paths = sys.argv[1:]
+    loaded = [load(p) for p in paths]
+    xmls = [(i, x) for i, (x, _) in enumerate(loaded) if x is not None]
+    for (i, _), found in zip(xmls, schematron([x for _, x in xmls])):
+        loaded[i][1].extend(f"Schematron: {p}" for p in found)
     bad = 0
-    for p in sys.argv[1:]:
-        problems = check(p)
+    for p, (_, problems) in zip(paths, loaded):
         for pr in problems:
             print(f"{p}: {pr}", file=sys.stderr)
         print(f"{p}: {'INVALID' if problems else 'valid'}")
