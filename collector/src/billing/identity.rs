@@ -311,6 +311,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_factur_x_block_of_billing_md_is_valid_and_checked() {
+        let md = include_str!("../../../docs/BILLING.md");
+        let block = md
+            .split("## Factur-X")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("the Factur-X configuration block");
+        let site = format!("[site]\nid = \"atelier-lyon\"\n[[members]]\nid = \"alice\"\n{block}");
+        let c = crate::config::Config::from_toml(&site).expect("parses");
+        assert_eq!(c.validate(), Ok(()));
+        // The same block with a second member who has no billing identity is refused.
+        let two = site.replacen("[[members]]", "[[members]]\nid = \"bob\"\n[[members]]", 1);
+        let e = crate::config::Config::from_toml(&two)
+            .expect("parses")
+            .validate()
+            .expect_err("bob has no identity");
+        assert_eq!(e.key, "billing.customers");
+    }
+
+    #[test]
     fn siren_siret_and_vat_numbers_are_checked() {
         assert_eq!(siren("732 829 320").as_deref(), Ok("732829320"));
         assert!(siren("732 829 321").is_err());
