@@ -231,14 +231,22 @@ fn a_member_token_lists_and_downloads_only_its_own_invoices() {
     assert_eq!(get(addr, &format!("/{pdf_link}"), None).0, 401);
 }
 
-/// A chromedriver on a free port, ended on drop.
+/// A chromedriver on a free port; on drop (also when an assertion failed) its browser session is
+/// closed, which ends the browser, then chromedriver is ended.
 struct Driver {
     child: Child,
     url: String,
+    addr: SocketAddr,
+    session: std::cell::RefCell<Option<String>>,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(sid) = self.session.borrow_mut().take() {
+            let _ = std::panic::catch_unwind(|| {
+                webdriver(self.addr, "DELETE", &format!("/session/{sid}"), None)
+            });
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -278,6 +286,8 @@ fn start_driver() -> (Driver, SocketAddr) {
     let driver = Driver {
         child,
         url: format!("http://{addr}"),
+        addr,
+        session: std::cell::RefCell::new(None),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -302,7 +312,7 @@ fn the_statement_page_lists_invoices_with_visible_links_at_390_px() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (addr, docs) = serve(&rt, dir.path(), None);
     let alice = docs.iter().find(|d| d.buyer.id == "alice").expect("alice");
-    let (_driver, wd) = start_driver();
+    let (driver, wd) = start_driver();
     let caps = json!({"capabilities": {"alwaysMatch": {
         "browserName": "chrome",
         "goog:chromeOptions": {
@@ -316,6 +326,7 @@ fn the_statement_page_lists_invoices_with_visible_links_at_390_px() {
         .as_str()
         .unwrap_or_else(|| panic!("no session: {session}"))
         .to_owned();
+    *driver.session.borrow_mut() = Some(sid.clone());
     let run = |script: &str| -> Value {
         webdriver(
             wd,
@@ -393,5 +404,4 @@ fn the_statement_page_lists_invoices_with_visible_links_at_390_px() {
         wide.as_f64() > Some(390.0),
         "the overflow check sees overflow: {wide}"
     );
-    webdriver(wd, "DELETE", &format!("/session/{sid}"), None);
 }
