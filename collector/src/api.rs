@@ -8,6 +8,8 @@
 //! | `GET /api/machines/{id}/counters` | lifetime counters of a machine |
 //! | `GET /api/dead-letters?limit` | the latest refused messages, with their reasons |
 //! | `GET /api/members/{id}/statement?period` | usage and charges so far this period (docs/BILLING.md) |
+//! | `GET /api/members/{id}/invoices` | the member's invoices and credit notes, with their download links |
+//! | `GET /api/members/{id}/invoices/{number}.{pdf,xml,html}` | one of them: Factur-X PDF, CII XML, printable HTML |
 //! | `GET /api/members/{id}/export` | everything held about the member (docs/SECURITY.md "Personal data") |
 //! | `GET /api/maintenance` | every machine's plans (hours left, due date, state), lock, availability |
 //! | `GET /api/costs?from&to` | cost recovery per machine (docs/COSTS.md) |
@@ -64,6 +66,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/machines/{id}/counters", get(counters))
         .route("/api/dead-letters", get(dead_letters))
         .route("/api/members/{id}/statement", get(statement))
+        .route("/api/members/{id}/invoices", get(member_invoices))
+        .route(
+            "/api/members/{id}/invoices/{file}",
+            get(member_invoice_file),
+        )
         .with_state(state.clone())
         .merge(process_router(state))
 }
@@ -451,6 +458,124 @@ async fn statement(
     let sessions: Vec<BillableSession> =
         rows.iter().filter_map(BillableSession::from_view).collect();
     Ok(Json(invoice::statement(&billing, &id, period, &sessions, now)).into_response())
+}
+
+/// The billing of the site and the documents issued to `id` (404 when the site does not bill or
+/// the member is unknown).
+async fn member_documents(
+    s: &ApiState,
+    id: &str,
+) -> Result<Vec<crate::billing::invoice::Invoice>, ApiError> {
+    let Some(billing) = s.billing.clone() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this site does not bill: add a [billing] section (docs/BILLING.md)".into(),
+        ));
+    };
+    if !billing.members.contains_key(id) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("unknown member {id:?}; members are listed in the site configuration"),
+        ));
+    }
+    let ledger = s.ledger.clone();
+    let member = id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        guard.documents().map(|docs| {
+            docs.into_iter()
+                .filter(|d| d.buyer.id == member)
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        tracing::error!(error = %e, "documents read failed");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    })
+}
+
+/// `GET /api/members/{id}/invoices`: the member's documents, newest first, each with its totals
+/// and the links to download it (`[{kind, href}]`: `pdf` and `xml` when it can be rendered as
+/// Factur-X, then `html`; `href` relative to the page's base).
+async fn member_invoices(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::billing::facturx::cii_xml;
+    use crate::billing::invoice::DocKind;
+    let docs = member_documents(&s, &id).await?;
+    let items: Vec<serde_json::Value> = docs
+        .iter()
+        .rev()
+        .map(|d| {
+            let base = format!("api/members/{id}/invoices/{}", d.number);
+            let kinds: &[&str] = if cii_xml(d).is_ok() {
+                &["pdf", "xml", "html"]
+            } else {
+                &["html"]
+            };
+            let links: Vec<serde_json::Value> = kinds
+                .iter()
+                .map(|k| serde_json::json!({ "kind": k, "href": format!("{base}.{k}") }))
+                .collect();
+            serde_json::json!({
+                "number": d.number,
+                "kind": if d.kind == DocKind::Invoice { "invoice" } else { "credit_note" },
+                "issue_date": d.issue_date.to_string(),
+                "period": d.period.to_string(),
+                "refers_to": d.refers_to,
+                "incl_cents": d.totals.incl_cents,
+                "due_cents": d.due_cents,
+                "links": links,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "member": id, "documents": items })).into_response())
+}
+
+/// `GET /api/members/{id}/invoices/{number}.{pdf,xml,html}`: one of the member's documents
+/// (404 for a document of another member: a member token reaches only its own path).
+async fn member_invoice_file(
+    State(s): State<ApiState>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use crate::billing::{facturx, invoice, pdf};
+    let Some((number, ext)) = file.rsplit_once('.') else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{file:?}: ask for {{number}}.pdf, .xml or .html, e.g. ATL-2026-000001.pdf"),
+        ));
+    };
+    let docs = member_documents(&s, &id).await?;
+    let Some(d) = docs.iter().find(|d| d.number == number) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("member {id:?} has no document {number:?}"),
+        ));
+    };
+    let rendered = match ext {
+        "pdf" => pdf::facturx_pdf(d).map(|b| ("application/pdf", b)),
+        "xml" => facturx::cii_xml(d).map(|b| ("application/xml", b)),
+        "html" => Ok(("text/html; charset=utf-8", invoice::to_html(d).into_bytes())),
+        _ => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("{file:?}: ask for {number}.pdf, .xml or .html"),
+            ))
+        }
+    };
+    let (mime, bytes) = rendered.map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+    let disposition = format!("attachment; filename=\"{number}.{ext}\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, mime.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

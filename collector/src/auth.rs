@@ -8,7 +8,7 @@
 //! | role | may read |
 //! |---|---|
 //! | `manager` | everything |
-//! | `member` | its own `/api/members/{id}/statement` and `/api/members/{id}/export` |
+//! | `member` | its own `/api/members/{id}/statement`, `/api/members/{id}/invoices[/{file}]` and `/api/members/{id}/export` |
 //! | `monitor` | `/metrics` |
 //!
 //! `/`, `/healthz` and `/readyz` are open to all: the page holds no data (it asks for a token
@@ -184,6 +184,12 @@ pub fn allowed(entry: &TokenEntry, path: &str) -> bool {
                 .and_then(|r| {
                     r.strip_suffix("/statement")
                         .or_else(|| r.strip_suffix("/export"))
+                        .or_else(|| r.strip_suffix("/invoices"))
+                        .or_else(|| {
+                            r.rsplit_once("/invoices/")
+                                .filter(|(_, f)| !f.is_empty() && !f.contains('/'))
+                                .map(|(id, _)| id)
+                        })
                 })
                 .is_some_and(|id| id == m)
         }
@@ -303,6 +309,21 @@ mod tests {
         assert!(!allowed(&e, "/api/members/alice/statement/x"));
         assert!(allowed(&e, "/api/members/alice/export"));
         assert!(!allowed(&e, "/api/members/bob/export"));
+        assert!(allowed(&e, "/api/members/alice/invoices"));
+        assert!(allowed(
+            &e,
+            "/api/members/alice/invoices/ATL-2026-000001.pdf"
+        ));
+        assert!(!allowed(&e, "/api/members/bob/invoices"));
+        assert!(!allowed(
+            &e,
+            "/api/members/bob/invoices/ATL-2026-000001.pdf"
+        ));
+        assert!(!allowed(&e, "/api/members/alice/invoices/x/y.pdf"));
+        assert!(!allowed(
+            &e,
+            "/api/members/bob/invoices/alice/invoices/x.pdf"
+        ));
         assert!(!allowed(&e, "/api/machines"));
         let mon = f
             .create("prometheus", Role::Monitor, None, "2026-12-01T00:00:00Z")

@@ -1024,9 +1024,12 @@ impl Config {
                 )
             })
             .collect();
-        crate::billing::BillingRules::new(b, &machines)
-            .map(Some)
-            .map_err(|e| err(e.key, e.problem, "see docs/BILLING.md \"Configuration\""))
+        let rules = crate::billing::BillingRules::new(b, &machines)
+            .map_err(|e| err(e.key, e.problem, "see docs/BILLING.md \"Configuration\""))?;
+        let members: Vec<String> = self.members.iter().map(|m| m.id.clone()).collect();
+        crate::billing::identity::check(b, &members)
+            .map_err(|e| err(e.key, e.problem, "see docs/BILLING.md \"Factur-X\""))?;
+        Ok(Some(rules))
     }
 
     /// The site id, validated.

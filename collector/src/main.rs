@@ -274,7 +274,8 @@ struct InvoiceArgs {
     /// Show what would be issued; store nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Write {number}.json, {number}.html and accounting-{period}.csv into this directory.
+    /// Write {number}.json, {number}.html and accounting-{period}.csv into this directory (with
+    /// `billing.facturx`, also the Factur-X {number}.xml and {number}.pdf).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -290,7 +291,8 @@ struct CreditNoteArgs {
     /// Why (printed on the credit note).
     #[arg(long)]
     reason: String,
-    /// Write {number}.json and {number}.html into this directory.
+    /// Write {number}.json and {number}.html into this directory (with `billing.facturx`, also
+    /// {number}.xml and {number}.pdf).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -805,11 +807,24 @@ mod billing {
         )
     }
 
-    fn write(dir: &std::path::Path, docs: &[Invoice]) -> anyhow::Result<()> {
+    fn write(dir: &std::path::Path, docs: &[Invoice], facturx: bool) -> anyhow::Result<()> {
+        use fabmeter_collector::billing::facturx::{cii_xml, write_new};
+        use fabmeter_collector::billing::pdf::facturx_pdf;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for d in docs {
+            // Rendered before anything is written: a document that cannot be rendered leaves
+            // no file of it behind.
+            let facturx = if facturx {
+                Some((cii_xml(d)?, facturx_pdf(d)?))
+            } else {
+                None
+            };
             std::fs::write(dir.join(format!("{}.json", d.number)), d.to_json())?;
             std::fs::write(dir.join(format!("{}.html", d.number)), to_html(d))?;
+            if let Some((xml, pdf)) = facturx {
+                write_new(&dir.join(format!("{}.xml", d.number)), &xml)?;
+                write_new(&dir.join(format!("{}.pdf", d.number)), &pdf)?;
+            }
         }
         Ok(())
     }
@@ -906,7 +921,7 @@ mod billing {
             println!("{m}: total 0.00, no invoice (sessions settled)");
         }
         if let Some(dir) = out {
-            write(dir, &report.invoices)?;
+            write(dir, &report.invoices, billing.config.facturx)?;
             // The period's documents only (the ones just issued are among them), not every
             // document ever issued: the run's memory does not grow with the history.
             let docs: Vec<Invoice> = if dry_run {
@@ -958,7 +973,7 @@ mod billing {
         let d = ledger.credit_note(&billing, &a.invoice, &a.reason, now_ms())?;
         println!("issued {}", summary(&d));
         if let Some(dir) = &a.out {
-            write(dir, std::slice::from_ref(&d))?;
+            write(dir, std::slice::from_ref(&d), billing.config.facturx)?;
         }
         Ok(())
     }

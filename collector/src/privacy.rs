@@ -69,6 +69,10 @@ pub struct MemberExport {
     pub sessions: Vec<ExportedSession>,
     /// Invoices and credit notes issued to the member, in chain order.
     pub documents: Vec<Invoice>,
+    /// The member's billing identity (`[[billing.customers]]`: legal name, address, SIREN, VAT
+    /// number), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billing_identity: Option<crate::billing::tariff::Customer>,
 }
 
 /// Collects everything the configuration and the ledger hold about `member` at `now_ms`.
@@ -107,6 +111,10 @@ pub fn export_member(
         member: entry,
         sessions,
         documents,
+        billing_identity: config
+            .billing
+            .as_ref()
+            .and_then(|b| b.customers.iter().find(|c| c.member == member).cloned()),
     })
 }
 

@@ -30,6 +30,24 @@ pub struct Buyer {
     pub name: String,
     /// Address.
     pub address: String,
+    /// Street line (Factur-X; from `[[billing.customers]]`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub street: String,
+    /// Postcode.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub postcode: String,
+    /// City.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub city: String,
+    /// Country, ISO 3166-1 alpha-2.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub country: String,
+    /// SIREN.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub siren: String,
+    /// Intra-EU VAT number.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vat_id: String,
 }
 
 /// VAT of one rate.
@@ -429,23 +447,47 @@ impl Billing {
         }))
     }
 
-    /// The buyer block of a member.
+    /// The buyer block of a member, with its `[[billing.customers]]` identity when configured.
     pub fn buyer(&self, member: &str) -> Buyer {
+        let customer = self.config.customers.iter().find(|c| c.member == member);
+        let name = self
+            .members
+            .get(member)
+            .cloned()
+            .unwrap_or_else(|| member.to_owned());
+        let mut address = self
+            .config
+            .memberships
+            .iter()
+            .filter(|m| m.member == member && !m.address.is_empty())
+            .max_by_key(|m| m.valid_from)
+            .map(|m| m.address.clone())
+            .unwrap_or_default();
+        let Some(c) = customer else {
+            return Buyer {
+                id: member.to_owned(),
+                name,
+                address,
+                ..Buyer::default()
+            };
+        };
+        if address.is_empty() {
+            address = format!("{}\n{} {}", c.street, c.postcode, c.city);
+        }
         Buyer {
             id: member.to_owned(),
-            name: self
-                .members
-                .get(member)
-                .cloned()
-                .unwrap_or_else(|| member.to_owned()),
-            address: self
-                .config
-                .memberships
-                .iter()
-                .filter(|m| m.member == member && !m.address.is_empty())
-                .max_by_key(|m| m.valid_from)
-                .map(|m| m.address.clone())
-                .unwrap_or_default(),
+            name: if c.name.is_empty() {
+                name
+            } else {
+                c.name.clone()
+            },
+            address,
+            street: c.street.clone(),
+            postcode: c.postcode.clone(),
+            city: c.city.clone(),
+            country: c.country.clone(),
+            siren: super::identity::compacted(&c.siren),
+            vat_id: super::identity::compacted(&c.vat_id),
         }
     }
 

@@ -7,8 +7,11 @@
 
 pub mod calendar;
 pub mod engine;
+pub mod facturx;
+pub mod identity;
 pub mod invoice;
 pub mod money;
+pub mod pdf;
 pub mod tariff;
 
 #[cfg(test)]

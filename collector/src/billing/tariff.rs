@@ -43,6 +43,47 @@ pub struct BillingConfig {
     /// Prepaid credit bought by members.
     #[serde(default)]
     pub credits: Vec<Credit>,
+    /// Issue Factur-X documents (EN 16931 CII XML and PDF): the identities of both parties and
+    /// French VAT rates become mandatory (docs/BILLING.md "Factur-X").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub facturx: bool,
+    /// The members' billing identities (legal name, address, SIREN, VAT number).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub customers: Vec<Customer>,
+}
+
+/// `[[billing.customers]]`: a member's billing identity, as printed on its invoices (personal
+/// data of a sole trader: part of `member export`, docs/SECURITY.md "Personal data").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    /// Member id (of `[[members]]`).
+    pub member: String,
+    /// Legal name; empty: the member's name.
+    #[serde(default)]
+    pub name: String,
+    /// Street line of the address.
+    #[serde(default)]
+    pub street: String,
+    /// Postcode.
+    #[serde(default)]
+    pub postcode: String,
+    /// City.
+    #[serde(default)]
+    pub city: String,
+    /// Country, ISO 3166-1 alpha-2 (default `FR`).
+    #[serde(default = "default_country")]
+    pub country: String,
+    /// SIREN (9 digits).
+    #[serde(default)]
+    pub siren: String,
+    /// Intra-EU VAT number (optional: a micro-entrepreneur under the franchise has none).
+    #[serde(default)]
+    pub vat_id: String,
+}
+
+fn default_country() -> String {
+    "FR".into()
 }
 
 fn default_zone() -> String {
@@ -64,6 +105,33 @@ pub struct Seller {
     pub siret: String,
     /// Intra-community VAT number.
     pub vat_id: String,
+    /// SIREN (9 digits); empty: the first 9 digits of `siret`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub siren: String,
+    /// Street line of the address (Factur-X).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub street: String,
+    /// Postcode (Factur-X).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub postcode: String,
+    /// City (Factur-X).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub city: String,
+    /// Country, ISO 3166-1 alpha-2; empty: `FR`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub country: String,
+    /// `normal` (default: VAT charged) or `franchise` (franchise en base, art. 293 B du CGI).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub vat_regime: String,
+    /// Why a 0 % rate is exempt, under the normal regime (printed, EN 16931 BT-120).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub vat_exemption: String,
+    /// Tax registration (EN 16931 BT-32) of a seller under the franchise without a VAT number.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tax_id: String,
+    /// Payment terms printed on invoices (EN 16931 BT-20).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub payment_terms: String,
 }
 
 /// `[billing.accounts]`: accounting codes (French chart of accounts by default).
@@ -342,6 +410,8 @@ impl BillingConfig {
             plans: Vec::new(),
             memberships: Vec::new(),
             credits: Vec::new(),
+            facturx: false,
+            customers: Vec::new(),
         }
     }
 
