@@ -11,6 +11,7 @@ pub mod billing;
 pub mod config;
 pub mod device_keys;
 pub mod ingest;
+pub mod init;
 pub mod ledger;
 pub mod maintenance;
 pub mod metrics;

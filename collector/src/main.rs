@@ -48,6 +48,42 @@ enum Command {
     /// Retention of personal data (docs/SECURITY.md "Retention, purge and erasure").
     #[command(subcommand)]
     Privacy(PrivacyCommand),
+    /// A new site in one step: a commented site file, Mosquitto's configuration, password and
+    /// ACL files, and each machine's device credentials (docs/COLLECTOR.md "A new site").
+    Init(InitArgs),
+}
+
+/// `init` arguments.
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// The site id, e.g. atelier-lyon.
+    #[arg(long)]
+    site: String,
+    /// The machines, comma-separated, each `id` or `id:kind`, e.g. laser-1:laser,printer-1:printer-3d.
+    #[arg(long, value_delimiter = ',', required = true)]
+    machines: Vec<String>,
+    /// Where to write site.toml, mosquitto.conf, the password and ACL files and devices/*.toml.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Where the ledger and the device keys go (named in site.toml).
+    #[arg(long, default_value = "/var/lib/fabmeter")]
+    data_dir: PathBuf,
+    /// The broker as the collector reaches it (mqtt.url).
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    mqtt_url: String,
+    /// The broker as devices on other boards reach it (broker.device_url), e.g.
+    /// mqtt://workshop.local:1884 (a port of its own: the collector's listener is local only).
+    #[arg(long)]
+    device_url: Option<String>,
+    /// Mosquitto's persistence_location.
+    #[arg(long, default_value = fabmeter_collector::provision::DEFAULT_PERSISTENCE_LOCATION)]
+    broker_data_dir: PathBuf,
+    /// The collector's HTTP address (http.listen).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// Replace existing files (the old broker passwords and device keys stop working).
+    #[arg(long)]
+    force: bool,
 }
 
 /// `privacy` subcommands.
@@ -437,6 +473,21 @@ fn main() -> anyhow::Result<()> {
                 dry_run,
             )?;
             print!("{}", fabmeter_collector::privacy::describe_purge(&r));
+            Ok(())
+        }
+        Command::Init(a) => {
+            let report = fabmeter_collector::init::init(&fabmeter_collector::init::InitOptions {
+                site: a.site,
+                machines: a.machines,
+                dir: a.dir,
+                data_dir: a.data_dir,
+                mqtt_url: a.mqtt_url,
+                device_url: a.device_url,
+                broker_data_dir: a.broker_data_dir,
+                http_listen: a.http_listen,
+                force: a.force,
+            })?;
+            print!("{}", fabmeter_collector::init::next_steps(&report));
             Ok(())
         }
         Command::Run(o) => {
