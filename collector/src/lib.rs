@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod netview;
 pub mod network;
 pub mod privacy;
+pub mod progress;
 pub mod provision;
 pub mod series;
 pub mod session;
