@@ -54,6 +54,9 @@ enum Command {
     /// The accounting export of the documents issued in a month: CSV (one line per document and
     /// VAT rate) or the French FEC of the sales journal (docs/BILLING.md "Accounting export").
     ExportAccounting(ExportAccountingArgs),
+    /// A new site in one step: a commented site file, Mosquitto's configuration, password and
+    /// ACL files, and each machine's device credentials (docs/COLLECTOR.md "A new site").
+    Init(InitArgs),
 }
 
 /// `export-accounting` arguments.
@@ -102,6 +105,39 @@ enum ReportFormat {
     Table,
     Json,
     Csv,
+}
+
+/// `init` arguments.
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// The site id, e.g. atelier-lyon.
+    #[arg(long)]
+    site: String,
+    /// The machines, comma-separated, each `id` or `id:kind`, e.g. laser-1:laser,printer-1:printer-3d.
+    #[arg(long, value_delimiter = ',', required = true)]
+    machines: Vec<String>,
+    /// Where to write site.toml, mosquitto.conf, the password and ACL files and devices/*.toml.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Where the ledger and the device keys go (named in site.toml).
+    #[arg(long, default_value = "/var/lib/fabmeter")]
+    data_dir: PathBuf,
+    /// The broker as the collector reaches it (mqtt.url).
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    mqtt_url: String,
+    /// The broker as devices on other boards reach it (broker.device_url), e.g.
+    /// mqtt://workshop.local:1884 (a port of its own: the collector's listener is local only).
+    #[arg(long)]
+    device_url: Option<String>,
+    /// Mosquitto's persistence_location.
+    #[arg(long, default_value = fabmeter_collector::provision::DEFAULT_PERSISTENCE_LOCATION)]
+    broker_data_dir: PathBuf,
+    /// The collector's HTTP address (http.listen).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// Replace existing files (the old broker passwords and device keys stop working).
+    #[arg(long)]
+    force: bool,
 }
 
 /// `privacy` subcommands.
@@ -268,7 +304,8 @@ struct ProvisionDeviceArgs {
 struct InvoiceArgs {
     #[command(flatten)]
     o: Overrides,
-    /// The month to invoice, e.g. 2026-11 (default: the previous month).
+    /// The month to invoice, e.g. 2026-11 (default: the previous month), or a year, e.g. 2026:
+    /// each of its months that has ended, in order.
     #[arg(long)]
     period: Option<String>,
     /// Show what would be issued; store nothing.
@@ -490,17 +527,39 @@ fn main() -> anyhow::Result<()> {
         Command::Privacy(PrivacyCommand::Purge { o, dry_run }) => {
             let config = o.load()?;
             let mut ledger = open_ledger(&config)?;
+            let mut progress = fabmeter_collector::progress::Progress::start("purge", 0);
+            progress.step(&format!(
+                "{} what is older than {} days",
+                if dry_run { "counting" } else { "deleting" },
+                config.privacy.retention_days
+            ));
             let r = fabmeter_collector::privacy::purge(
                 &config,
                 &mut ledger,
                 fabmeter_collector::ingest::now_ms(),
                 dry_run,
             )?;
+            progress.finish(&format!("{} sessions", r.total.sessions));
             print!("{}", fabmeter_collector::privacy::describe_purge(&r));
             Ok(())
         }
         Command::CostRecovery(a) => cost_recovery(a),
         Command::ExportAccounting(a) => billing::export_accounting(a),
+        Command::Init(a) => {
+            let report = fabmeter_collector::init::init(&fabmeter_collector::init::InitOptions {
+                site: a.site,
+                machines: a.machines,
+                dir: a.dir,
+                data_dir: a.data_dir,
+                mqtt_url: a.mqtt_url,
+                device_url: a.device_url,
+                broker_data_dir: a.broker_data_dir,
+                http_listen: a.http_listen,
+                force: a.force,
+            })?;
+            print!("{}", fabmeter_collector::init::next_steps(&report));
+            Ok(())
+        }
         Command::Run(o) => {
             let loaded = o.load_run()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -782,6 +841,7 @@ mod billing {
     use fabmeter_collector::billing::money::format_cents;
     use fabmeter_collector::billing::Period;
     use fabmeter_collector::ledger::{AnyLedger, Ledger};
+    use fabmeter_collector::progress::Progress;
 
     fn open(o: Overrides) -> anyhow::Result<(Billing, AnyLedger)> {
         let config = o.load()?;
@@ -869,13 +929,19 @@ mod billing {
             .context("a network collector file needs ledger.url")?;
         let conn = fabmeter_collector::ledger::PgConnection::connect(&url)?;
         let (mut billed, mut skipped) = (0, 0);
+        let mut progress = Progress::start("invoice", n.sites.len() as u64);
         for config in &n.sites {
+            progress.step(&format!("site {}", config.site.id));
             let Some(billing) = Billing::from_config(config)? else {
-                println!("site {}: no [billing] section, skipped", config.site.id);
+                progress.out(&format!(
+                    "site {}: no [billing] section, skipped",
+                    config.site.id
+                ));
                 skipped += 1;
+                progress.advance();
                 continue;
             };
-            println!("site {}:", config.site.id);
+            progress.out(&format!("site {}:", config.site.id));
             let mut ledger =
                 AnyLedger::Postgres(Box::new(fabmeter_collector::ledger::PgLedger::on(
                     &conn,
@@ -883,17 +949,48 @@ mod billing {
                     config.badge_directory(),
                 )?));
             let dir = out.map(|d| d.join(&config.site.id));
-            invoice_site(&billing, &mut ledger, period, dry_run, dir.as_deref())
-                .with_context(|| format!("site {}", config.site.id))?;
+            let periods = periods(&billing, period)?;
+            for p in periods {
+                invoice_period(&billing, &mut ledger, p, dry_run, dir.as_deref(), &progress)
+                    .with_context(|| format!("site {}", config.site.id))?;
+            }
             billed += 1;
+            progress.advance();
         }
-        println!(
+        progress.finish(&format!(
             "network collector {}: {billed} sites invoiced, {skipped} without billing",
             n.name
-        );
+        ));
         Ok(())
     }
 
+    /// The periods `--period` names: a month, or the months of a year that have ended; without
+    /// it, the previous month.
+    fn periods(billing: &Billing, period: Option<&str>) -> anyhow::Result<Vec<Period>> {
+        let current = Period::of(billing.rules.zone.date_of(now_ms()));
+        match period {
+            None => Ok(vec![current.prev()]),
+            Some(y) if y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()) => {
+                let first = Period::parse(&format!("{y}-01"))
+                    .map_err(|e| anyhow::anyhow!("--period: {e}"))?;
+                let months: Vec<Period> = std::iter::successors(Some(first), |p| Some(p.next()))
+                    .take(12)
+                    .filter(|p| *p < current)
+                    .collect();
+                anyhow::ensure!(
+                    !months.is_empty(),
+                    "--period {y}: no month of that year has ended yet; invoice a past month, e.g. --period {}",
+                    current.prev()
+                );
+                Ok(months)
+            }
+            Some(p) => Ok(vec![Period::parse(p).map_err(|e| {
+                anyhow::anyhow!("--period: {e}, or a year like \"2026\"")
+            })?]),
+        }
+    }
+
+    /// Invoices the periods of one site, with their progress.
     fn invoice_site(
         billing: &Billing,
         ledger: &mut AnyLedger,
@@ -901,24 +998,46 @@ mod billing {
         dry_run: bool,
         out: Option<&std::path::Path>,
     ) -> anyhow::Result<()> {
+        let periods = periods(billing, period)?;
+        let mut progress = Progress::start("invoice", periods.len() as u64);
+        let mut issued = 0;
+        for &p in &periods {
+            progress.step(&p.to_string());
+            issued += invoice_period(billing, ledger, p, dry_run, out, &progress)?;
+            progress.advance();
+        }
+        progress.finish(&format!(
+            "{} {issued} documents for {} period{}",
+            if dry_run { "would issue" } else { "issued" },
+            periods.len(),
+            if periods.len() == 1 { "" } else { "s" }
+        ));
+        Ok(())
+    }
+
+    /// Invoices one period; returns the number of documents issued.
+    fn invoice_period(
+        billing: &Billing,
+        ledger: &mut AnyLedger,
+        period: Period,
+        dry_run: bool,
+        out: Option<&std::path::Path>,
+        progress: &Progress,
+    ) -> anyhow::Result<usize> {
         let now = now_ms();
-        let period = match period {
-            Some(p) => Period::parse(p).map_err(|e| anyhow::anyhow!("--period: {e}"))?,
-            None => Period::of(billing.rules.zone.date_of(now)).prev(),
-        };
         let report = ledger.issue_invoices(billing, period, now, dry_run)?;
         if report.already_issued {
-            println!("period {period} was already invoiced: nothing new (late sessions go on the next period's invoices)");
+            progress.out(&format!("period {period} was already invoiced: nothing new (late sessions go on the next period's invoices)"));
         }
         for d in &report.invoices {
-            println!(
+            progress.out(&format!(
                 "{}{}",
                 if dry_run { "would issue " } else { "issued " },
                 summary(d)
-            );
+            ));
         }
         for m in &report.settled_at_zero {
-            println!("{m}: total 0.00, no invoice (sessions settled)");
+            progress.out(&format!("{m}: total 0.00, no invoice (sessions settled)"));
         }
         if let Some(dir) = out {
             write(dir, &report.invoices, billing.config.facturx)?;
@@ -933,9 +1052,9 @@ mod billing {
                 dir.join(format!("accounting-{period}.csv")),
                 accounting_csv(&docs, &billing.config.accounts),
             )?;
-            println!("written to {}", dir.display());
+            progress.out(&format!("written to {}", dir.display()));
         }
-        Ok(())
+        Ok(report.invoices.len())
     }
 
     pub(super) fn export_accounting(a: ExportAccountingArgs) -> anyhow::Result<()> {
@@ -980,8 +1099,14 @@ mod billing {
 
     pub(super) fn audit(o: Overrides) -> anyhow::Result<()> {
         let (billing, ledger) = open(o)?;
+        let mut progress = Progress::start("audit", 0);
+        progress.step("reading the documents");
         let n = ledger.documents()?.len();
+        progress.step(&format!(
+            "recomputing {n} documents from the raw events (long on a big ledger)"
+        ));
         let diffs = ledger.audit(&billing)?;
+        progress.finish(&format!("{n} documents recomputed"));
         for d in &diffs {
             println!(
                 "{} {}{}: issued {} / recomputed {}",

@@ -670,10 +670,19 @@ fn compare(
     let mut seqs: BTreeMap<String, u32> = BTreeMap::new();
     let mut billed: BTreeMap<SessionKey, String> = BTreeMap::new();
     let by_key: BTreeMap<&SessionKey, &Stored> = rows.iter().map(|r| (&r.s.key, r)).collect();
+    // The keys of `billed` that are folded sessions, by member, kept in step with `billed`: an
+    // invoice is recomputed from its buyer's billed sessions only (pricing looks up the buyer's
+    // sessions alone), not from a copy of every key billed so far, which made the audit
+    // quadratic in the history (docs/BENCHMARKS.md "Audit").
+    let mut billed_of: HashMap<&str, BTreeSet<SessionKey>> = HashMap::new();
+    let member_of_key = |k: &SessionKey| by_key.get(k).map(|r| r.s.member.as_str());
     for (chain, d) in docs {
         for (c, k) in settled {
-            if c < chain {
-                billed.entry(k.clone()).or_default();
+            if c < chain && !billed.contains_key(k) {
+                billed.insert(k.clone(), String::new());
+                if let Some(m) = member_of_key(k) {
+                    billed_of.entry(m).or_default().insert(k.clone());
+                }
             }
         }
         if !d.hash_ok() {
@@ -699,7 +708,15 @@ fn compare(
         match d.kind {
             DocKind::CreditNote => {
                 if let Some(orig) = &d.refers_to {
-                    billed.retain(|_, n| n != orig);
+                    billed.retain(|k, n| {
+                        let keep = n != orig;
+                        if let (false, Some(m)) = (keep, member_of_key(k)) {
+                            if let Some(set) = billed_of.get_mut(m) {
+                                set.remove(k);
+                            }
+                        }
+                        keep
+                    });
                 }
             }
             DocKind::Invoice => {
@@ -708,7 +725,10 @@ fn compare(
                     .iter()
                     .flat_map(|l| l.sessions.iter().cloned())
                     .collect();
-                let before: BTreeSet<SessionKey> = billed.keys().cloned().collect();
+                let before: BTreeSet<SessionKey> = billed_of
+                    .get(d.buyer.id.as_str())
+                    .cloned()
+                    .unwrap_or_default();
                 let mut periods: BTreeMap<Period, Vec<BillableSession>> = BTreeMap::new();
                 for k in keys.iter().chain(before.iter()) {
                     let Some(r) = by_key.get(k) else { continue };
@@ -805,6 +825,9 @@ fn compare(
                     );
                 }
                 for k in keys {
+                    if let Some(m) = member_of_key(&k) {
+                        billed_of.entry(m).or_default().insert(k.clone());
+                    }
                     billed.insert(k, d.number.clone());
                 }
             }
