@@ -150,11 +150,13 @@ impl Stored {
         for r in chunked(
             db,
             // The session index, named: without statistics SQLite prefers the primary key's
-            // (site, machine, boot) prefix and counts through every event of the boot.
+            // (site, machine, boot) prefix and counts through every event of the boot. It is
+            // partial (`session IS NOT NULL`): PostgreSQL uses it only when a condition on the
+            // table alone says so (a join's bounds do not).
             "WITH {keys} SELECT t.site, t.machine, t.boot, t.session, COUNT(*)
              FROM k CROSS JOIN events t INDEXED BY events_session
              WHERE t.site=k.site AND t.machine=k.machine AND t.boot=k.boot
-                AND t.session BETWEEN k.lo AND k.hi
+                AND t.session IS NOT NULL AND t.session BETWEEN k.lo AND k.hi
              GROUP BY t.site, t.machine, t.boot, t.session",
             RUN,
             RUN_TYPES,
