@@ -957,10 +957,10 @@ mod billing {
             billed += 1;
             progress.advance();
         }
-        progress.finish(&format!(
-            "network collector {}: {billed} sites invoiced, {skipped} without billing",
-            n.name
-        ));
+        let summary = format!("{billed} sites invoiced, {skipped} without billing");
+        // The outcome is a result (standard output); the progress line says how long it took.
+        progress.out(&format!("network collector {}: {summary}", n.name));
+        progress.finish(&summary);
         Ok(())
     }
 
