@@ -688,6 +688,7 @@ pub(super) fn commit_sites<'b, 'c>(
             outcomes: Vec::with_capacity(batch.len()),
         })
         .collect();
+    tx.keyed_lookups()?;
     prefetch(tx, &mut work)?;
     for w in &mut work {
         w.apply(tx)?;

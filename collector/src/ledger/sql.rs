@@ -193,6 +193,13 @@ pub(crate) trait Db {
     fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, LedgerError>;
     /// Runs a query; all its rows.
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Row>, LedgerError>;
+    /// Asks the engine to join the keys of the rest of this transaction's reads to their tables by
+    /// index lookups, one per key (`batch_reads`). PostgreSQL's planner, on a new ledger without
+    /// statistics, would otherwise hash-join the keys to a scan of every partition of `events`:
+    /// each batch would then read the whole table. SQLite follows `CROSS JOIN`'s order already.
+    fn keyed_lookups(&mut self) -> Result<(), LedgerError> {
+        Ok(())
+    }
     /// Appends rows to `table` in bulk when the engine has a faster way than `INSERT` (PostgreSQL's
     /// binary `COPY`): each row holds `columns.len()` values, and no row may conflict with a
     /// stored one. `None`: no such way (the caller inserts).
@@ -347,6 +354,13 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
             bound.iter().map(|b| b.as_ref()).collect();
         Ok(self.client.execute(&stmt, &refs)?)
+    }
+
+    fn keyed_lookups(&mut self) -> Result<(), LedgerError> {
+        // Transaction-scoped: the write transaction of a batch ends with it.
+        self.client
+            .batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")?;
+        Ok(())
     }
 
     fn copy_rows(
