@@ -143,11 +143,6 @@ pub fn write_mosquitto_conf(config: &Config) -> Result<Option<std::path::PathBuf
 /// `persistence_location` when `broker.persistence_location` is not set (Debian's).
 pub const DEFAULT_PERSISTENCE_LOCATION: &str = "/var/lib/mosquitto/";
 
-/// Mosquitto's `max_inflight_messages` in the generated configuration: a collector's batch can
-/// hold that many messages (docs/SCALING.md "Broker": network collectors need hundreds to
-/// thousands; a site's collector drains a backlog faster).
-pub const MAX_INFLIGHT_MESSAGES: u32 = 1000;
-
 /// The whole `mosquitto.conf` of a site (Mosquitto 2.x), each line with the reason it is there
 /// (docs/COLLECTOR.md "Broker setup"):
 ///
@@ -160,9 +155,6 @@ pub const MAX_INFLIGHT_MESSAGES: u32 = 1000;
 ///   broker crash (`kill -9`) keeps what it had acknowledged to devices;
 /// - `max_queued_messages 0`, `max_queued_bytes 0`: no silent drop of acknowledged events while
 ///   the collector is behind or down;
-/// - `max_inflight_messages` [`MAX_INFLIGHT_MESSAGES`]: the QoS 1 messages the broker sends a
-///   client before its acknowledgements, which bounds a collector's batch (it acknowledges after
-///   its commit): Mosquitto's default of 20 makes a batch of 20 messages;
 /// - `message_size_limit` [`BROKER_MESSAGE_SIZE_LIMIT`]: the broker refuses bigger messages (and
 ///   still acknowledges them, so a device does not resend them forever), far below what the
 ///   collector reads (`mqtt.max_packet_bytes`);
@@ -240,9 +232,6 @@ pub fn mosquitto_conf(config: &Config) -> Result<String, ProvisionError> {
          # Never drop an acknowledged event while the collector is behind or down.\n\
          max_queued_messages 0\n\
          max_queued_bytes 0\n\
-         # A collector commits at most what the broker has in flight to it (Mosquitto's default: 20):\n\
-         # room for a backlog, and for a network collector serving many sites (docs/SCALING.md).\n\
-         max_inflight_messages {MAX_INFLIGHT_MESSAGES}\n\
          # Refuse messages over {BROKER_MESSAGE_SIZE_LIMIT} bytes (the largest legitimate payload is {MAX_CONFIG_PAYLOAD}; the collector reads up to mqtt.max_packet_bytes).\n\
          message_size_limit {BROKER_MESSAGE_SIZE_LIMIT}\n\
          # Not `information`: it logs each of those saves.\n\
@@ -592,7 +581,6 @@ mod tests {
                 "autosave_interval 1",
                 "max_queued_messages 0",
                 "max_queued_bytes 0",
-                "max_inflight_messages 1000",
                 "message_size_limit 16384",
                 "log_type error",
                 "log_type warning",
