@@ -695,6 +695,24 @@ pub(crate) fn strict_json_watching(
     }
 }
 
+/// The length of a JSON string's contents (between its quotes) once unescaped, as the device's
+/// decoder (serde-json-core) unescapes it; 0 when it is not valid (the decoders refuse it).
+fn unescaped_len(raw: Option<&[u8]>) -> usize {
+    use serde_json_core::str::{EscapedStr, EscapedStringFragment};
+    let Some(raw) = raw.and_then(|r| core::str::from_utf8(r).ok()) else {
+        return 0;
+    };
+    let mut len = 0;
+    for fragment in EscapedStr(raw).fragments() {
+        len += match fragment {
+            Ok(EscapedStringFragment::NotEscaped(s)) => s.len(),
+            Ok(EscapedStringFragment::Escaped(c)) => c.len_utf8(),
+            Err(_) => return 0,
+        };
+    }
+    len
+}
+
 struct Recognizer<'a> {
     b: &'a [u8],
     i: usize,
@@ -805,14 +823,22 @@ impl Recognizer<'_> {
 
     fn string(&mut self) -> Lex {
         self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
         loop {
             match self.peek() {
                 None => return Err("unterminated string"),
                 Some(b'"') => {
+                    if escaped && unescaped_len(self.b.get(start..self.i)) > UNESCAPE_BUF {
+                        // The device's decoder unescapes into a buffer of that size and refuses
+                        // longer strings (keys too): refused here, both decoders agree.
+                        return Err("a string with escapes is longer than 256 bytes unescaped");
+                    }
                     self.i += 1;
                     return Ok(());
                 }
                 Some(b'\\') => {
+                    escaped = true;
                     self.i += 1;
                     match self.peek() {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
@@ -981,6 +1007,30 @@ mod tests {
 
     fn leading_zero(p: &[u8]) -> Option<usize> {
         strict_json(p).map(|(at, _)| at)
+    }
+
+    /// Found by the decode fuzz target: an unknown key over 256 bytes with an escape was
+    /// ignored by serde_json and refused by serde-json-core (its unescape buffer is 256 bytes).
+    #[test]
+    fn an_escaped_string_too_long_for_the_device_is_refused_by_both_decoders() {
+        use crate::topic::Channel;
+        let key = format!("x{}\\by", "C".repeat(300));
+        let payload = format!(
+            "{{\"v\":1,\"{key}\":1,\"boot\":12,\"seq\":1,\"uptime_ms\":5230,\
+             \"sent_uptime_ms\":5231,\"event\":{{\"state\":{{\"from\":\"off\",\"to\":\"idle\"}}}}}}"
+        );
+        let std = super::decode_for(Channel::Event, payload.as_bytes());
+        let core = super::decode_core_for(Channel::Event, payload.as_bytes());
+        assert!(
+            matches!(&std, Err(super::DecodeError::Syntax { detail })
+                if detail.contains("longer than 256 bytes unescaped")),
+            "{std:?}"
+        );
+        assert!(core.is_err(), "{core:?}");
+        // At 256 bytes unescaped, both take it (the key is unknown: ignored).
+        let fits = payload.replace(&key, &format!("{}\\b", "C".repeat(255)));
+        assert!(super::decode_for(Channel::Event, fits.as_bytes()).is_ok());
+        assert!(super::decode_core_for(Channel::Event, fits.as_bytes()).is_ok());
     }
 
     #[test]
