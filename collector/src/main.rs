@@ -1100,8 +1100,8 @@ mod billing {
     pub(super) fn audit(o: Overrides) -> anyhow::Result<()> {
         let (billing, ledger) = open(o)?;
         let mut progress = Progress::start("audit", 0);
-        progress.step("reading the documents");
-        let n = ledger.documents()?.len();
+        progress.step("counting the documents");
+        let n = ledger.document_count()?;
         progress.step(&format!(
             "recomputing {n} documents from the raw events (long on a big ledger)"
         ));

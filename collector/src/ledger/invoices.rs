@@ -7,11 +7,11 @@
 //! from its first statement (`pg.rs`), so issuers of one site on several connections take turns;
 //! the schema's unique (site, chain) and (site, year, seq) refuse a duplicate in any case.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{fold_stored, member_of, Ctx, End, Engine};
+use super::{Ctx, End, Engine};
 use crate::billing::calendar::{Period, Zone};
 use crate::billing::engine::{price, BillableSession, PricedLine, SessionKey};
 use crate::billing::invoice::{apply_prepaid, Billing, DocKind, Invoice, Totals, GENESIS};
@@ -104,7 +104,7 @@ fn billing_transaction<E: Engine + ?Sized, T>(
 }
 
 /// The session key in columns `i`, `i + 1`, `i + 2` (machine, boot, session) of a row.
-fn key_at(r: &Row, i: usize) -> Result<SessionKey, LedgerError> {
+pub(super) fn key_at(r: &Row, i: usize) -> Result<SessionKey, LedgerError> {
     Ok(SessionKey {
         machine: r.text(i)?,
         boot: r.u32(i + 1)?,
@@ -114,19 +114,21 @@ fn key_at(r: &Row, i: usize) -> Result<SessionKey, LedgerError> {
 
 /// A stored session as billing reads it.
 #[derive(Debug, Clone)]
-struct Stored {
-    s: BillableSession,
-    open: bool,
+pub(super) struct Stored {
+    /// The session.
+    pub(super) s: BillableSession,
+    /// Whether it is still open.
+    pub(super) open: bool,
 }
 
 /// The columns billing reads from `sessions` (aliased `s`), in the order [`stored_at`] reads
 /// them.
-const SESSION_COLUMNS: &str =
+pub(super) const SESSION_COLUMNS: &str =
     "s.machine, s.boot, s.session, s.member, s.start_ms, s.busy_s, s.idle_s, s.status";
 
 /// A stored session from the first columns of a row ([`SESSION_COLUMNS`]); `None` for a session
 /// of an unknown badge (`badge:<hash>`), which is never billed.
-fn stored_at(r: &Row) -> Result<Option<Stored>, LedgerError> {
+pub(super) fn stored_at(r: &Row) -> Result<Option<Stored>, LedgerError> {
     let member = r.text(3)?;
     if member.starts_with("badge:") {
         return Ok(None);
@@ -141,21 +143,6 @@ fn stored_at(r: &Row) -> Result<Option<Stored>, LedgerError> {
         },
         open: r.text(7)? == "open",
     }))
-}
-
-/// Every stored session with a start and a known member (the audit compares them all).
-fn load_sessions(db: &mut dyn Db, site: &str) -> Result<Vec<Stored>, LedgerError> {
-    let mut out = Vec::new();
-    for r in db.rows(
-        &format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions s
-             WHERE s.site=?1 AND s.start_ms IS NOT NULL AND s.member IS NOT NULL"
-        ),
-        args![site],
-    )? {
-        out.extend(stored_at(&r)?);
-    }
-    Ok(out)
 }
 
 /// The closed sessions with a known member started in `[from, to)` and in `period` (of `member`
@@ -230,58 +217,8 @@ fn late_pairs(
     Ok(out)
 }
 
-/// The billable sessions folded again from the raw events (not from the derived `sessions`
-/// table), as the audit sees them.
-fn refold_sessions(
-    db: &mut dyn Db,
-    site: &str,
-    badges: &HashMap<String, String>,
-) -> Result<Vec<Stored>, LedgerError> {
-    let mut latest: HashMap<String, u32> = HashMap::new();
-    for r in db.rows(
-        "SELECT machine, MAX(boot) FROM boots WHERE site=?1 GROUP BY machine",
-        args![site],
-    )? {
-        latest.insert(r.text(0)?, r.u32(1)?);
-    }
-    let keys: Vec<SessionKey> = db
-        .rows(
-            "SELECT DISTINCT machine, boot, session FROM events
-             WHERE site=?1 AND session IS NOT NULL ORDER BY machine, boot, session",
-            args![site],
-        )?
-        .iter()
-        .map(|r| key_at(r, 0))
-        .collect::<Result<_, _>>()?;
-    let mut out = Vec::new();
-    for key in keys {
-        let newer = latest.get(&key.machine).is_some_and(|b| *b > key.boot);
-        let Some(f) = fold_stored(db, site, &key.machine, key.boot, key.session, newer)? else {
-            continue;
-        };
-        let (Some(start_ms), Some(badge)) = (f.start_ms, f.badge.as_deref()) else {
-            continue;
-        };
-        let member = member_of(badges, badge);
-        if member.starts_with("badge:") {
-            continue;
-        }
-        out.push(Stored {
-            s: BillableSession {
-                key,
-                member,
-                start_ms,
-                busy_s: f.busy_s,
-                idle_s: f.idle_s,
-            },
-            open: f.status == crate::session::SessionStatus::Open,
-        });
-    }
-    Ok(out)
-}
-
 /// How a session reads in a difference: member, start, busy and idle seconds, open or not.
-fn describe(r: &Stored) -> String {
+pub(super) fn describe(r: &Stored) -> String {
     format!(
         "member {}, start {}, busy {} s, idle {} s{}",
         r.s.member,
@@ -293,7 +230,7 @@ fn describe(r: &Stored) -> String {
 }
 
 /// A stored document from its (number, JSON).
-fn parse_document((number, doc): (String, String)) -> Result<Invoice, BillingError> {
+pub(super) fn parse_document((number, doc): (String, String)) -> Result<Invoice, BillingError> {
     serde_json::from_str(&doc).map_err(|e| BillingError::Corrupt {
         number,
         detail: e.to_string(),
@@ -593,265 +530,6 @@ pub(super) fn period_documents<E: Engine + ?Sized>(
         .collect::<Result<Vec<_>, LedgerError>>()
     })?;
     rows.into_iter().map(parse_document).collect()
-}
-
-/// What the audit reads, from one snapshot.
-struct AuditInput {
-    /// (chain position, number, JSON) of every document, in chain order.
-    docs: Vec<(i64, String, String)>,
-    /// The sessions folded again from the events.
-    folded: Vec<Stored>,
-    /// Sessions settled at zero, with the chain length when they were.
-    settled: Vec<(i64, SessionKey)>,
-    /// The derived session rows.
-    stored: Vec<Stored>,
-}
-
-/// See [`Ledger::audit`](crate::ledger::Ledger::audit).
-pub(super) fn audit<E: Engine + ?Sized>(
-    e: &E,
-    b: &Billing,
-) -> Result<Vec<AuditDifference>, BillingError> {
-    let input = e.snapshot(|db, ctx| {
-        let docs = document_rows(db, ctx.site)?;
-        let folded = refold_sessions(db, ctx.site, ctx.badges)?;
-        let settled = db
-            .rows(
-                "SELECT chain, machine, boot, session FROM billed_sessions
-                 WHERE site=?1 AND number IS NULL",
-                args![ctx.site],
-            )?
-            .iter()
-            .map(|r| Ok((r.i64(0)?, key_at(r, 1)?)))
-            .collect::<Result<Vec<_>, LedgerError>>()?;
-        let stored = load_sessions(db, ctx.site)?;
-        Ok(AuditInput {
-            docs,
-            folded,
-            settled,
-            stored,
-        })
-    })?;
-    let docs = input
-        .docs
-        .into_iter()
-        .map(|(chain, number, doc)| parse_document((number, doc)).map(|d| (chain, d)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(compare(
-        b,
-        &docs,
-        &input.folded,
-        &input.settled,
-        input.stored,
-    ))
-}
-
-/// The audit's differences between the documents as issued and as recomputed from the folded
-/// sessions, and between the derived session rows (`stored`) and the folded sessions.
-fn compare(
-    b: &Billing,
-    docs: &[(i64, Invoice)],
-    rows: &[Stored],
-    settled: &[(i64, SessionKey)],
-    stored: Vec<Stored>,
-) -> Vec<AuditDifference> {
-    let mut diffs = Vec::new();
-    let mut diff =
-        |number: &str, field: &str, line: Option<String>, issued: String, recomputed: String| {
-            diffs.push(AuditDifference {
-                number: number.to_owned(),
-                field: field.to_owned(),
-                line,
-                issued,
-                recomputed,
-            });
-        };
-    let mut prev_hash = GENESIS.to_owned();
-    let mut seqs: BTreeMap<String, u32> = BTreeMap::new();
-    let mut billed: BTreeMap<SessionKey, String> = BTreeMap::new();
-    let by_key: BTreeMap<&SessionKey, &Stored> = rows.iter().map(|r| (&r.s.key, r)).collect();
-    // The keys of `billed` that are folded sessions, by member, kept in step with `billed`: an
-    // invoice is recomputed from its buyer's billed sessions only (pricing looks up the buyer's
-    // sessions alone), not from a copy of every key billed so far, which made the audit
-    // quadratic in the history (docs/BENCHMARKS.md "Audit").
-    let mut billed_of: HashMap<&str, BTreeSet<SessionKey>> = HashMap::new();
-    let member_of_key = |k: &SessionKey| by_key.get(k).map(|r| r.s.member.as_str());
-    for (chain, d) in docs {
-        for (c, k) in settled {
-            if c < chain && !billed.contains_key(k) {
-                billed.insert(k.clone(), String::new());
-                if let Some(m) = member_of_key(k) {
-                    billed_of.entry(m).or_default().insert(k.clone());
-                }
-            }
-        }
-        if !d.hash_ok() {
-            diff(&d.number, "hash", None, d.hash.clone(), d.content_hash());
-        }
-        if d.prev_hash != prev_hash {
-            diff(
-                &d.number,
-                "chain",
-                None,
-                d.prev_hash.clone(),
-                prev_hash.clone(),
-            );
-        }
-        prev_hash = d.hash.clone();
-        let year = d.issue_date.y.to_string();
-        let expected = seqs.get(&year).copied().unwrap_or(0) + 1;
-        seqs.insert(year.clone(), expected);
-        let want = b.number(d.issue_date.y, expected);
-        if d.number != want {
-            diff(&d.number, "numbering", None, d.number.clone(), want);
-        }
-        match d.kind {
-            DocKind::CreditNote => {
-                if let Some(orig) = &d.refers_to {
-                    billed.retain(|k, n| {
-                        let keep = n != orig;
-                        if let (false, Some(m)) = (keep, member_of_key(k)) {
-                            if let Some(set) = billed_of.get_mut(m) {
-                                set.remove(k);
-                            }
-                        }
-                        keep
-                    });
-                }
-            }
-            DocKind::Invoice => {
-                let keys: BTreeSet<SessionKey> = d
-                    .lines
-                    .iter()
-                    .flat_map(|l| l.sessions.iter().cloned())
-                    .collect();
-                let before: BTreeSet<SessionKey> = billed_of
-                    .get(d.buyer.id.as_str())
-                    .cloned()
-                    .unwrap_or_default();
-                let mut periods: BTreeMap<Period, Vec<BillableSession>> = BTreeMap::new();
-                for k in keys.iter().chain(before.iter()) {
-                    let Some(r) = by_key.get(k) else { continue };
-                    if r.s.member != d.buyer.id {
-                        continue;
-                    }
-                    let p = Period::of(b.rules.zone.date_of(r.s.start_ms));
-                    periods.entry(p).or_default().push(r.s.clone());
-                }
-                for k in &keys {
-                    if !by_key.contains_key(k) {
-                        diff(
-                            &d.number,
-                            "session",
-                            Some(k.to_string()),
-                            "billed".into(),
-                            "not in the ledger".into(),
-                        );
-                    }
-                }
-                let mut again = Vec::new();
-                for (p, sessions) in &periods {
-                    let mut ls = price(&b.rules, &d.buyer.id, *p, sessions, &before).lines;
-                    for l in &mut ls {
-                        l.late = *p != d.period;
-                    }
-                    again.extend(ls);
-                }
-                let line_key = |l: &PricedLine| {
-                    format!(
-                        "{:?} {}",
-                        l.kind,
-                        l.sessions
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    )
-                };
-                let issued: BTreeMap<String, &PricedLine> =
-                    d.lines.iter().map(|l| (line_key(l), l)).collect();
-                let recomputed: BTreeMap<String, &PricedLine> =
-                    again.iter().map(|l| (line_key(l), l)).collect();
-                for (k, l) in &issued {
-                    match recomputed.get(k) {
-                        None => diff(
-                            &d.number,
-                            "line",
-                            Some(k.clone()),
-                            crate::billing::money::format_cents(l.amount_cents),
-                            "absent".into(),
-                        ),
-                        Some(r) => {
-                            if r.amount_cents != l.amount_cents {
-                                diff(
-                                    &d.number,
-                                    "amount",
-                                    Some(k.clone()),
-                                    crate::billing::money::format_cents(l.amount_cents),
-                                    crate::billing::money::format_cents(r.amount_cents),
-                                );
-                            }
-                            if r.parts != l.parts {
-                                diff(
-                                    &d.number,
-                                    "parts",
-                                    Some(k.clone()),
-                                    format!("{:?}", l.parts),
-                                    format!("{:?}", r.parts),
-                                );
-                            }
-                        }
-                    }
-                }
-                for (k, r) in &recomputed {
-                    if !issued.contains_key(k) && r.sessions.iter().all(|s| keys.contains(s)) {
-                        diff(
-                            &d.number,
-                            "line",
-                            Some(k.clone()),
-                            "absent".into(),
-                            crate::billing::money::format_cents(r.amount_cents),
-                        );
-                    }
-                }
-                let t = Totals::of(&d.lines);
-                if t != d.totals {
-                    diff(
-                        &d.number,
-                        "totals",
-                        None,
-                        format!("{:?}", d.totals),
-                        format!("{t:?}"),
-                    );
-                }
-                for k in keys {
-                    if let Some(m) = member_of_key(&k) {
-                        billed_of.entry(m).or_default().insert(k.clone());
-                    }
-                    billed.insert(k, d.number.clone());
-                }
-            }
-        }
-    }
-    // The derived session rows (what invoicing reads) must say what the events say.
-    let stored: BTreeMap<SessionKey, Stored> =
-        stored.into_iter().map(|r| (r.s.key.clone(), r)).collect();
-    let folded: BTreeMap<&SessionKey, &Stored> = by_key;
-    let all: BTreeSet<&SessionKey> = stored.keys().chain(folded.keys().copied()).collect();
-    for k in all {
-        let was = stored.get(k).map_or_else(|| "absent".to_owned(), describe);
-        let is = folded
-            .get(k)
-            .map_or_else(|| "absent".to_owned(), |r| describe(r));
-        if was != is {
-            let number = billed
-                .get(k)
-                .filter(|n| !n.is_empty())
-                .map_or("-", String::as_str);
-            diff(number, "session", Some(k.to_string()), was, is);
-        }
-    }
-    diffs
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -520,13 +520,16 @@ pub trait Ledger: Send {
     ) -> Result<Invoice, BillingError>;
     /// Every issued document, in chain order.
     fn documents(&self) -> Result<Vec<Invoice>, BillingError>;
+    /// How many documents (invoices and credit notes) were issued, read without reading them.
+    fn document_count(&self) -> Result<u64, BillingError>;
     /// The documents of `period` (its invoices and the credit notes cancelling them), in chain
     /// order; reads only those (index `invoices_period`), not the whole history.
     fn period_documents(&self, period: Period) -> Result<Vec<Invoice>, BillingError>;
     /// Recomputes every issued document from the raw events stored in the ledger (each session
     /// folded again, not read from the derived `sessions` table), checks the hash chain and the
     /// numbering, and compares the derived session rows with the events; returns each difference
-    /// (none: all is well). Reads one consistent snapshot.
+    /// (none: all is well). Reads one consistent snapshot, streamed: one boot's events and one
+    /// chunk of documents at a time (`ledger/audit.rs`).
     fn audit(&self, billing: &Billing) -> Result<Vec<AuditDifference>, BillingError>;
     /// The stored events of one session (its start, progress and end), in order.
     fn session_events(

@@ -97,9 +97,7 @@ pub(super) fn fold_stored(
         )?
         .map(|r| r.i64(0))
         .transpose()?;
-    let anchor = anchor.map_or_else(ClockAnchor::new, |a| {
-        ClockAnchor::from_boot_wall_ms(u64_of(a))
-    });
+    let anchor = boot_anchor(anchor);
     let rows = db.rows(
         // The session index, named: without statistics SQLite prefers the primary key's
         // (site, machine, boot) prefix, which reads every event of the boot to keep the
@@ -110,27 +108,51 @@ pub(super) fn fold_stored(
     )?;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
-        let (seq, uptime, ts, payload) = (row.u32(0)?, row.i64(1)?, row.opt_i64(2)?, row.text(3)?);
-        // Stored payloads were validated on the way in; one that no longer decodes (a
-        // future schema?) is skipped rather than failing the batch.
-        let Ok(ev) = decode::<fabmeter_protocol::message::Event>(payload.as_bytes()) else {
-            tracing::warn!(
-                machine,
-                boot,
-                seq,
-                "stored event no longer decodes; skipped"
-            );
-            continue;
-        };
-        let uptime_ms = u64_of(uptime);
-        events.push(SessionEvent {
-            seq,
-            uptime_ms,
-            wall_ms: ts.map(u64_of).or_else(|| anchor.wall_time(uptime_ms)),
-            body: ev.event,
-        });
+        events.extend(session_event(&row, 0, &anchor, machine, boot)?);
     }
     Ok(fold(session, &events, newer_boot))
+}
+
+/// The clock anchor of a boot from its stored `anchor_ms` (none stored: an unanchored clock).
+pub(super) fn boot_anchor(anchor_ms: Option<i64>) -> ClockAnchor {
+    anchor_ms.map_or_else(ClockAnchor::new, |a| {
+        ClockAnchor::from_boot_wall_ms(u64_of(a))
+    })
+}
+
+/// A stored event of a session from the columns `seq, uptime_ms, ts_ms, payload` of `row`,
+/// starting at column `at`, dated by its device clock or else by the boot's `anchor`. `None`
+/// when the payload no longer decodes (a future schema?): stored payloads were validated on the
+/// way in, so such an event is skipped (with a warning) rather than failing the read.
+pub(super) fn session_event(
+    row: &super::sql::Row,
+    at: usize,
+    anchor: &ClockAnchor,
+    machine: &str,
+    boot: u32,
+) -> Result<Option<SessionEvent>, LedgerError> {
+    let (seq, uptime, ts, payload) = (
+        row.u32(at)?,
+        row.i64(at + 1)?,
+        row.opt_i64(at + 2)?,
+        row.text(at + 3)?,
+    );
+    let Ok(ev) = decode::<fabmeter_protocol::message::Event>(payload.as_bytes()) else {
+        tracing::warn!(
+            machine,
+            boot,
+            seq,
+            "stored event no longer decodes; skipped"
+        );
+        return Ok(None);
+    };
+    let uptime_ms = u64_of(uptime);
+    Ok(Some(SessionEvent {
+        seq,
+        uptime_ms,
+        wall_ms: ts.map(u64_of).or_else(|| anchor.wall_time(uptime_ms)),
+        body: ev.event,
+    }))
 }
 
 /// A machine's highest ledger boot and current boot offset, as a commit has read and changed them,
@@ -1413,8 +1435,15 @@ impl<E: Engine> Ledger for E {
         invoices::period_documents(self, period)
     }
 
+    fn document_count(&self) -> Result<u64, BillingError> {
+        Ok(self.read(|db, site| {
+            db.one("SELECT COUNT(*) FROM invoices WHERE site=?1", args![site])?
+                .u64(0)
+        })?)
+    }
+
     fn audit(&self, billing: &Billing) -> Result<Vec<AuditDifference>, BillingError> {
-        invoices::audit(self, billing)
+        audit::audit(self, billing)
     }
 
     fn session_events(
@@ -1458,6 +1487,9 @@ pub(super) mod session_rows;
 
 #[path = "invoices.rs"]
 pub(super) mod invoices;
+
+#[path = "audit.rs"]
+pub(super) mod audit;
 
 #[path = "privacy.rs"]
 pub(super) mod privacy;
