@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
 
 use fabmeter_collector::api;
+use fabmeter_collector::billing::engine::SessionKey;
 use fabmeter_collector::billing::invoice::{Billing, DocKind, Invoice, GENESIS};
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
@@ -407,6 +408,92 @@ fn sqlite_and_postgresql_issue_the_same_documents_and_audit_alike() {
     assert_eq!(diffs[0].field, "session");
     assert_eq!(diffs[0].line, Some(key.to_string()));
     assert_eq!(post.audit(&b).expect("audit"), diffs);
+
+    // Then, on both, an October document altered (its hash no longer matches) and the end event
+    // of an October printer session billed late on a November invoice (ten busy minutes more): the
+    // streamed audit of each engine reports the same differences, and exactly those (the
+    // November invoice recomputed from October's events, the rows named by their invoices).
+    let named = |k: &SessionKey| {
+        docs.iter()
+            .filter(|d| d.lines.iter().any(|l| l.sessions.contains(k)))
+            .count()
+    };
+    let oct = docs
+        .iter()
+        .find(|d| d.period == period("2026-10") && d.kind == DocKind::Invoice)
+        .expect("an October invoice");
+    // A printer session: no allowance and no cap, so that only its own line changes.
+    let (nov, late) = docs
+        .iter()
+        .filter(|d| d.period == period("2026-11"))
+        .flat_map(|d| d.lines.iter().map(move |l| (d, l)))
+        .find(|(_, l)| {
+            l.late
+                && l.sessions.len() == 1
+                && l.sessions[0].machine == "printer-1"
+                && named(&l.sessions[0]) == 1
+        })
+        .map(|(d, l)| (d, l.sessions[0].clone()))
+        .expect("a late printer line in November");
+    assert_ne!(late, key);
+    let busy: i64 = raw
+        .query_row(
+            "SELECT busy_s FROM sessions WHERE machine=?1 AND boot=?2 AND session=?3",
+            rusqlite::params![late.machine, late.boot, late.session],
+            |r| r.get(0),
+        )
+        .expect("busy");
+    let forge = [
+        "DROP TRIGGER invoices_never_change ON invoices".to_owned(),
+        format!(
+            "UPDATE invoices SET document = replace(document, '\"period\":\"2026-10\"', \
+             '\"period\":\"2026-09\"') WHERE number = '{}'",
+            oct.number
+        ),
+        format!(
+            "UPDATE events SET payload = replace(payload, '\"busy_s\":{busy}', '\"busy_s\":{}')
+             WHERE machine = '{}' AND boot = {} AND session = {} AND kind = 'session_ended'",
+            busy + 600,
+            late.machine,
+            late.boot,
+            late.session
+        ),
+    ];
+    for sql in &forge {
+        let lite_sql = sql.replace(" ON invoices", "");
+        assert!(raw.execute(&lite_sql, []).expect("tamper SQLite") <= 1);
+        pg.psql("same", sql).expect("tamper PostgreSQL");
+    }
+    let diffs: Vec<AuditDifference> = lite.audit(&b).expect("audit");
+    assert_eq!(post.audit(&b).expect("audit"), diffs);
+    let fields: Vec<(&str, &str)> = diffs
+        .iter()
+        .map(|d| (d.number.as_str(), d.field.as_str()))
+        .collect();
+    let chain: Vec<&str> = docs.iter().map(|d| d.number.as_str()).collect();
+    let mut want = vec![
+        (oct.number.as_str(), "hash"),
+        (nov.number.as_str(), "amount"),
+        (nov.number.as_str(), "parts"),
+    ];
+    want.sort_by_key(|(n, _)| chain.iter().position(|c| c == n));
+    let mut rows = [
+        (&key, docs[0].number.as_str()),
+        (&late, nov.number.as_str()),
+    ];
+    rows.sort();
+    want.extend(rows.iter().map(|(_, n)| (*n, "session")));
+    assert_eq!(fields, want, "{diffs:#?}");
+    let late_row = diffs
+        .iter()
+        .find(|d| d.line == Some(late.to_string()))
+        .expect("the late row");
+    assert!(
+        late_row
+            .recomputed
+            .contains(&format!("busy {} s", busy + 600)),
+        "{late_row:?}"
+    );
 }
 
 /// Two ledgers of one site on two connections issue invoices from two threads at once: every
