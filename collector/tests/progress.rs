@@ -74,7 +74,7 @@ fn audit_and_purge_say_what_they_do_off_a_terminal() {
         lines[..3],
         [
             "audit: started",
-            "audit: reading the documents",
+            "audit: counting the documents",
             "audit: recomputing 0 documents from the raw events (long on a big ledger)"
         ],
         "{stderr}"
