@@ -19,8 +19,8 @@
 //! sessions), so the buyer's other periods, which the former audit also priced, changed nothing.
 //!
 //! What stays for the whole run is per session of the history, not per document or event: the
-//! compact folds and, by (member, period), the indexes of the billed ones (about 70 bytes a
-//! session in all), because any later document may bill or credit any earlier session.
+//! compact folds and, by (member, period), the indexes of the billed ones (at most 75 bytes a
+//! session measured), because any later document may bill or credit any earlier session.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
