@@ -372,18 +372,20 @@ impl Replay<'_> {
 
     /// The index in [`Replay::folded`] of the fold of `k`, if it is one.
     fn index(&self, k: &SessionKey) -> Option<usize> {
-        let key = self.key(k)?;
-        self.folded.binary_search_by_key(&key, |f| f.key).ok()
+        self.index_of(self.key(k)?)
     }
 
+    /// The index in [`Replay::folded`] of the fold keyed `key`, if it is one.
     fn index_of(&self, key: Key) -> Option<usize> {
         self.folded.binary_search_by_key(&key, |f| f.key).ok()
     }
 
+    /// The period `f` started in (the site's zone).
     fn period(&self, f: &Folded) -> Period {
         Period::of(self.b.rules.zone.date_of(f.start_ms))
     }
 
+    /// `f` as pricing takes it.
     fn session(&self, f: &Folded) -> BillableSession {
         BillableSession {
             key: SessionKey {
@@ -471,6 +473,7 @@ impl Replay<'_> {
         }
     }
 
+    /// A difference found in a document.
     fn diff(
         &mut self,
         number: &str,
