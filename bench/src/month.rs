@@ -104,31 +104,13 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         load_average()
     );
 
-    let all = dir.path().join("all.toml");
-    std::fs::write(
-        &all,
-        format!(
-            "[network]\nname = \"all\"\nsites_dir = \"sites\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n\n[ledger]\nurl = \"{url}\"\n"
-        ),
+    let (issued, timing) = crate::network::invoice_all(
+        dir.path(),
+        "mqtt://127.0.0.1:1",
+        &url,
+        &a.collector_bin,
+        PERIOD,
     )?;
-    let out = std::process::Command::new("/usr/bin/time")
-        .args(["-f", "BENCH_TIME %e s %M KiB"])
-        .arg(&a.collector_bin)
-        .args(["invoice", "--period", PERIOD, "--config"])
-        .arg(&all)
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("running the invoice command under /usr/bin/time (package `time`)")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("invoice failed: {stderr}");
-    }
-    let issued = stdout.lines().filter(|l| l.starts_with("issued ")).count();
-    let timing = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("BENCH_TIME "))
-        .unwrap_or("?");
     // Every member of every site used a machine this month (the generator rotates them).
     let expected = a.sites * a.members.min(per_machine * a.machines);
     println!(
