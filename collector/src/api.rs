@@ -526,6 +526,7 @@ async fn member_invoices(
                 "issue_date": d.issue_date.to_string(),
                 "period": d.period.to_string(),
                 "refers_to": d.refers_to,
+                "refers_to_date": d.refers_to_date.map(|t| t.to_string()),
                 "incl_cents": d.totals.incl_cents,
                 "due_cents": d.due_cents,
                 "links": links,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fabmeter_collector::billing::facturx::{cii_xml, write_new, FacturxError};
-use fabmeter_collector::billing::invoice::{Billing, DocKind, Invoice};
+use fabmeter_collector::billing::invoice::{to_html, Billing, DocKind, Invoice};
 use fabmeter_collector::billing::pdf::facturx_pdf;
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
@@ -41,6 +41,21 @@ fn validate(files: &[PathBuf]) -> (i32, String) {
     let code = out.status.code().unwrap_or(-1);
     assert_ne!(code, 2, "validator not installed (run .ci/run): {text}");
     (code, text)
+}
+
+/// The `InvoiceReferencedDocument` element of a CII XML, each line trimmed and joined (the
+/// indentation removed); empty when there is none.
+fn referenced_document(xml: &str) -> String {
+    let (Some(from), Some(to)) = (
+        xml.find("<ram:InvoiceReferencedDocument>"),
+        xml.find("</ram:InvoiceReferencedDocument>"),
+    ) else {
+        return String::new();
+    };
+    xml[from..to + "</ram:InvoiceReferencedDocument>".len()]
+        .lines()
+        .map(str::trim)
+        .collect()
 }
 
 /// Writes each document's XML and PDF: the paths, XML files first.
@@ -124,11 +139,66 @@ fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one
         "<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>{}</ram:IssuerAssignedID>",
         alice.number
     )));
+    // BT-26: the cancelled invoice's issue date (2 December), not the credit note's (5 December).
+    assert_eq!(alice.issue_date.to_string(), "2026-12-02");
+    assert_eq!(cn.refers_to_date, Some(alice.issue_date));
+    assert_eq!(
+        referenced_document(&credit),
+        format!(
+            "<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>{}</ram:IssuerAssignedID>\
+             <ram:FormattedIssueDateTime><qdt:DateTimeString format=\"102\">20261202</qdt:DateTimeString>\
+             </ram:FormattedIssueDateTime></ram:InvoiceReferencedDocument>",
+            alice.number
+        ),
+        "BT-25 and BT-26 of the credit note"
+    );
+    assert!(
+        !inv.contains("InvoiceReferencedDocument"),
+        "an invoice refers to none"
+    );
+    // The printable credit note names the cancelled invoice with its date.
+    assert!(
+        to_html(&cn).contains(&format!(
+            "cancels invoice <b>{}</b> du / of 2026-12-02",
+            alice.number
+        )),
+        "{}",
+        to_html(&cn)
+    );
+    let cn_pdf = facturx_pdf(&cn).expect("pdf");
+    let said = format!("cancels invoice {} du / of 2026-12-02", alice.number);
+    assert!(
+        cn_pdf.windows(said.len()).any(|w| w == said.as_bytes()),
+        "the PDF's text (content streams are not compressed) says {said:?}"
+    );
     assert!(credit.contains(&format!(
         "<ram:GrandTotalAmount>{}.{:02}</ram:GrandTotalAmount>",
         alice.totals.incl_cents / 100,
         alice.totals.incl_cents % 100
     )));
+
+    // A credit note stored before BT-26 was recorded: its JSON has no such field, so it parses,
+    // keeps its hash, and its XML names the invoice by number only, still valid.
+    let mut older = cn.clone();
+    older.refers_to_date = None;
+    older.seal(&cn.prev_hash);
+    let json = older.to_json();
+    assert!(!json.contains("refers_to_date"), "{json}");
+    let parsed: Invoice = serde_json::from_str(&json).expect("parses");
+    assert!(parsed.hash_ok() && parsed.refers_to_date.is_none());
+    let older_xml = String::from_utf8(cii_xml(&parsed).expect("xml")).expect("utf-8");
+    assert_eq!(
+        referenced_document(&older_xml),
+        format!(
+            "<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>{}</ram:IssuerAssignedID>\
+             </ram:InvoiceReferencedDocument>",
+            alice.number
+        )
+    );
+    let older_file = out.join("older-credit-note.xml");
+    std::fs::write(&older_file, &older_xml).expect("write");
+    let (code, text) = validate(&[older_file]);
+    assert_eq!(code, 0, "a credit note without BT-26 stays valid: {text}");
 
     // Deliberately broken: the grand total one cent off (BR-CO-15), and the seller's name gone
     // (XSD order and BR-6). The validator must refuse each.

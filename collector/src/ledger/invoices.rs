@@ -496,6 +496,7 @@ fn issue(
                 prepaid_cents: prepaid,
                 due_cents: due,
                 refers_to: None,
+                refers_to_date: None,
                 reason: None,
                 prev_hash: String::new(),
                 hash: String::new(),
