@@ -482,11 +482,7 @@ async fn member_documents(
     let member = id.to_owned();
     tokio::task::spawn_blocking(move || {
         let guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
-        guard.documents().map(|docs| {
-            docs.into_iter()
-                .filter(|d| d.buyer.id == member)
-                .collect::<Vec<_>>()
-        })
+        guard.member_documents(&member)
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

@@ -15,6 +15,7 @@ use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{
     AnyLedger, AuditDifference, BillingError, Ledger, MachineInfo, Outcome, PgLedger, Record,
+    MEMBER_DOCUMENTS_SQL,
 };
 use fabmeter_collector::protocol::message::{DenyReason, EndReason, EventBody};
 use fabmeter_collector::protocol::BadgeHash;
@@ -254,6 +255,25 @@ fn check_chain(docs: &[Invoice]) {
     }
 }
 
+/// Checks that each member's documents read from `l` by (site, member) are exactly its
+/// documents among `docs` (all the site's), in chain order: none of another member's, and all
+/// the members' together are all the documents.
+fn check_member_documents(l: &dyn Ledger, docs: &[Invoice]) {
+    let mut read = 0;
+    for member in ["alice", "bob", "carol", "dave"] {
+        let mine: Vec<Invoice> = docs
+            .iter()
+            .filter(|d| d.buyer.id == member)
+            .cloned()
+            .collect();
+        let got = l.member_documents(member).expect("member documents");
+        assert_eq!(got, mine, "{member}");
+        read += got.len();
+    }
+    assert_eq!(read, docs.len());
+    assert!(l.member_documents("nobody").expect("none").is_empty());
+}
+
 /// The same sessions on SQLite and on PostgreSQL, through three invoice runs (with late sessions,
 /// a session open across a run, members settled at zero, prepaid credit), a credit note and the
 /// refused operations: every report and document is the same, byte for byte, and so is the audit,
@@ -383,6 +403,18 @@ fn sqlite_and_postgresql_issue_the_same_documents_and_audit_alike() {
         serde_json::to_string(&docs).expect("json"),
         serde_json::to_string(&post.documents().expect("documents")).expect("json"),
     );
+    // Each member's documents, read by (site, member): the same on both engines, the member's
+    // own only, the credit note with its member's.
+    check_member_documents(&lite, &docs);
+    check_member_documents(&post, &docs);
+    let cn = docs
+        .iter()
+        .find(|d| d.kind == DocKind::CreditNote)
+        .expect("the credit note");
+    assert!(post
+        .member_documents(&cn.buyer.id)
+        .expect("member")
+        .contains(cn));
     for p in ["2026-10", "2026-11", "2026-12", "2027-01"] {
         let a = lite.period_documents(period(p)).expect("period");
         assert!(!a.is_empty());
@@ -610,6 +642,32 @@ fn two_sites_in_one_database_number_independently() {
         .expect_err("not on site-b");
     assert!(matches!(e, BillingError::NotFound(_)), "{e:?}");
     assert_eq!(bl.documents().expect("b"), db);
+    // Per member, read by (site, member) through the index `invoices_member`: each site returns
+    // its own documents of the member only (the member ids are the same on both sites), site-a's
+    // credit note with its member's, on site-a only.
+    check_member_documents(&a, &da);
+    check_member_documents(&bl, &db);
+    let member = a_cn.buyer.id.as_str();
+    assert!(a.member_documents(member).expect("a").contains(&a_cn));
+    assert!(!bl
+        .member_documents(member)
+        .expect("b")
+        .iter()
+        .any(|d| d.hash == a_cn.hash));
+    // The plan of the query, once the table has statistics (as autovacuum gives a ledger in
+    // use) and a sequential scan is ruled out (on so small a table it would be the cheapest).
+    let plan = pg
+        .psql(
+            "shared",
+            &format!(
+                "ANALYZE invoices; SET enable_seqscan = off; EXPLAIN {}",
+                MEMBER_DOCUMENTS_SQL
+                    .replace("?1", "'site-a'")
+                    .replace("?2", &format!("'{member}'"))
+            ),
+        )
+        .expect("explain");
+    assert!(plan.contains("invoices_member"), "{plan}");
     assert_eq!(a.audit(&b).expect("audit a"), vec![]);
     assert_eq!(bl.audit(&b).expect("audit b"), vec![]);
 }

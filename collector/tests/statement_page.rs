@@ -231,6 +231,91 @@ fn a_member_token_lists_and_downloads_only_its_own_invoices() {
     assert_eq!(get(addr, &format!("/{pdf_link}"), None).0, 401);
 }
 
+/// The ledger's per-member query on a real SQLite file: alice's invoices and credit note, in
+/// chain order, and none of bob's (and the reverse), read through the index `invoices_member`.
+#[test]
+fn the_ledger_returns_a_members_own_invoices_and_credit_notes_only() {
+    use fabmeter_collector::billing::invoice::DocKind;
+    use fabmeter_collector::ledger::MEMBER_DOCUMENTS_SQL;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c: Config = config(dir.path(), SITE);
+    let billing = Billing::from_config(&c).expect("rules").expect("billing");
+    let mut l = open(&c);
+    let mut batch = session("laser-1", 1, ALICE, "2026-11-03T09:00:00Z", 1_800);
+    batch.extend(session("laser-1", 5, BOB, "2026-11-10T09:00:00Z", 600));
+    batch.extend(session("saw-1", 1, ALICE, "2026-12-04T09:00:00Z", 780));
+    batch.extend(session("saw-1", 3, BOB, "2026-12-08T09:00:00Z", 900));
+    l.commit(&batch).expect("commit");
+    l.issue_invoices(
+        &billing,
+        Period::parse("2026-11").expect("period"),
+        ms("2026-12-02T10:00:00Z"),
+        false,
+    )
+    .expect("november");
+    let alice_nov = l
+        .member_documents("alice")
+        .expect("alice")
+        .pop()
+        .expect("alice's invoice");
+    l.credit_note(
+        &billing,
+        &alice_nov.number,
+        "erreur",
+        ms("2026-12-05T10:00:00Z"),
+    )
+    .expect("credit note");
+    l.issue_invoices(
+        &billing,
+        Period::parse("2026-12").expect("period"),
+        ms("2027-01-02T10:00:00Z"),
+        false,
+    )
+    .expect("december");
+
+    let all = l.documents().expect("documents");
+    assert_eq!(all.len(), 5, "two invoices a month and a credit note");
+    for (member, other) in [("alice", "bob"), ("bob", "alice")] {
+        let mine = l.member_documents(member).expect("member documents");
+        let expected: Vec<Invoice> = all
+            .iter()
+            .filter(|d| d.buyer.id == member)
+            .cloned()
+            .collect();
+        assert_eq!(mine, expected, "{member}: its documents, in chain order");
+        assert!(
+            mine.iter().all(|d| d.buyer.id == member),
+            "{member}: none of {other}'s"
+        );
+        let kinds: Vec<DocKind> = mine.iter().map(|d| d.kind).collect();
+        if member == "alice" {
+            assert_eq!(
+                kinds,
+                [DocKind::Invoice, DocKind::CreditNote, DocKind::Invoice]
+            );
+        } else {
+            assert_eq!(kinds, [DocKind::Invoice, DocKind::Invoice]);
+        }
+    }
+    assert!(l.member_documents("nobody").expect("none").is_empty());
+
+    let raw = rusqlite::Connection::open(&c.ledger.path).expect("raw");
+    let plan: Vec<String> = raw
+        .prepare(&format!("EXPLAIN QUERY PLAN {MEMBER_DOCUMENTS_SQL}"))
+        .expect("explain")
+        .query_map(rusqlite::params!["atelier-lyon", "alice"], |r| {
+            r.get::<_, String>(3)
+        })
+        .expect("plan")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert!(
+        plan.iter()
+            .any(|p| p.contains("USING INDEX invoices_member (site=? AND member=?)")),
+        "{plan:?}"
+    );
+}
+
 /// A chromedriver on a free port; on drop (also when an assertion failed) its browser session is
 /// closed, which ends the browser, then chromedriver is ended.
 struct Driver {
