@@ -13,13 +13,13 @@ use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{Ledger, Record, SqliteLedger};
 use fabmeter_collector::ledger::{Outcome, PurgedCounts, SessionQuery};
 use fabmeter_collector::metrics::Metrics;
-use fabmeter_collector::protocol::message::{DenyReason, EndReason, EventBody};
+use fabmeter_collector::protocol::message::{DenyReason, EventBody};
 use fabmeter_collector::protocol::BadgeHash;
 use fabmeter_collector::timeseries::TimeSeriesHandle;
 
 #[path = "support/ledger.rs"]
 mod support;
-use support::{event, open};
+use support::{closed_session, event, open};
 
 const ALICE: &str = "ba279e0c1e5c2464";
 const BOB: &str = "a70e24fcac6bc0a8";
@@ -90,25 +90,8 @@ fn session(
     busy_s: u32,
     idle_s: u32,
 ) -> Vec<Record> {
-    let badge = BadgeHash::from_hex(badge).expect("badge");
-    let t0 = ms(start);
-    let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
-    let mk = |seq: u32, ts: u64, body: EventBody| event(machine, boot, seq, ts, body);
-    vec![
-        mk(seq, t0, EventBody::SessionStarted { badge }),
-        mk(
-            seq + 1,
-            t1,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ),
-    ]
+    let (start, end) = closed_session(machine, boot, seq, badge, ms(start), busy_s, idle_s);
+    vec![start, end]
 }
 
 /// Price of one session computed independently: laser 0.50/busy and 0.10/idle minute per

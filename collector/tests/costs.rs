@@ -11,13 +11,11 @@ use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::costs::{self, CostReport, CostRow};
 use fabmeter_collector::ledger::{Ledger, MachineInfo, PgLedger, Record, SqliteLedger};
-use fabmeter_collector::protocol::message::{EndReason, EventBody};
-use fabmeter_collector::protocol::BadgeHash;
 
 #[path = "support/ledger.rs"]
 #[allow(dead_code)]
 mod support;
-use support::event;
+use support::closed_session;
 
 const ALICE: &str = "ba279e0c1e5c2464";
 const BOB: &str = "a70e24fcac6bc0a8";
@@ -126,29 +124,8 @@ fn price(s: &S) -> i64 {
 fn records(sessions: &[S]) -> Vec<Record> {
     let mut out = Vec::new();
     for &(machine, boot, seq, badge, start, busy_s) in sessions {
-        let badge = BadgeHash::from_hex(badge).expect("badge");
-        let t0 = ms(start);
-        out.push(event(
-            machine,
-            boot,
-            seq,
-            t0,
-            EventBody::SessionStarted { badge },
-        ));
-        out.push(event(
-            machine,
-            boot,
-            seq + 1,
-            t0 + u64::from(busy_s) * 1000,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s: 0,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ));
+        let (start, end) = closed_session(machine, boot, seq, badge, ms(start), busy_s, 0);
+        out.extend([start, end]);
     }
     out
 }

@@ -17,14 +17,14 @@ use fabmeter_collector::ledger::{
     AnyLedger, AuditDifference, BillingError, Ledger, MachineInfo, Outcome, PgLedger, Record,
     MEMBER_DOCUMENTS_SQL,
 };
-use fabmeter_collector::protocol::message::{DenyReason, EndReason, EventBody};
+use fabmeter_collector::protocol::message::{DenyReason, EventBody};
 use fabmeter_collector::protocol::BadgeHash;
 use fabmeter_e2e::Postgres;
 
 #[path = "support/ledger.rs"]
 #[allow(dead_code)]
 mod support;
-use support::event;
+use support::{closed_session as session, event};
 
 const ALICE: &str = "ba279e0c1e5c2464";
 const BOB: &str = "a70e24fcac6bc0a8";
@@ -138,37 +138,6 @@ fn register(l: &mut dyn Ledger, c: &Config) {
 
 fn billing(c: &Config) -> Billing {
     Billing::from_config(c).expect("rules").expect("billing")
-}
-
-/// A session's start event, and its end after `busy_s + idle_s` seconds.
-fn session(
-    machine: &str,
-    boot: u32,
-    seq: u32,
-    badge: &str,
-    t0: u64,
-    busy_s: u32,
-    idle_s: u32,
-) -> (Record, Record) {
-    let badge = BadgeHash::from_hex(badge).expect("badge");
-    let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
-    (
-        event(machine, boot, seq, t0, EventBody::SessionStarted { badge }),
-        event(
-            machine,
-            boot,
-            seq + 1,
-            t1,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ),
-    )
 }
 
 /// Both events of a session.

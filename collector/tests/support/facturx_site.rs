@@ -7,10 +7,8 @@ use std::path::Path;
 use fabmeter_collector::api;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::Record;
-use fabmeter_collector::protocol::message::{EndReason, EventBody};
-use fabmeter_collector::protocol::BadgeHash;
 
-use super::support::event;
+use super::support::closed_session;
 
 /// Alice's badge.
 pub const ALICE: &str = "ba279e0c1e5c2464";
@@ -94,26 +92,8 @@ pub fn ms(s: &str) -> u64 {
     api::parse_time(s).expect("time")
 }
 
-/// The start and end events of a closed session of `busy_s` seconds.
+/// The start and end events of a closed session of `busy_s` seconds (boot 1).
 pub fn session(machine: &str, seq: u32, badge: &str, start: &str, busy_s: u32) -> Vec<Record> {
-    let badge = BadgeHash::from_hex(badge).expect("badge");
-    let t0 = ms(start);
-    let t1 = t0 + u64::from(busy_s) * 1000;
-    vec![
-        event(machine, 1, seq, t0, EventBody::SessionStarted { badge }),
-        event(
-            machine,
-            1,
-            seq + 1,
-            t1,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s: 0,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ),
-    ]
+    let (start, end) = closed_session(machine, 1, seq, badge, ms(start), busy_s, 0);
+    vec![start, end]
 }
