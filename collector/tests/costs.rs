@@ -16,55 +16,36 @@ use fabmeter_collector::ledger::{Ledger, MachineInfo, PgLedger, Record, SqliteLe
 #[allow(dead_code)]
 mod support;
 use support::closed_session;
+#[path = "support/sites.rs"]
+#[allow(dead_code)]
+mod sites;
+use sites::{ms, seller, SiteFile, Tariff, ALICE, BOB};
 #[path = "support/browser.rs"]
 #[allow(dead_code)]
 mod browser;
 use browser::{get, serve, Phone};
 
-const ALICE: &str = "ba279e0c1e5c2464";
-const BOB: &str = "a70e24fcac6bc0a8";
 const STRANGER: &str = "0123456789abcdef";
 
-const SITE: &str = r#"
-[site]
-id = "atelier-lyon"
-
-[[machines]]
-id = "laser-1"
-name = "Laser"
-kind = "laser"
-[[machines]]
-id = "printer-1"
-kind = "printer-3d"
-[[machines]]
-id = "saw-1"
-kind = "saw"
-
-[[members]]
-id = "alice"
-name = "Alice Martin-Léger"
-badges = ["ba279e0c1e5c2464"]
-[[members]]
-id = "bob"
-name = "Bob Durand"
-badges = ["a70e24fcac6bc0a8"]
-
-[billing]
-invoice_prefix = "ATL"
-timezone = "UTC"
-[billing.seller]
-name = "Atelier de Lyon SAS"
-[[billing.tariffs]]
-name = "laser"
-valid_from = "2026-01-01"
-busy_per_min = "0.50"
-[[billing.tariffs]]
-name = "printer-3d"
-valid_from = "2026-01-01"
-busy_per_min = "0.02"
-setup = "1.00"
-vat_rate = "5.5"
-
+/// The site: a laser, a 3D printer and a saw (without a cost entry), alice (a name with an
+/// accent, for the FEC's encoding) and bob, a seller without Factur-X, a maintenance plan and
+/// the machines' costs.
+fn site_text() -> String {
+    SiteFile::new("atelier-lyon")
+        .machine("laser-1", "Laser", "laser")
+        .machine("printer-1", "", "printer-3d")
+        .machine("saw-1", "", "saw")
+        .member("alice", "Alice Martin-Léger", ALICE)
+        .member("bob", "Bob Durand", BOB)
+        .billing("UTC", false, seller())
+        .tariff(Tariff::new("laser", "2026-01-01", "0.50"))
+        .tariff(
+            Tariff::new("printer-3d", "2026-01-01", "0.02")
+                .setup("1.00")
+                .vat("5.5"),
+        )
+        .toml(
+            r#"
 [[maintenance.plans]]
 name = "lens"
 kinds = ["laser"]
@@ -83,17 +64,13 @@ machine = "printer-1"
 purchase_price_cents = 250000
 purchase_date = "2026-10-15"
 life_months = 36
-"#;
-
-fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::from_toml(SITE).expect("config");
-    c.ledger.path = dir.join("ledger.sqlite");
-    c.validate().expect("valid");
-    c
+"#,
+        )
+        .text()
 }
 
-fn ms(s: &str) -> u64 {
-    api::parse_time(s).expect("time")
+fn config(dir: &std::path::Path) -> Config {
+    sites::config(dir, &site_text())
 }
 
 /// One session of the workload: machine, boot, seq of its start, badge, start, busy seconds.
@@ -315,7 +292,11 @@ fn november(c: &Config, l: &dyn Ledger) -> CostReport {
 fn site_file(dir: &std::path::Path, c: &Config) -> std::path::PathBuf {
     let toml = dir.join("site.toml");
     let ledger = c.ledger.path.display().to_string();
-    std::fs::write(&toml, format!("{SITE}\n[ledger]\npath = {ledger:?}\n")).expect("write site");
+    std::fs::write(
+        &toml,
+        format!("{}\n[ledger]\npath = {ledger:?}\n", site_text()),
+    )
+    .expect("write site");
     toml
 }
 
@@ -433,15 +414,15 @@ fn cost_recovery_on_sqlite_matches_the_workload_and_the_command_prints_it() {
 fn a_cost_entry_for_an_unknown_machine_or_bad_hours_is_refused_with_the_key() {
     for (bad, key) in [
         (
-            SITE.replace("machine = \"printer-1\"", "machine = \"printer-9\""),
+            site_text().replace("machine = \"printer-1\"", "machine = \"printer-9\""),
             "costs.machines[1].machine",
         ),
         (
-            SITE.replace("Sat 09:00-13:00", "Sat 9-13"),
+            site_text().replace("Sat 09:00-13:00", "Sat 9-13"),
             "costs.opening_hours",
         ),
         (
-            SITE.replace("life_months = 36", "life_months = 0"),
+            site_text().replace("life_months = 36", "life_months = 0"),
             "costs.machines[1].life_months",
         ),
     ] {

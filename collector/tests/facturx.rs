@@ -18,9 +18,13 @@ use fabmeter_collector::ledger::Ledger;
 #[path = "support/ledger.rs"]
 mod support;
 use support::open;
+#[path = "support/sites.rs"]
+#[allow(dead_code)]
+mod sites;
+use sites::{config, ms, ALICE, BOB};
 #[path = "support/facturx_site.rs"]
 mod site;
-use site::{config, ms, session, ALICE, BOB, SITE};
+use site::{session, site_text};
 
 fn checker() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/facturx-check.py")
@@ -77,7 +81,7 @@ fn write_all(dir: &Path, docs: &[Invoice]) -> Vec<PathBuf> {
 #[test]
 fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one_is_not() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), SITE);
+    let c = config(dir.path(), &site_text());
     let billing = Billing::from_config(&c).expect("rules").expect("billing");
     let mut l = open(&c);
     let mut batch = Vec::new();
@@ -274,7 +278,7 @@ fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one
 
 #[test]
 fn a_seller_under_the_vat_franchise_issues_valid_exempt_invoices() {
-    let text = SITE
+    let text = site_text()
         .replace(
             "vat_id = \"FR44732829320\"\n",
             "vat_regime = \"franchise\"\ntax_id = \"1234567890123\"\n",
@@ -315,42 +319,42 @@ fn a_seller_under_the_vat_franchise_issues_valid_exempt_invoices() {
 fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
     let cases: Vec<(String, &str, &str)> = vec![
         (
-            SITE.replace("siret = \"732 829 320 00074\"\n", ""),
+            site_text().replace("siret = \"732 829 320 00074\"\n", ""),
             "billing.seller.siren",
             "required",
         ),
         (
-            SITE.replace("street = \"12 rue des Tanneurs\"\n", ""),
+            site_text().replace("street = \"12 rue des Tanneurs\"\n", ""),
             "billing.seller.street",
             "e.g.",
         ),
         (
-            SITE.replace("732 829 320 00074", "732 829 320 00075"),
+            site_text().replace("732 829 320 00074", "732 829 320 00075"),
             "billing.seller.siret",
             "check digit",
         ),
         (
-            SITE.replace("FR44732829320", "FR45732829320"),
+            site_text().replace("FR44732829320", "FR45732829320"),
             "billing.seller.vat_id",
             "should be 44",
         ),
         (
-            SITE.replace("siren = \"443061841\"", "siren = \"443061842\""),
+            site_text().replace("siren = \"443061841\"", "siren = \"443061842\""),
             "billing.customers[1].siren",
             "Luhn",
         ),
         (
-            SITE.replace("siren = \"443061841\"\n", ""),
+            site_text().replace("siren = \"443061841\"\n", ""),
             "billing.customers[1].siren",
             "required",
         ),
         (
-            SITE.replace("vat_rate = \"5.5\"", "vat_rate = \"7\""),
+            site_text().replace("vat_rate = \"5.5\"", "vat_rate = \"7\""),
             "billing.tariffs[1].vat_rate",
             "not a VAT rate of France",
         ),
         (
-            SITE.replace(
+            site_text().replace(
                 "timezone = \"UTC\"\n",
                 "timezone = \"UTC\"\nvat_rate = \"0\"\n",
             ),
@@ -358,7 +362,7 @@ fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
             "reason",
         ),
         (
-            SITE.replace(
+            site_text().replace(
                 "[[billing.customers]]\nmember = \"bob\"",
                 "[[billing.customers]]\nmember = \"carol\"",
             ),
@@ -376,7 +380,7 @@ fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
         assert!(e.contains("for example"), "{e}");
     }
     // Without facturx the same identities are not required.
-    let off = SITE
+    let off = site_text()
         .replace("facturx = true\n", "")
         .replace("street = \"12 rue des Tanneurs\"\n", "");
     Config::from_toml(&off)
@@ -388,7 +392,7 @@ fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
 #[test]
 fn the_invoice_command_writes_valid_factur_x_files_and_check_config_names_a_missing_siren() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), SITE);
+    let c = config(dir.path(), &site_text());
     {
         let mut l = open(&c);
         l.commit(&session("laser-1", 1, ALICE, "2026-11-03T09:00:00Z", 1_800))

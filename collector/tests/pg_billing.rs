@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
 
-use fabmeter_collector::api;
 use fabmeter_collector::billing::invoice::{Billing, DocKind, Invoice, GENESIS};
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
@@ -25,9 +24,11 @@ use fabmeter_e2e::Postgres;
 #[allow(dead_code)]
 mod support;
 use support::{closed_session as session, event};
+#[path = "support/sites.rs"]
+#[allow(dead_code)]
+mod sites;
+use sites::{ms, seller, SiteFile, Tariff, ALICE, BOB};
 
-const ALICE: &str = "ba279e0c1e5c2464";
-const BOB: &str = "a70e24fcac6bc0a8";
 const CAROL: &str = "5c0ffee5c0ffee55";
 /// Dave, resident, within the allowance: settled at zero.
 const DAVE: &str = "d0d0d0d0d0d0d0d0";
@@ -36,49 +37,24 @@ const STRANGER: &str = "0123456789abcdef";
 
 /// A site with a plan (allowance, discount), a daily cap, prepaid credit and a member settled at
 /// zero, in a zone with a DST change.
-const SITE: &str = r#"
-[site]
-id = "atelier-lyon"
-
-[[machines]]
-id = "laser-1"
-kind = "laser"
-[[machines]]
-id = "printer-1"
-kind = "printer-3d"
-
-[[members]]
-id = "alice"
-name = "Alice Martin"
-badges = ["ba279e0c1e5c2464"]
-[[members]]
-id = "bob"
-name = "Bob Durand"
-badges = ["a70e24fcac6bc0a8"]
-[[members]]
-id = "carol"
-badges = ["5c0ffee5c0ffee55"]
-[[members]]
-id = "dave"
-badges = ["d0d0d0d0d0d0d0d0"]
-
-[billing]
-invoice_prefix = "ATL"
-timezone = "Europe/Paris"
-[billing.seller]
-name = "Atelier de Lyon SAS"
-[[billing.tariffs]]
-name = "laser"
-valid_from = "2025-01-01"
-busy_per_min = "0.50"
-idle_per_min = "0.10"
-increment_min = 5
-daily_cap = "20.00"
-[[billing.tariffs]]
-name = "printer-3d"
-valid_from = "2025-01-01"
-busy_per_min = "0.02"
-setup = "1.00"
+fn site_text() -> String {
+    SiteFile::new("atelier-lyon")
+        .machine("laser-1", "", "laser")
+        .machine("printer-1", "", "printer-3d")
+        .alice_and_bob()
+        .member("carol", "", CAROL)
+        .member("dave", "", DAVE)
+        .billing("Europe/Paris", false, seller())
+        .tariff(
+            Tariff::new("laser", "2025-01-01", "0.50")
+                .idle("0.10")
+                .increment(5)
+                .daily_cap("20.00"),
+        )
+        .tariff(Tariff::new("printer-3d", "2025-01-01", "0.02").setup("1.00"))
+        .credit("bob", "2025-12-01", "30.00")
+        .toml(
+            r#"
 [[billing.plans]]
 name = "resident"
 discount_percent = 10
@@ -91,14 +67,9 @@ valid_from = "2025-01-01"
 member = "dave"
 plan = "resident"
 valid_from = "2025-01-01"
-[[billing.credits]]
-member = "bob"
-date = "2025-12-01"
-amount = "30.00"
-"#;
-
-fn ms(s: &str) -> u64 {
-    api::parse_time(s).expect("time")
+"#,
+        )
+        .text()
 }
 
 fn period(s: &str) -> Period {
@@ -107,7 +78,7 @@ fn period(s: &str) -> Period {
 
 /// The site `site` with its ledger in `dir` (SQLite) or, with `url`, on PostgreSQL.
 fn config(site: &str, dir: &std::path::Path, url: Option<String>) -> Config {
-    let mut c = Config::from_toml(&SITE.replace("atelier-lyon", site)).expect("config");
+    let mut c = Config::from_toml(&site_text().replace("atelier-lyon", site)).expect("config");
     c.ledger.path = dir.join(format!("{site}.sqlite"));
     c.ledger.url = url;
     c.validate().expect("valid");

@@ -23,9 +23,13 @@ use serde_json::{json, Value};
 #[path = "support/ledger.rs"]
 mod support;
 use support::open;
+#[path = "support/sites.rs"]
+#[allow(dead_code)]
+mod sites;
+use sites::{config, ms, ALICE, BOB};
 #[path = "support/facturx_site.rs"]
 mod site;
-use site::{config, ms, session, ALICE, BOB, SITE};
+use site::{session, site_text};
 #[path = "support/browser.rs"]
 mod browser;
 use browser::{get, Phone};
@@ -37,7 +41,7 @@ fn serve(
     dir: &std::path::Path,
     tokens: Option<std::path::PathBuf>,
 ) -> (SocketAddr, Vec<Invoice>) {
-    let c: Config = config(dir, SITE);
+    let c: Config = config(dir, &site_text());
     let billing = Billing::from_config(&c).expect("rules").expect("billing");
     let mut l = open(&c);
     if l.documents().expect("docs").is_empty() {
@@ -165,7 +169,7 @@ fn the_ledger_returns_a_members_own_invoices_and_credit_notes_only() {
     use fabmeter_collector::billing::invoice::DocKind;
     use fabmeter_collector::ledger::MEMBER_DOCUMENTS_SQL;
     let dir = tempfile::tempdir().expect("tempdir");
-    let c: Config = config(dir.path(), SITE);
+    let c: Config = config(dir.path(), &site_text());
     let billing = Billing::from_config(&c).expect("rules").expect("billing");
     let mut l = open(&c);
     let mut batch = session("laser-1", 1, ALICE, "2026-11-03T09:00:00Z", 1_800);
