@@ -13,12 +13,10 @@ use fabmeter_collector::billing::invoice::{Billing, Totals};
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{Ledger, Record};
-use fabmeter_collector::protocol::message::{EndReason, EventBody};
-use fabmeter_collector::protocol::BadgeHash;
 
 #[path = "support/ledger.rs"]
 mod support;
-use support::{event, open};
+use support::{closed_session, open};
 
 const BADGES: [&str; 4] = [
     "ba279e0c1e5c2464", // alice, resident
@@ -102,6 +100,12 @@ struct Planned {
     end: Record,
 }
 
+impl From<(Record, Record)> for Planned {
+    fn from((start, end): (Record, Record)) -> Self {
+        Planned { start, end }
+    }
+}
+
 /// Deterministic pseudo-random numbers (an LCG): the same site every run.
 struct Lcg(u64);
 
@@ -112,37 +116,6 @@ impl Lcg {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % n
-    }
-}
-
-/// A session of `busy_s` and `idle_s` seconds from `t0`: `seq` and `seq + 1` of `boot`.
-fn planned(
-    machine: &str,
-    boot: u32,
-    seq: u32,
-    badge: &str,
-    t0: u64,
-    busy_s: u32,
-    idle_s: u32,
-) -> Planned {
-    let badge = BadgeHash::from_hex(badge).expect("badge");
-    let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
-    Planned {
-        start: event(machine, boot, seq, t0, EventBody::SessionStarted { badge }),
-        end: event(
-            machine,
-            boot,
-            seq + 1,
-            t1,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ),
     }
 }
 
@@ -162,11 +135,11 @@ fn month(rng: &mut Lcg, period: &str, boot: u32, n: u32) -> Vec<Planned> {
             let t0 = first + rng.below(28) * 86_400_000 + 6 * 3_600_000 + u64::from(i) * 60_000;
             let busy_s = 60 + rng.below(3_600) as u32;
             let idle_s = rng.below(600) as u32;
-            planned(machine, boot, 2 * i + 1, badge, t0, busy_s, idle_s)
+            closed_session(machine, boot, 2 * i + 1, badge, t0, busy_s, idle_s).into()
         })
         .collect();
     let t0 = first + 27 * 86_400_000 + 20 * 3_600_000;
-    out.push(planned("laser-1", boot, 2 * n + 1, DAVE, t0, 600, 0));
+    out.push(closed_session("laser-1", boot, 2 * n + 1, DAVE, t0, 600, 0).into());
     out
 }
 

@@ -496,6 +496,7 @@ fn issue(
                 prepaid_cents: prepaid,
                 due_cents: due,
                 refers_to: None,
+                refers_to_date: None,
                 reason: None,
                 prev_hash: String::new(),
                 hash: String::new(),
@@ -593,6 +594,31 @@ pub(super) fn period_documents<E: Engine + ?Sized>(
         .collect::<Result<Vec<_>, LedgerError>>()
     })?;
     rows.into_iter().map(parse_document).collect()
+}
+
+/// The query of [`Ledger::member_documents`](crate::ledger::Ledger::member_documents): one
+/// member's documents of the site with their chain positions, read through the index
+/// `invoices_member (site, member)` (`?1` the site, `?2` the member). It has no `ORDER BY
+/// chain`: with one, SQLite reads the site's whole chain through the unique (site, chain) index
+/// to avoid a sort; the few rows are sorted after.
+pub const MEMBER_DOCUMENTS_SQL: &str =
+    "SELECT chain, number, document FROM invoices WHERE site=?1 AND member=?2";
+
+/// See [`Ledger::member_documents`](crate::ledger::Ledger::member_documents).
+pub(super) fn member_documents<E: Engine + ?Sized>(
+    e: &E,
+    member: &str,
+) -> Result<Vec<Invoice>, BillingError> {
+    let mut rows = e.read(|db, site| {
+        db.rows(MEMBER_DOCUMENTS_SQL, args![site, member])?
+            .iter()
+            .map(|r| Ok((r.i64(0)?, r.text(1)?, r.text(2)?)))
+            .collect::<Result<Vec<_>, LedgerError>>()
+    })?;
+    rows.sort_unstable_by_key(|(chain, _, _)| *chain);
+    rows.into_iter()
+        .map(|(_, number, doc)| parse_document((number, doc)))
+        .collect()
 }
 
 /// What the audit reads, from one snapshot.

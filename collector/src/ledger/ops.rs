@@ -1413,6 +1413,10 @@ impl<E: Engine> Ledger for E {
         invoices::period_documents(self, period)
     }
 
+    fn member_documents(&self, member: &str) -> Result<Vec<Invoice>, BillingError> {
+        invoices::member_documents(self, member)
+    }
+
     fn audit(&self, billing: &Billing) -> Result<Vec<AuditDifference>, BillingError> {
         invoices::audit(self, billing)
     }
