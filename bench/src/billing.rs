@@ -54,89 +54,21 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         .collect();
     std::fs::write(
         a.dir.join("site.toml"),
-        site_toml(&ledger_path, &machines, a.members),
+        site_toml(SITE, Some(&ledger_path), &machines, a.members),
     )?;
     let site = Id::new(SITE).map_err(|e| anyhow::anyhow!("site id: {e:?}"))?;
     let mut ledger = SqliteLedger::open(&ledger_path, &site, badges)?;
-    let infos: Vec<MachineInfo> = machines
-        .iter()
-        .enumerate()
-        .map(|(i, m)| MachineInfo {
-            id: m.clone(),
-            name: m.clone(),
-            kind: kind(i).into(),
-            source: "config".into(),
-        })
-        .collect();
-    ledger.register_machines(&infos, a.from_ms)?;
+    ledger.register_machines(&machine_infos(&machines), a.from_ms)?;
 
     let started = Instant::now();
     let per_machine = a.sessions / a.machines.max(1);
-    let spacing = YEAR_MS / per_machine.max(1) as u64;
-    let mut batch = Vec::with_capacity(1000);
     let mut events = 0usize;
     for (mi, m) in machines.iter().enumerate() {
-        let machine = Id::new(m).map_err(|e| anyhow::anyhow!("machine id {m}: {e:?}"))?;
-        let (mut boot, mut seq) = (1u32, 0u32);
-        let mut uptime_base = 0u64;
-        for s in 0..per_machine {
-            if seq + 2 > EVENTS_PER_BOOT {
-                boot += 1;
-                seq = 0;
-                uptime_base = s as u64 * spacing;
-            }
-            let start_ms = a.from_ms + s as u64 * spacing + (mi as u64 * 7_919) % 600_000;
-            let busy_s = 300 + ((s * 37 + mi * 13) % 3_000) as u32;
-            let member = (s * 11 + mi * 5) % a.members + 1;
-            let b = badge(member);
-            let up = |wall: u64| wall - a.from_ms - uptime_base;
-            seq += 1;
-            let session = seq;
-            for (wall, body) in [
-                (start_ms, EventBody::SessionStarted { badge: b }),
-                (
-                    start_ms + u64::from(busy_s + 60) * 1000,
-                    EventBody::SessionEnded {
-                        session,
-                        badge: b,
-                        busy_s,
-                        idle_s: 60,
-                        energy_wh: busy_s / 30,
-                        reason: EndReason::BadgeOut,
-                    },
-                ),
-            ] {
-                if !matches!(body, EventBody::SessionStarted { .. }) {
-                    seq += 1;
-                }
-                let ev = Event {
-                    v: 1,
-                    box_id: None,
-                    boot,
-                    seq,
-                    uptime_ms: up(wall),
-                    sent_uptime_ms: up(wall),
-                    ts: Some(wall),
-                    event: body,
-                };
-                let payload = fabmeter_protocol::encode_to_vec(&ev)
-                    .context("the generator makes valid events")?;
-                batch.push(Record::Event {
-                    machine: machine.clone(),
-                    event: ev,
-                    payload,
-                    received_ms: wall,
-                });
-                events += 1;
-                if batch.len() == 1000 {
-                    ledger.commit(&batch)?;
-                    batch.clear();
-                }
-            }
+        let records = machine_records(mi, m, per_machine, a.from_ms, YEAR_MS, a.members)?;
+        events += records.len();
+        for batch in records.chunks(1000) {
+            ledger.commit(batch)?;
         }
-    }
-    if !batch.is_empty() {
-        ledger.commit(&batch)?;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -150,6 +82,89 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The records of machine number `mi` (id `m`): `per_machine` sessions of one member each
+/// (a start and an end, 300 to 3,299 s busy and 60 s idle), spread evenly over `span_ms` from
+/// `from_ms`, the device rebooting every [`EVENTS_PER_BOOT`] events.
+pub fn machine_records(
+    mi: usize,
+    m: &str,
+    per_machine: usize,
+    from_ms: u64,
+    span_ms: u64,
+    members: usize,
+) -> anyhow::Result<Vec<Record>> {
+    let machine = Id::new(m).map_err(|e| anyhow::anyhow!("machine id {m}: {e:?}"))?;
+    let spacing = span_ms / per_machine.max(1) as u64;
+    let (mut boot, mut seq) = (1u32, 0u32);
+    let mut uptime_base = 0u64;
+    let mut out = Vec::with_capacity(per_machine * 2);
+    for s in 0..per_machine {
+        if seq + 2 > EVENTS_PER_BOOT {
+            boot += 1;
+            seq = 0;
+            uptime_base = s as u64 * spacing;
+        }
+        let start_ms = from_ms + s as u64 * spacing + (mi as u64 * 7_919) % 600_000;
+        let busy_s = 300 + ((s * 37 + mi * 13) % 3_000) as u32;
+        let member = (s * 11 + mi * 5) % members.max(1) + 1;
+        let b = badge(member);
+        let up = |wall: u64| wall - from_ms - uptime_base;
+        seq += 1;
+        let session = seq;
+        for (wall, body) in [
+            (start_ms, EventBody::SessionStarted { badge: b }),
+            (
+                start_ms + u64::from(busy_s + 60) * 1000,
+                EventBody::SessionEnded {
+                    session,
+                    badge: b,
+                    busy_s,
+                    idle_s: 60,
+                    energy_wh: busy_s / 30,
+                    reason: EndReason::BadgeOut,
+                },
+            ),
+        ] {
+            if !matches!(body, EventBody::SessionStarted { .. }) {
+                seq += 1;
+            }
+            let ev = Event {
+                v: 1,
+                box_id: None,
+                boot,
+                seq,
+                uptime_ms: up(wall),
+                sent_uptime_ms: up(wall),
+                ts: Some(wall),
+                event: body,
+            };
+            let payload = fabmeter_protocol::encode_to_vec(&ev)
+                .context("the generator makes valid events")?;
+            out.push(Record::Event {
+                machine: machine.clone(),
+                event: ev,
+                payload,
+                received_ms: wall,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The machine infos of `machines` (kinds alternating laser and 3D printer).
+pub fn machine_infos(machines: &[String]) -> Vec<MachineInfo> {
+    machines
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MachineInfo {
+            id: m.clone(),
+            name: m.clone(),
+            kind: kind(i).into(),
+            source: "config".into(),
+        })
+        .collect()
+}
+
 fn kind(i: usize) -> &'static str {
     if i.is_multiple_of(2) {
         "laser"
@@ -158,17 +173,26 @@ fn kind(i: usize) -> &'static str {
     }
 }
 
-fn site_toml(ledger: &std::path::Path, machines: &[String], members: usize) -> String {
+/// The site file of site `site` (`ledger`: its SQLite file; `None` for a site file of a network,
+/// whose network file names the ledger).
+pub fn site_toml(
+    site: &str,
+    ledger: Option<&std::path::Path>,
+    machines: &[String],
+    members: usize,
+) -> String {
+    let ledger = ledger.map_or_else(String::new, |p| {
+        format!(
+            "[ledger]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            p.display()
+        )
+    });
     let mut t = format!(
         r#"[site]
-id = "{SITE}"
+id = "{site}"
+name = "Atelier {site}"
 
-[ledger]
-path = "{}"
-
-[http]
-listen = "127.0.0.1:0"
-
+{ledger}
 # More members than a device allow-list holds (128): no device configs for this site.
 [devices]
 publish_configs = false
@@ -205,8 +229,7 @@ allowances = [{{ tariff = "laser", minutes = 600 }}]
 
 [[billing.plans]]
 name = "visitor"
-"#,
-        ledger.display()
+"#
     );
     for (i, m) in machines.iter().enumerate() {
         let k = kind(i);

@@ -6,9 +6,11 @@
 //!   publish-to-commit latency at half the collector's measured rate.
 //! - `billing-ledger`: a year of a workshop's sessions written straight into a ledger file.
 //! - `network`: hundreds of sites through several network collectors on one PostgreSQL ledger.
+//! - `network-month`: a busy month of hundreds of sites on one PostgreSQL ledger, then invoiced.
 
 mod billing;
 mod ingest;
+mod month;
 mod network;
 mod workload;
 
@@ -29,6 +31,8 @@ enum Cmd {
     BillingLedger(billing::Args),
     /// Many sites through several network collectors on one PostgreSQL ledger.
     Network(network::Args),
+    /// A busy month of many sites written into one PostgreSQL ledger, then invoiced.
+    NetworkMonth(month::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ingest(a) => ingest::run(&a),
         Cmd::BillingLedger(a) => billing::run(&a),
         Cmd::Network(a) => network::run(&a),
+        Cmd::NetworkMonth(a) => month::run(&a),
     }
 }
 

@@ -380,34 +380,9 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     drop(procs);
     if a.invoice {
-        // A network file serving every site, for the command only (no collector runs on it).
-        let all = dir.path().join("all.toml");
-        std::fs::write(
-            &all,
-            format!(
-                "[network]\nname = \"all\"\nsites_dir = \"sites\"\n\n[mqtt]\nurl = \"{}\"\n\n[ledger]\nurl = \"{url}\"\n",
-                broker.url()
-            ),
-        )?;
         // The workload's month (workload::T0 is 2025-11-24).
-        let out = std::process::Command::new("/usr/bin/time")
-            .args(["-f", "BENCH_TIME %e s %M KiB"])
-            .arg(&a.collector_bin)
-            .args(["invoice", "--period", "2025-11", "--config"])
-            .arg(&all)
-            .env("RUST_LOG", "warn")
-            .output()
-            .context("running the invoice command under /usr/bin/time (package `time`)")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            bail!("invoice failed: {stderr}");
-        }
-        let issued = stdout.lines().filter(|l| l.starts_with("issued ")).count();
-        let timing = stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("BENCH_TIME "))
-            .unwrap_or("?");
+        let (issued, timing) =
+            invoice_all(dir.path(), &broker.url(), &url, &a.collector_bin, "2025-11")?;
         println!(
             "| invoicing the month of {} sites ({sessions} sessions) | {issued} invoices, {timing} peak RSS |",
             a.sites
@@ -415,4 +390,43 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     drop(dir);
     Ok(())
+}
+
+/// Writes `all.toml` in `dir`, a network file serving every site of `dir/sites` (for the command
+/// only: no collector runs on it), and runs `fabmeter-collector invoice --period` on it under GNU
+/// time. Returns the invoices issued and the time's "elapsed s peak KiB".
+pub fn invoice_all(
+    dir: &Path,
+    mqtt_url: &str,
+    ledger_url: &str,
+    collector_bin: &Path,
+    period: &str,
+) -> anyhow::Result<(usize, String)> {
+    let all = dir.join("all.toml");
+    std::fs::write(
+        &all,
+        format!(
+            "[network]\nname = \"all\"\nsites_dir = \"sites\"\n\n[mqtt]\nurl = \"{mqtt_url}\"\n\n[ledger]\nurl = \"{ledger_url}\"\n"
+        ),
+    )?;
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "BENCH_TIME %e s %M KiB"])
+        .arg(collector_bin)
+        .args(["invoice", "--period", period, "--config"])
+        .arg(&all)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running the invoice command under /usr/bin/time (package `time`)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("invoice failed: {stderr}");
+    }
+    let issued = stdout.lines().filter(|l| l.starts_with("issued ")).count();
+    let timing = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH_TIME "))
+        .unwrap_or("?")
+        .to_owned();
+    Ok((issued, timing))
 }

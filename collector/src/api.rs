@@ -482,11 +482,7 @@ async fn member_documents(
     let member = id.to_owned();
     tokio::task::spawn_blocking(move || {
         let guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
-        guard.documents().map(|docs| {
-            docs.into_iter()
-                .filter(|d| d.buyer.id == member)
-                .collect::<Vec<_>>()
-        })
+        guard.member_documents(&member)
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -526,6 +522,7 @@ async fn member_invoices(
                 "issue_date": d.issue_date.to_string(),
                 "period": d.period.to_string(),
                 "refers_to": d.refers_to,
+                "refers_to_date": d.refers_to_date.map(|t| t.to_string()),
                 "incl_cents": d.totals.incl_cents,
                 "due_cents": d.due_cents,
                 "links": links,

@@ -99,11 +99,7 @@ pub fn export_member(
         let events = ledger.session_events(&s.machine, s.boot, s.session)?;
         sessions.push(ExportedSession { session: s, events });
     }
-    let documents = ledger
-        .documents()?
-        .into_iter()
-        .filter(|d| d.buyer.id == member)
-        .collect();
+    let documents = ledger.member_documents(member)?;
     Ok(MemberExport {
         format: EXPORT_FORMAT,
         site: config.site.id.clone(),

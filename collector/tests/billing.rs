@@ -13,71 +13,47 @@ use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{Ledger, Record, SqliteLedger};
 use fabmeter_collector::ledger::{Outcome, PurgedCounts, SessionQuery};
 use fabmeter_collector::metrics::Metrics;
-use fabmeter_collector::protocol::message::{DenyReason, EndReason, EventBody};
+use fabmeter_collector::protocol::message::{DenyReason, EventBody};
 use fabmeter_collector::protocol::BadgeHash;
 use fabmeter_collector::timeseries::TimeSeriesHandle;
 
 #[path = "support/ledger.rs"]
 mod support;
-use support::{event, open};
+use support::{closed_session, event, open};
+#[path = "support/sites.rs"]
+#[allow(dead_code)]
+mod sites;
+use sites::{ms, seller, Identity, SiteFile, Tariff, ALICE, BOB};
 
-const ALICE: &str = "ba279e0c1e5c2464";
-const BOB: &str = "a70e24fcac6bc0a8";
 /// A badge no member holds.
 const STRANGER: &str = "0123456789abcdef";
 
-const SITE: &str = r#"
-[site]
-id = "atelier-lyon"
-
-[[machines]]
-id = "laser-1"
-kind = "laser"
-[[machines]]
-id = "printer-1"
-kind = "printer-3d"
-
-[[members]]
-id = "alice"
-name = "Alice Martin"
-badges = ["ba279e0c1e5c2464"]
-[[members]]
-id = "bob"
-name = "Bob Durand"
-badges = ["a70e24fcac6bc0a8"]
-
-[billing]
-invoice_prefix = "ATL"
-timezone = "UTC"
-[billing.seller]
-name = "Atelier de Lyon SAS"
-siret = "123 456 789 00012"
-[[billing.tariffs]]
-name = "laser"
-valid_from = "2026-01-01"
-busy_per_min = "0.50"
-idle_per_min = "0.10"
-increment_min = 5
-[[billing.tariffs]]
-name = "printer-3d"
-valid_from = "2026-01-01"
-busy_per_min = "0.02"
-setup = "1.00"
-[[billing.credits]]
-member = "bob"
-date = "2026-10-01"
-amount = "5.00"
-"#;
-
-fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::from_toml(SITE).expect("config");
-    c.ledger.path = dir.join("ledger.sqlite");
-    c.validate().expect("valid");
-    c
+/// The site: a laser and a 3D printer, alice and bob, a seller without Factur-X.
+fn site_text() -> String {
+    SiteFile::new("atelier-lyon")
+        .machine("laser-1", "", "laser")
+        .machine("printer-1", "", "printer-3d")
+        .alice_and_bob()
+        .billing(
+            "UTC",
+            false,
+            Identity {
+                siret: "123 456 789 00012",
+                ..seller()
+            },
+        )
+        .tariff(
+            Tariff::new("laser", "2026-01-01", "0.50")
+                .idle("0.10")
+                .increment(5),
+        )
+        .tariff(Tariff::new("printer-3d", "2026-01-01", "0.02").setup("1.00"))
+        .credit("bob", "2026-10-01", "5.00")
+        .text()
 }
 
-fn ms(s: &str) -> u64 {
-    api::parse_time(s).expect("time")
+fn config(dir: &std::path::Path) -> Config {
+    sites::config(dir, &site_text())
 }
 
 /// The start and end events of one session, with device clock times.
@@ -90,25 +66,8 @@ fn session(
     busy_s: u32,
     idle_s: u32,
 ) -> Vec<Record> {
-    let badge = BadgeHash::from_hex(badge).expect("badge");
-    let t0 = ms(start);
-    let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
-    let mk = |seq: u32, ts: u64, body: EventBody| event(machine, boot, seq, ts, body);
-    vec![
-        mk(seq, t0, EventBody::SessionStarted { badge }),
-        mk(
-            seq + 1,
-            t1,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ),
-    ]
+    let (start, end) = closed_session(machine, boot, seq, badge, ms(start), busy_s, idle_s);
+    vec![start, end]
 }
 
 /// Price of one session computed independently: laser 0.50/busy and 0.10/idle minute per

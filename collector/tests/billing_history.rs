@@ -17,12 +17,10 @@ use fabmeter_collector::billing::money::format_cents;
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{AuditDifference, Ledger, Record, SqliteLedger};
-use fabmeter_collector::protocol::message::{EndReason, EventBody};
-use fabmeter_collector::protocol::BadgeHash;
 
 #[path = "support/ledger.rs"]
 mod support;
-use support::{event, open};
+use support::{closed_session, open};
 
 const BADGES: [&str; 4] = [
     "ba279e0c1e5c2464", // alice, resident
@@ -106,6 +104,12 @@ struct Planned {
     end: Record,
 }
 
+impl From<(Record, Record)> for Planned {
+    fn from((start, end): (Record, Record)) -> Self {
+        Planned { start, end }
+    }
+}
+
 /// Deterministic pseudo-random numbers (an LCG): the same site every run.
 struct Lcg(u64);
 
@@ -116,37 +120,6 @@ impl Lcg {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % n
-    }
-}
-
-/// A session of `busy_s` and `idle_s` seconds from `t0`: `seq` and `seq + 1` of `boot`.
-fn planned(
-    machine: &str,
-    boot: u32,
-    seq: u32,
-    badge: &str,
-    t0: u64,
-    busy_s: u32,
-    idle_s: u32,
-) -> Planned {
-    let badge = BadgeHash::from_hex(badge).expect("badge");
-    let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
-    Planned {
-        start: event(machine, boot, seq, t0, EventBody::SessionStarted { badge }),
-        end: event(
-            machine,
-            boot,
-            seq + 1,
-            t1,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ),
     }
 }
 
@@ -166,11 +139,11 @@ fn month(rng: &mut Lcg, period: &str, boot: u32, n: u32) -> Vec<Planned> {
             let t0 = first + rng.below(28) * 86_400_000 + 6 * 3_600_000 + u64::from(i) * 60_000;
             let busy_s = 60 + rng.below(3_600) as u32;
             let idle_s = rng.below(600) as u32;
-            planned(machine, boot, 2 * i + 1, badge, t0, busy_s, idle_s)
+            closed_session(machine, boot, 2 * i + 1, badge, t0, busy_s, idle_s).into()
         })
         .collect();
     let t0 = first + 27 * 86_400_000 + 20 * 3_600_000;
-    out.push(planned("laser-1", boot, 2 * n + 1, DAVE, t0, 600, 0));
+    out.push(closed_session("laser-1", boot, 2 * n + 1, DAVE, t0, 600, 0).into());
     out
 }
 
@@ -313,7 +286,15 @@ fn six_months(c: &Config, billing: &Billing, l: &mut SqliteLedger, check: bool) 
             // are settled at zero then; forty more laser minutes of March arrive in May, priced
             // late after the settled ten, which used the allowance first.
             let t0 = ms("2026-03-20T16:00:00Z");
-            let s = planned("laser-1", i as u32 + 1, 101, DAVE, t0, 2_400, 0);
+            let s = Planned::from(closed_session(
+                "laser-1",
+                i as u32 + 1,
+                101,
+                DAVE,
+                t0,
+                2_400,
+                0,
+            ));
             held.push((i + 2, s.start));
             held.push((i + 2, s.end));
         }

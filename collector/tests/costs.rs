@@ -11,58 +11,41 @@ use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::costs::{self, CostReport, CostRow};
 use fabmeter_collector::ledger::{Ledger, MachineInfo, PgLedger, Record, SqliteLedger};
-use fabmeter_collector::protocol::message::{EndReason, EventBody};
-use fabmeter_collector::protocol::BadgeHash;
 
 #[path = "support/ledger.rs"]
 #[allow(dead_code)]
 mod support;
-use support::event;
+use support::closed_session;
+#[path = "support/sites.rs"]
+#[allow(dead_code)]
+mod sites;
+use sites::{ms, seller, SiteFile, Tariff, ALICE, BOB};
+#[path = "support/browser.rs"]
+#[allow(dead_code)]
+mod browser;
+use browser::{get, serve, Phone};
 
-const ALICE: &str = "ba279e0c1e5c2464";
-const BOB: &str = "a70e24fcac6bc0a8";
 const STRANGER: &str = "0123456789abcdef";
 
-const SITE: &str = r#"
-[site]
-id = "atelier-lyon"
-
-[[machines]]
-id = "laser-1"
-name = "Laser"
-kind = "laser"
-[[machines]]
-id = "printer-1"
-kind = "printer-3d"
-[[machines]]
-id = "saw-1"
-kind = "saw"
-
-[[members]]
-id = "alice"
-name = "Alice Martin-Léger"
-badges = ["ba279e0c1e5c2464"]
-[[members]]
-id = "bob"
-name = "Bob Durand"
-badges = ["a70e24fcac6bc0a8"]
-
-[billing]
-invoice_prefix = "ATL"
-timezone = "UTC"
-[billing.seller]
-name = "Atelier de Lyon SAS"
-[[billing.tariffs]]
-name = "laser"
-valid_from = "2026-01-01"
-busy_per_min = "0.50"
-[[billing.tariffs]]
-name = "printer-3d"
-valid_from = "2026-01-01"
-busy_per_min = "0.02"
-setup = "1.00"
-vat_rate = "5.5"
-
+/// The site: a laser, a 3D printer and a saw (without a cost entry), alice (a name with an
+/// accent, for the FEC's encoding) and bob, a seller without Factur-X, a maintenance plan and
+/// the machines' costs.
+fn site_text() -> String {
+    SiteFile::new("atelier-lyon")
+        .machine("laser-1", "Laser", "laser")
+        .machine("printer-1", "", "printer-3d")
+        .machine("saw-1", "", "saw")
+        .member("alice", "Alice Martin-Léger", ALICE)
+        .member("bob", "Bob Durand", BOB)
+        .billing("UTC", false, seller())
+        .tariff(Tariff::new("laser", "2026-01-01", "0.50"))
+        .tariff(
+            Tariff::new("printer-3d", "2026-01-01", "0.02")
+                .setup("1.00")
+                .vat("5.5"),
+        )
+        .toml(
+            r#"
 [[maintenance.plans]]
 name = "lens"
 kinds = ["laser"]
@@ -81,17 +64,13 @@ machine = "printer-1"
 purchase_price_cents = 250000
 purchase_date = "2026-10-15"
 life_months = 36
-"#;
-
-fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::from_toml(SITE).expect("config");
-    c.ledger.path = dir.join("ledger.sqlite");
-    c.validate().expect("valid");
-    c
+"#,
+        )
+        .text()
 }
 
-fn ms(s: &str) -> u64 {
-    api::parse_time(s).expect("time")
+fn config(dir: &std::path::Path) -> Config {
+    sites::config(dir, &site_text())
 }
 
 /// One session of the workload: machine, boot, seq of its start, badge, start, busy seconds.
@@ -126,29 +105,8 @@ fn price(s: &S) -> i64 {
 fn records(sessions: &[S]) -> Vec<Record> {
     let mut out = Vec::new();
     for &(machine, boot, seq, badge, start, busy_s) in sessions {
-        let badge = BadgeHash::from_hex(badge).expect("badge");
-        let t0 = ms(start);
-        out.push(event(
-            machine,
-            boot,
-            seq,
-            t0,
-            EventBody::SessionStarted { badge },
-        ));
-        out.push(event(
-            machine,
-            boot,
-            seq + 1,
-            t0 + u64::from(busy_s) * 1000,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s: 0,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ));
+        let (start, end) = closed_session(machine, boot, seq, badge, ms(start), busy_s, 0);
+        out.extend([start, end]);
     }
     out
 }
@@ -334,7 +292,11 @@ fn november(c: &Config, l: &dyn Ledger) -> CostReport {
 fn site_file(dir: &std::path::Path, c: &Config) -> std::path::PathBuf {
     let toml = dir.join("site.toml");
     let ledger = c.ledger.path.display().to_string();
-    std::fs::write(&toml, format!("{SITE}\n[ledger]\npath = {ledger:?}\n")).expect("write site");
+    std::fs::write(
+        &toml,
+        format!("{}\n[ledger]\npath = {ledger:?}\n", site_text()),
+    )
+    .expect("write site");
     toml
 }
 
@@ -342,12 +304,18 @@ fn badges(c: &Config) -> HashMap<String, String> {
     c.badge_directory()
 }
 
+/// The site's config and its SQLite ledger in `dir`.
+fn open_sqlite(dir: &std::path::Path) -> (Config, SqliteLedger) {
+    let c = config(dir);
+    let l =
+        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges(&c)).expect("open");
+    (c, l)
+}
+
 #[test]
 fn cost_recovery_on_sqlite_matches_the_workload_and_the_command_prints_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path());
-    let mut l =
-        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges(&c)).expect("open");
+    let (c, mut l) = open_sqlite(dir.path());
     let billing = workload(&mut l, &c);
     let docs = l.documents().expect("docs");
     assert_eq!(
@@ -446,15 +414,15 @@ fn cost_recovery_on_sqlite_matches_the_workload_and_the_command_prints_it() {
 fn a_cost_entry_for_an_unknown_machine_or_bad_hours_is_refused_with_the_key() {
     for (bad, key) in [
         (
-            SITE.replace("machine = \"printer-1\"", "machine = \"printer-9\""),
+            site_text().replace("machine = \"printer-1\"", "machine = \"printer-9\""),
             "costs.machines[1].machine",
         ),
         (
-            SITE.replace("Sat 09:00-13:00", "Sat 9-13"),
+            site_text().replace("Sat 09:00-13:00", "Sat 9-13"),
             "costs.opening_hours",
         ),
         (
-            SITE.replace("life_months = 36", "life_months = 0"),
+            site_text().replace("life_months = 36", "life_months = 0"),
             "costs.machines[1].life_months",
         ),
     ] {
@@ -486,9 +454,7 @@ fn cost_recovery_on_postgresql_equals_sqlite() {
 fn the_api_serves_the_report_and_refuses_a_bad_range() {
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path());
-    let mut l =
-        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges(&c)).expect("open");
+    let (c, mut l) = open_sqlite(dir.path());
     workload(&mut l, &c);
     let expected = serde_json::to_value(november(&c, &l)).expect("value");
     let reader: Box<dyn Ledger> = Box::new(l);
@@ -512,6 +478,238 @@ fn the_api_serves_the_report_and_refuses_a_bad_range() {
     assert!(r.text().contains("from=\\\"yesterday\\\""), "{}", r.text());
 }
 
+/// A workload within the board's range (the 90 days before `now`): sessions and a laser
+/// service on the day 35 days before `now`, whose month is over and invoiced.
+fn recent_workload(l: &mut dyn Ledger, c: &Config, now: u64) {
+    let billing = Billing::from_config(c).expect("rules").expect("billing");
+    l.register_machines(&machines(c), ms("2026-01-01T00:00:00Z"))
+        .expect("register");
+    let day = (now / 86_400_000 - 35) * 86_400_000;
+    let at = |h: u64| day + h * 3_600_000;
+    let mut batch = Vec::new();
+    for (machine, seq, badge, hour, busy_s) in [
+        ("laser-1", 1, ALICE, 9, 5_400),
+        ("laser-1", 3, BOB, 14, 1_830),
+        ("printer-1", 1, ALICE, 8, 36_000),
+        ("printer-1", 3, BOB, 19, 14_400),
+    ] {
+        let (start, end) = closed_session(machine, 1, seq, badge, at(hour), busy_s, 0);
+        batch.extend([start, end]);
+    }
+    l.commit(&batch).expect("commit");
+    l.record_service("laser-1", "lens", "sam", "lens", Some(8_000), at(20))
+        .expect("service")
+        .expect("known machine");
+    let period = Period::of(billing.rules.zone.date_of(day));
+    let r = l
+        .issue_invoices(&billing, period, now, false)
+        .expect("issue");
+    assert_eq!(r.invoices.len(), 2, "alice's and bob's");
+}
+
+/// What JavaScript's `x.toFixed(digits)` gives: the exact binary value rounded to `digits`
+/// decimals, a tie to the larger magnitude.
+fn to_fixed(x: f64, digits: usize) -> String {
+    let exact = format!("{:.1100}", x.abs());
+    let (int, frac) = exact.split_once('.').expect("a decimal point");
+    let mut d: Vec<u8> = format!("{int}{}", &frac[..digits]).into_bytes();
+    if frac.as_bytes()[digits] >= b'5' {
+        let mut i = d.len();
+        loop {
+            if i == 0 {
+                d.insert(0, b'1');
+                break;
+            }
+            i -= 1;
+            if d[i] == b'9' {
+                d[i] = b'0';
+            } else {
+                d[i] += 1;
+                break;
+            }
+        }
+    }
+    let d = String::from_utf8(d).expect("digits");
+    let (a, b) = d.split_at(d.len() - digits);
+    let sign = if x < 0.0 { "-" } else { "" };
+    if digits == 0 {
+        format!("{sign}{a}")
+    } else {
+        format!("{sign}{a}.{b}")
+    }
+}
+
+#[test]
+fn to_fixed_rounds_as_javascript_does() {
+    assert_eq!(to_fixed(0.25, 1), "0.3", "an exact tie goes up");
+    assert_eq!(to_fixed(0.15, 1), "0.1", "0.15 is 0.1499... in binary");
+    assert_eq!(to_fixed(9.96, 1), "10.0");
+    assert_eq!(to_fixed(-12.345, 2), "-12.35");
+    assert_eq!(to_fixed(1234.0 / 100.0, 2), "12.34");
+}
+
+/// The rows the board's cost recovery table should show for a `GET /api/costs` answer: per
+/// machine its cells as text and whether the margin is marked a loss; a machine with a problem
+/// is followed by a note row naming it.
+fn expected_rows(report: &serde_json::Value) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let eur = |v: &serde_json::Value| {
+        v.as_i64()
+            .map_or(String::new(), |c| to_fixed(c as f64 / 100.0, 2))
+    };
+    let mut out = Vec::new();
+    for m in report["machines"].as_array().expect("machines") {
+        let payback = match (
+            m["payback_months"].as_f64(),
+            m["purchase_price_cents"].is_null(),
+        ) {
+            (Some(p), _) => to_fixed(p, 1),
+            (None, false) => "never".to_owned(),
+            (None, true) => String::new(),
+        };
+        let busy_s = m["busy_s"].as_u64().expect("busy_s");
+        let cells = [
+            m["name"].as_str().expect("name").to_owned(),
+            to_fixed(busy_s as f64 / 3600.0, 1),
+            m["utilisation_bp"].as_u64().map_or(String::new(), |bp| {
+                format!("{} %", to_fixed(bp as f64 / 100.0, 1))
+            }),
+            eur(&m["cost_cents"]),
+            eur(&m["cost_per_busy_h_cents"]),
+            eur(&m["break_even_per_busy_h_cents"]),
+            eur(&m["revenue_cents"]),
+            eur(&m["margin_cents"]),
+            payback,
+        ];
+        let loss = m["margin_cents"].as_i64().is_some_and(|c| c < 0);
+        out.push(json!({"machine": m["machine"], "cells": cells, "loss": loss}));
+        if let Some(p) = m["problem"].as_str() {
+            out.push(json!({"machine": null, "cells": [format!("{}: {p}", m["machine"].as_str().unwrap_or(""))], "loss": false}));
+        }
+    }
+    out
+}
+
+/// Reads the cost recovery table once it shows rows: each row (machine, cells' text, loss), and
+/// the measures of horizontal overflow at the viewport's width.
+const COSTS_PROBE: &str = r##"const section = document.getElementById("costs");
+    const trs = [...document.querySelectorAll("#costs-rows tr")];
+    if (section.hidden || trs.length === 0) return null;
+    section.scrollIntoView({block: "start"});
+    const w = window.innerWidth;
+    const cells = [...section.querySelectorAll("th, td")].filter(c => getComputedStyle(c).display !== "none");
+    const out = cells.filter(c => { const r = c.getBoundingClientRect(); return r.left < -0.5 || r.right > w + 0.5; });
+    const s = section.getBoundingClientRect();
+    return {
+      rows: trs.map(tr => ({machine: tr.dataset.machine || null,
+                            cells: [...tr.children].map(td => td.textContent),
+                            loss: [...tr.children].some(td => td.classList.contains("loss"))})),
+      inner: w, scroll: document.scrollingElement.scrollWidth,
+      section: {left: s.left, right: s.right, scroll: section.scrollWidth, client: section.clientWidth},
+      cells: cells.length, outside: out.map(c => c.textContent)
+    };"##;
+
+/// The board in headless Chromium at a phone's 390 px width, served with the real routes on
+/// port 0 from a real SQLite ledger: the cost recovery table shows every machine of
+/// `GET /api/costs` with the figures the API gives, and neither the page nor the table
+/// overflows sideways (every cell within the viewport, no scrolling inside the table).
+#[test]
+fn the_board_shows_the_cost_recovery_table_at_390_px() {
+    use fabmeter_collector::api::{ApiState, SharedLedger};
+    use fabmeter_collector::metrics::Metrics;
+    use fabmeter_collector::timeseries::TimeSeriesHandle;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, mut l) = open_sqlite(dir.path());
+    recent_workload(&mut l, &c, fabmeter_collector::ingest::now_ms());
+    let billing = Billing::from_config(&c).expect("rules").expect("billing");
+    let ledger: SharedLedger = Arc::new(Mutex::new(Box::new(l) as Box<dyn Ledger>));
+    let state = ApiState {
+        ledger: ledger.clone(),
+        metrics: Arc::new(Metrics::default()),
+        series: TimeSeriesHandle::disabled(),
+        site: ("atelier-lyon".into(), String::new()),
+        billing: Some(Arc::new(billing)),
+        base: "/".into(),
+    };
+    let app = api::router(state).merge(api::costs_router(ledger, Arc::new(c)));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let addr = serve(&rt, app);
+    let report = || -> serde_json::Value {
+        let (status, _, body) = get(addr, "/api/costs", None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).expect("json")
+    };
+
+    // The API's answer just before and just after the page's own request (the range ends at
+    // "now", so opening hours, and so utilisation, may move between two requests).
+    let before = report();
+    let phone = Phone::start(390);
+    phone.goto(&format!("http://{addr}/"));
+    let found = phone.wait_for("the cost recovery table", COSTS_PROBE);
+    let after = report();
+    eprintln!("at 390 px: {found}");
+    let rows = found["rows"].clone();
+    let expected = [expected_rows(&before), expected_rows(&after)];
+    assert!(
+        expected
+            .iter()
+            .any(|e| serde_json::Value::from(e.clone()) == rows),
+        "the table shows the API's figures:\n table {rows}\n API   {}",
+        serde_json::Value::from(expected[1].clone())
+    );
+    // The workload shows: three machines (the saw with its note), hours and money on the laser.
+    let machines: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["machine"].as_str())
+        .collect();
+    assert_eq!(machines, ["laser-1", "printer-1", "saw-1"]);
+    let laser = &rows[0]["cells"];
+    assert_eq!(laser[0], "Laser");
+    assert_eq!(laser[1], "2.0", "5,400 + 1,830 busy seconds: {laser}");
+    assert!(
+        rows.as_array().expect("rows").iter().any(|r| r["cells"][0]
+            .as_str()
+            .is_some_and(|t| t.starts_with("saw-1: no purchase price"))),
+        "{rows}"
+    );
+
+    // Nothing overflows at 390 px: not the page, not the section, not one cell.
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("a number: {found}"));
+    assert_eq!(num(&found["inner"]), 390.0, "{found}");
+    assert!(
+        num(&found["scroll"]) <= 390.0,
+        "the page scrolls sideways: {found}"
+    );
+    let section = &found["section"];
+    assert!(
+        num(&section["left"]) >= 0.0 && num(&section["right"]) <= 390.0,
+        "{found}"
+    );
+    assert!(
+        num(&section["scroll"]) <= num(&section["client"]),
+        "the table scrolls sideways inside its box: {found}"
+    );
+    assert!(num(&found["cells"]) > 9.0, "{found}");
+    assert_eq!(
+        found["outside"],
+        serde_json::json!([]),
+        "cells outside the viewport: {found}"
+    );
+
+    // The measure can fail: a cell 600 px wide is seen outside.
+    let wide = phone.run(&format!(
+        r##"document.querySelector("#costs-rows td").style.minWidth = "600px";
+           {COSTS_PROBE}"##
+    ));
+    assert!(
+        !wide["outside"].as_array().expect("outside").is_empty(),
+        "the overflow check sees a wide cell: {wide}"
+    );
+}
+
 /// `1234,56` → cents.
 fn fec_cents(s: &str) -> i64 {
     let (e, c) = s.split_once(',').expect("comma decimal");
@@ -527,9 +725,7 @@ fn vat(base: i64, bp: i64) -> i64 {
 #[test]
 fn the_accounting_export_balances_and_equals_the_ledger() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path());
-    let mut l =
-        SqliteLedger::open(&c.ledger.path, &c.site_id().expect("site"), badges(&c)).expect("open");
+    let (c, mut l) = open_sqlite(dir.path());
     workload(&mut l, &c);
     let toml = site_file(dir.path(), &c);
     let export = |period: &str, format: &str, out: &std::path::Path| {

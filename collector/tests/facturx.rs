@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fabmeter_collector::billing::facturx::{cii_xml, write_new, FacturxError};
-use fabmeter_collector::billing::invoice::{Billing, DocKind, Invoice};
+use fabmeter_collector::billing::invoice::{to_html, Billing, DocKind, Invoice};
 use fabmeter_collector::billing::pdf::facturx_pdf;
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
@@ -18,9 +18,13 @@ use fabmeter_collector::ledger::Ledger;
 #[path = "support/ledger.rs"]
 mod support;
 use support::open;
+#[path = "support/sites.rs"]
+#[allow(dead_code)]
+mod sites;
+use sites::{config, ms, ALICE, BOB};
 #[path = "support/facturx_site.rs"]
 mod site;
-use site::{config, ms, session, ALICE, BOB, SITE};
+use site::{session, site_text};
 
 fn checker() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/facturx-check.py")
@@ -43,6 +47,21 @@ fn validate(files: &[PathBuf]) -> (i32, String) {
     (code, text)
 }
 
+/// The `InvoiceReferencedDocument` element of a CII XML, each line trimmed and joined (the
+/// indentation removed); empty when there is none.
+fn referenced_document(xml: &str) -> String {
+    let (Some(from), Some(to)) = (
+        xml.find("<ram:InvoiceReferencedDocument>"),
+        xml.find("</ram:InvoiceReferencedDocument>"),
+    ) else {
+        return String::new();
+    };
+    xml[from..to + "</ram:InvoiceReferencedDocument>".len()]
+        .lines()
+        .map(str::trim)
+        .collect()
+}
+
 /// Writes each document's XML and PDF: the paths, XML files first.
 fn write_all(dir: &Path, docs: &[Invoice]) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -62,7 +81,7 @@ fn write_all(dir: &Path, docs: &[Invoice]) -> Vec<PathBuf> {
 #[test]
 fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one_is_not() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), SITE);
+    let c = config(dir.path(), &site_text());
     let billing = Billing::from_config(&c).expect("rules").expect("billing");
     let mut l = open(&c);
     let mut batch = Vec::new();
@@ -124,11 +143,66 @@ fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one
         "<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>{}</ram:IssuerAssignedID>",
         alice.number
     )));
+    // BT-26: the cancelled invoice's issue date (2 December), not the credit note's (5 December).
+    assert_eq!(alice.issue_date.to_string(), "2026-12-02");
+    assert_eq!(cn.refers_to_date, Some(alice.issue_date));
+    assert_eq!(
+        referenced_document(&credit),
+        format!(
+            "<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>{}</ram:IssuerAssignedID>\
+             <ram:FormattedIssueDateTime><qdt:DateTimeString format=\"102\">20261202</qdt:DateTimeString>\
+             </ram:FormattedIssueDateTime></ram:InvoiceReferencedDocument>",
+            alice.number
+        ),
+        "BT-25 and BT-26 of the credit note"
+    );
+    assert!(
+        !inv.contains("InvoiceReferencedDocument"),
+        "an invoice refers to none"
+    );
+    // The printable credit note names the cancelled invoice with its date.
+    assert!(
+        to_html(&cn).contains(&format!(
+            "cancels invoice <b>{}</b> du / of 2026-12-02",
+            alice.number
+        )),
+        "{}",
+        to_html(&cn)
+    );
+    let cn_pdf = facturx_pdf(&cn).expect("pdf");
+    let said = format!("cancels invoice {} du / of 2026-12-02", alice.number);
+    assert!(
+        cn_pdf.windows(said.len()).any(|w| w == said.as_bytes()),
+        "the PDF's text (content streams are not compressed) says {said:?}"
+    );
     assert!(credit.contains(&format!(
         "<ram:GrandTotalAmount>{}.{:02}</ram:GrandTotalAmount>",
         alice.totals.incl_cents / 100,
         alice.totals.incl_cents % 100
     )));
+
+    // A credit note stored before BT-26 was recorded: its JSON has no such field, so it parses,
+    // keeps its hash, and its XML names the invoice by number only, still valid.
+    let mut older = cn.clone();
+    older.refers_to_date = None;
+    older.seal(&cn.prev_hash);
+    let json = older.to_json();
+    assert!(!json.contains("refers_to_date"), "{json}");
+    let parsed: Invoice = serde_json::from_str(&json).expect("parses");
+    assert!(parsed.hash_ok() && parsed.refers_to_date.is_none());
+    let older_xml = String::from_utf8(cii_xml(&parsed).expect("xml")).expect("utf-8");
+    assert_eq!(
+        referenced_document(&older_xml),
+        format!(
+            "<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>{}</ram:IssuerAssignedID>\
+             </ram:InvoiceReferencedDocument>",
+            alice.number
+        )
+    );
+    let older_file = out.join("older-credit-note.xml");
+    std::fs::write(&older_file, &older_xml).expect("write");
+    let (code, text) = validate(&[older_file]);
+    assert_eq!(code, 0, "a credit note without BT-26 stays valid: {text}");
 
     // Deliberately broken: the grand total one cent off (BR-CO-15), and the seller's name gone
     // (XSD order and BR-6). The validator must refuse each.
@@ -204,7 +278,7 @@ fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one
 
 #[test]
 fn a_seller_under_the_vat_franchise_issues_valid_exempt_invoices() {
-    let text = SITE
+    let text = site_text()
         .replace(
             "vat_id = \"FR44732829320\"\n",
             "vat_regime = \"franchise\"\ntax_id = \"1234567890123\"\n",
@@ -245,42 +319,42 @@ fn a_seller_under_the_vat_franchise_issues_valid_exempt_invoices() {
 fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
     let cases: Vec<(String, &str, &str)> = vec![
         (
-            SITE.replace("siret = \"732 829 320 00074\"\n", ""),
+            site_text().replace("siret = \"732 829 320 00074\"\n", ""),
             "billing.seller.siren",
             "required",
         ),
         (
-            SITE.replace("street = \"12 rue des Tanneurs\"\n", ""),
+            site_text().replace("street = \"12 rue des Tanneurs\"\n", ""),
             "billing.seller.street",
             "e.g.",
         ),
         (
-            SITE.replace("732 829 320 00074", "732 829 320 00075"),
+            site_text().replace("732 829 320 00074", "732 829 320 00075"),
             "billing.seller.siret",
             "check digit",
         ),
         (
-            SITE.replace("FR44732829320", "FR45732829320"),
+            site_text().replace("FR44732829320", "FR45732829320"),
             "billing.seller.vat_id",
             "should be 44",
         ),
         (
-            SITE.replace("siren = \"443061841\"", "siren = \"443061842\""),
+            site_text().replace("siren = \"443061841\"", "siren = \"443061842\""),
             "billing.customers[1].siren",
             "Luhn",
         ),
         (
-            SITE.replace("siren = \"443061841\"\n", ""),
+            site_text().replace("siren = \"443061841\"\n", ""),
             "billing.customers[1].siren",
             "required",
         ),
         (
-            SITE.replace("vat_rate = \"5.5\"", "vat_rate = \"7\""),
+            site_text().replace("vat_rate = \"5.5\"", "vat_rate = \"7\""),
             "billing.tariffs[1].vat_rate",
             "not a VAT rate of France",
         ),
         (
-            SITE.replace(
+            site_text().replace(
                 "timezone = \"UTC\"\n",
                 "timezone = \"UTC\"\nvat_rate = \"0\"\n",
             ),
@@ -288,7 +362,7 @@ fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
             "reason",
         ),
         (
-            SITE.replace(
+            site_text().replace(
                 "[[billing.customers]]\nmember = \"bob\"",
                 "[[billing.customers]]\nmember = \"carol\"",
             ),
@@ -306,7 +380,7 @@ fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
         assert!(e.contains("for example"), "{e}");
     }
     // Without facturx the same identities are not required.
-    let off = SITE
+    let off = site_text()
         .replace("facturx = true\n", "")
         .replace("street = \"12 rue des Tanneurs\"\n", "");
     Config::from_toml(&off)
@@ -318,7 +392,7 @@ fn missing_or_wrong_identities_are_config_errors_naming_the_key() {
 #[test]
 fn the_invoice_command_writes_valid_factur_x_files_and_check_config_names_a_missing_siren() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), SITE);
+    let c = config(dir.path(), &site_text());
     {
         let mut l = open(&c);
         l.commit(&session("laser-1", 1, ALICE, "2026-11-03T09:00:00Z", 1_800))

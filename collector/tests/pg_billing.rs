@@ -9,25 +9,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
 
-use fabmeter_collector::api;
 use fabmeter_collector::billing::engine::SessionKey;
 use fabmeter_collector::billing::invoice::{Billing, DocKind, Invoice, GENESIS};
 use fabmeter_collector::billing::Period;
 use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{
     AnyLedger, AuditDifference, BillingError, Ledger, MachineInfo, Outcome, PgLedger, Record,
+    MEMBER_DOCUMENTS_SQL,
 };
-use fabmeter_collector::protocol::message::{DenyReason, EndReason, EventBody};
+use fabmeter_collector::protocol::message::{DenyReason, EventBody};
 use fabmeter_collector::protocol::BadgeHash;
 use fabmeter_e2e::Postgres;
 
 #[path = "support/ledger.rs"]
 #[allow(dead_code)]
 mod support;
-use support::event;
+use support::{closed_session as session, event};
+#[path = "support/sites.rs"]
+#[allow(dead_code)]
+mod sites;
+use sites::{ms, seller, SiteFile, Tariff, ALICE, BOB};
 
-const ALICE: &str = "ba279e0c1e5c2464";
-const BOB: &str = "a70e24fcac6bc0a8";
 const CAROL: &str = "5c0ffee5c0ffee55";
 /// Dave, resident, within the allowance: settled at zero.
 const DAVE: &str = "d0d0d0d0d0d0d0d0";
@@ -36,49 +38,24 @@ const STRANGER: &str = "0123456789abcdef";
 
 /// A site with a plan (allowance, discount), a daily cap, prepaid credit and a member settled at
 /// zero, in a zone with a DST change.
-const SITE: &str = r#"
-[site]
-id = "atelier-lyon"
-
-[[machines]]
-id = "laser-1"
-kind = "laser"
-[[machines]]
-id = "printer-1"
-kind = "printer-3d"
-
-[[members]]
-id = "alice"
-name = "Alice Martin"
-badges = ["ba279e0c1e5c2464"]
-[[members]]
-id = "bob"
-name = "Bob Durand"
-badges = ["a70e24fcac6bc0a8"]
-[[members]]
-id = "carol"
-badges = ["5c0ffee5c0ffee55"]
-[[members]]
-id = "dave"
-badges = ["d0d0d0d0d0d0d0d0"]
-
-[billing]
-invoice_prefix = "ATL"
-timezone = "Europe/Paris"
-[billing.seller]
-name = "Atelier de Lyon SAS"
-[[billing.tariffs]]
-name = "laser"
-valid_from = "2025-01-01"
-busy_per_min = "0.50"
-idle_per_min = "0.10"
-increment_min = 5
-daily_cap = "20.00"
-[[billing.tariffs]]
-name = "printer-3d"
-valid_from = "2025-01-01"
-busy_per_min = "0.02"
-setup = "1.00"
+fn site_text() -> String {
+    SiteFile::new("atelier-lyon")
+        .machine("laser-1", "", "laser")
+        .machine("printer-1", "", "printer-3d")
+        .alice_and_bob()
+        .member("carol", "", CAROL)
+        .member("dave", "", DAVE)
+        .billing("Europe/Paris", false, seller())
+        .tariff(
+            Tariff::new("laser", "2025-01-01", "0.50")
+                .idle("0.10")
+                .increment(5)
+                .daily_cap("20.00"),
+        )
+        .tariff(Tariff::new("printer-3d", "2025-01-01", "0.02").setup("1.00"))
+        .credit("bob", "2025-12-01", "30.00")
+        .toml(
+            r#"
 [[billing.plans]]
 name = "resident"
 discount_percent = 10
@@ -91,14 +68,9 @@ valid_from = "2025-01-01"
 member = "dave"
 plan = "resident"
 valid_from = "2025-01-01"
-[[billing.credits]]
-member = "bob"
-date = "2025-12-01"
-amount = "30.00"
-"#;
-
-fn ms(s: &str) -> u64 {
-    api::parse_time(s).expect("time")
+"#,
+        )
+        .text()
 }
 
 fn period(s: &str) -> Period {
@@ -107,7 +79,7 @@ fn period(s: &str) -> Period {
 
 /// The site `site` with its ledger in `dir` (SQLite) or, with `url`, on PostgreSQL.
 fn config(site: &str, dir: &std::path::Path, url: Option<String>) -> Config {
-    let mut c = Config::from_toml(&SITE.replace("atelier-lyon", site)).expect("config");
+    let mut c = Config::from_toml(&site_text().replace("atelier-lyon", site)).expect("config");
     c.ledger.path = dir.join(format!("{site}.sqlite"));
     c.ledger.url = url;
     c.validate().expect("valid");
@@ -138,37 +110,6 @@ fn register(l: &mut dyn Ledger, c: &Config) {
 
 fn billing(c: &Config) -> Billing {
     Billing::from_config(c).expect("rules").expect("billing")
-}
-
-/// A session's start event, and its end after `busy_s + idle_s` seconds.
-fn session(
-    machine: &str,
-    boot: u32,
-    seq: u32,
-    badge: &str,
-    t0: u64,
-    busy_s: u32,
-    idle_s: u32,
-) -> (Record, Record) {
-    let badge = BadgeHash::from_hex(badge).expect("badge");
-    let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
-    (
-        event(machine, boot, seq, t0, EventBody::SessionStarted { badge }),
-        event(
-            machine,
-            boot,
-            seq + 1,
-            t1,
-            EventBody::SessionEnded {
-                session: seq,
-                badge,
-                busy_s,
-                idle_s,
-                energy_wh: 1,
-                reason: EndReason::BadgeOut,
-            },
-        ),
-    )
 }
 
 /// Both events of a session.
@@ -253,6 +194,25 @@ fn check_chain(docs: &[Invoice]) {
         assert_eq!(d.prev_hash, prev, "{}: chain", d.number);
         prev = d.hash.clone();
     }
+}
+
+/// Checks that each member's documents read from `l` by (site, member) are exactly its
+/// documents among `docs` (all the site's), in chain order: none of another member's, and all
+/// the members' together are all the documents.
+fn check_member_documents(l: &dyn Ledger, docs: &[Invoice]) {
+    let mut read = 0;
+    for member in ["alice", "bob", "carol", "dave"] {
+        let mine: Vec<Invoice> = docs
+            .iter()
+            .filter(|d| d.buyer.id == member)
+            .cloned()
+            .collect();
+        let got = l.member_documents(member).expect("member documents");
+        assert_eq!(got, mine, "{member}");
+        read += got.len();
+    }
+    assert_eq!(read, docs.len());
+    assert!(l.member_documents("nobody").expect("none").is_empty());
 }
 
 /// The same sessions on SQLite and on PostgreSQL, through three invoice runs (with late sessions,
@@ -384,6 +344,18 @@ fn sqlite_and_postgresql_issue_the_same_documents_and_audit_alike() {
         serde_json::to_string(&docs).expect("json"),
         serde_json::to_string(&post.documents().expect("documents")).expect("json"),
     );
+    // Each member's documents, read by (site, member): the same on both engines, the member's
+    // own only, the credit note with its member's.
+    check_member_documents(&lite, &docs);
+    check_member_documents(&post, &docs);
+    let cn = docs
+        .iter()
+        .find(|d| d.kind == DocKind::CreditNote)
+        .expect("the credit note");
+    assert!(post
+        .member_documents(&cn.buyer.id)
+        .expect("member")
+        .contains(cn));
     for p in ["2026-10", "2026-11", "2026-12", "2027-01"] {
         let a = lite.period_documents(period(p)).expect("period");
         assert!(!a.is_empty());
@@ -697,6 +669,32 @@ fn two_sites_in_one_database_number_independently() {
         .expect_err("not on site-b");
     assert!(matches!(e, BillingError::NotFound(_)), "{e:?}");
     assert_eq!(bl.documents().expect("b"), db);
+    // Per member, read by (site, member) through the index `invoices_member`: each site returns
+    // its own documents of the member only (the member ids are the same on both sites), site-a's
+    // credit note with its member's, on site-a only.
+    check_member_documents(&a, &da);
+    check_member_documents(&bl, &db);
+    let member = a_cn.buyer.id.as_str();
+    assert!(a.member_documents(member).expect("a").contains(&a_cn));
+    assert!(!bl
+        .member_documents(member)
+        .expect("b")
+        .iter()
+        .any(|d| d.hash == a_cn.hash));
+    // The plan of the query, once the table has statistics (as autovacuum gives a ledger in
+    // use) and a sequential scan is ruled out (on so small a table it would be the cheapest).
+    let plan = pg
+        .psql(
+            "shared",
+            &format!(
+                "ANALYZE invoices; SET enable_seqscan = off; EXPLAIN {}",
+                MEMBER_DOCUMENTS_SQL
+                    .replace("?1", "'site-a'")
+                    .replace("?2", &format!("'{member}'"))
+            ),
+        )
+        .expect("explain");
+    assert!(plan.contains("invoices_member"), "{plan}");
     assert_eq!(a.audit(&b).expect("audit a"), vec![]);
     assert_eq!(bl.audit(&b).expect("audit b"), vec![]);
 }

@@ -7,6 +7,10 @@
 //! a correction is a credit note and a new invoice. Files are written with [`write_new`]: a
 //! temporary file renamed into place, never overwriting different bytes.
 //!
+//! A credit note (TypeCode 381) names the invoice it cancels (BT-25) and, when it recorded it
+//! (every credit note issued since it does), that invoice's issue date (BT-26,
+//! `FormattedIssueDateTime` with a `qdt:DateTimeString` of format 102).
+//!
 //! Sign convention: a credit note (TypeCode 381) carries positive amounts, as EN 16931 requires;
 //! the stored credit note's lines are negated, so they are negated back. A negative line (a
 //! daily-cap adjustment) is a quantity of -1 at a positive net price (BR-27: no negative price).
@@ -78,10 +82,14 @@ fn with_attr(w: &mut W, name: &str, attr: (&str, &str), v: &str) -> io::Result<(
     Ok(())
 }
 
+/// A date as format 102 writes it: `YYYYMMDD`.
+fn yyyymmdd(d: Date) -> String {
+    format!("{:04}{:02}{:02}", d.y, d.m, d.d)
+}
+
 fn date(w: &mut W, name: &str, d: Date) -> io::Result<()> {
-    let s = format!("{:04}{:02}{:02}", d.y, d.m, d.d);
     node(w, name, |w| {
-        with_attr(w, "udt:DateTimeString", ("format", "102"), &s)
+        with_attr(w, "udt:DateTimeString", ("format", "102"), &yyyymmdd(d))
     })
 }
 
@@ -359,7 +367,18 @@ pub fn cii_xml(d: &Invoice) -> Result<Vec<u8>, FacturxError> {
                     )?;
                     if let Some(r) = &d.refers_to {
                         node(w, "ram:InvoiceReferencedDocument", |w| {
-                            text(w, "ram:IssuerAssignedID", r)
+                            text(w, "ram:IssuerAssignedID", r)?;
+                            if let Some(day) = d.refers_to_date {
+                                node(w, "ram:FormattedIssueDateTime", |w| {
+                                    with_attr(
+                                        w,
+                                        "qdt:DateTimeString",
+                                        ("format", "102"),
+                                        &yyyymmdd(day),
+                                    )
+                                })?;
+                            }
+                            Ok(())
                         })?;
                     }
                     Ok(())

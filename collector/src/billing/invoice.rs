@@ -132,6 +132,11 @@ pub struct Invoice {
     pub due_cents: i64,
     /// The invoice a credit note cancels.
     pub refers_to: Option<String>,
+    /// The issue date of the invoice a credit note cancels (EN 16931 BT-26). Absent from credit
+    /// notes issued before it was recorded, whose stored JSON (and so hash) has no such field:
+    /// they stay as issued and their XML has BT-25 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refers_to_date: Option<Date>,
     /// Why (credit notes).
     pub reason: Option<String>,
     /// Hash of the previous document of the site (64 zeros for the first).
@@ -204,6 +209,7 @@ impl Invoice {
             totals,
             lines,
             refers_to: Some(self.number.clone()),
+            refers_to_date: Some(self.issue_date),
             reason: Some(reason.to_owned()),
             prev_hash: String::new(),
             hash: String::new(),
@@ -343,8 +349,11 @@ pub fn to_html(d: &Invoice) -> String {
         .as_ref()
         .map(|r| {
             format!(
-                "<p>Annule la facture / cancels invoice <b>{}</b>: {}</p>",
+                "<p>Annule la facture / cancels invoice <b>{}</b>{}: {}</p>",
                 esc(r),
+                d.refers_to_date
+                    .map(|t| format!(" du / of {t}"))
+                    .unwrap_or_default(),
                 esc(d.reason.as_deref().unwrap_or(""))
             )
         })

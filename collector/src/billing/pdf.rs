@@ -278,7 +278,10 @@ fn layout(d: &Invoice, m: &Metrics) -> Vec<Vec<u8>> {
         p.para(
             10.0,
             &format!(
-                "Annule la facture / cancels invoice {r} : {}",
+                "Annule la facture / cancels invoice {r}{} : {}",
+                d.refers_to_date
+                    .map(|t| format!(" du / of {t}"))
+                    .unwrap_or_default(),
                 d.reason.as_deref().unwrap_or("")
             ),
         );

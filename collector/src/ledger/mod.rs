@@ -20,7 +20,7 @@ mod pg;
 mod sql;
 mod sqlite;
 
-pub use ops::invoices::{AuditDifference, BillingError, IssueReport};
+pub use ops::invoices::{AuditDifference, BillingError, IssueReport, MEMBER_DOCUMENTS_SQL};
 pub use ops::privacy::{ByMachineMonth, ErasureReport, PurgeReport, PurgedCounts, StoredEvent};
 pub use pg::{parse_url as parse_postgres_url, BadUrl, PgConnection, PgLedger, SiteBatch};
 pub use sqlite::SqliteLedger;
@@ -525,6 +525,9 @@ pub trait Ledger: Send {
     /// The documents of `period` (its invoices and the credit notes cancelling them), in chain
     /// order; reads only those (index `invoices_period`), not the whole history.
     fn period_documents(&self, period: Period) -> Result<Vec<Invoice>, BillingError>;
+    /// The documents issued to `member` (its invoices and its credit notes), in chain order;
+    /// reads only those (index `invoices_member`), not the site's whole history.
+    fn member_documents(&self, member: &str) -> Result<Vec<Invoice>, BillingError>;
     /// Recomputes every issued document from the raw events stored in the ledger (each session
     /// folded again, not read from the derived `sessions` table), checks the hash chain and the
     /// numbering, and compares the derived session rows with the events; returns each difference

@@ -1442,6 +1442,10 @@ impl<E: Engine> Ledger for E {
         })?)
     }
 
+    fn member_documents(&self, member: &str) -> Result<Vec<Invoice>, BillingError> {
+        invoices::member_documents(self, member)
+    }
+
     fn audit(&self, billing: &Billing) -> Result<Vec<AuditDifference>, BillingError> {
         audit::audit(self, billing)
     }

@@ -1,12 +1,13 @@
 //! Shared by the billing tests: a site's ledger opened on a real SQLite file with its machines
-//! registered, and device events as the ingest hands them to the ledger.
+//! registered, and device events as the ingest hands them to the ledger (one, or a closed
+//! session's two).
 
 use std::collections::HashMap;
 
 use fabmeter_collector::config::Config;
 use fabmeter_collector::ledger::{Ledger, MachineInfo, Record, SqliteLedger};
-use fabmeter_collector::protocol::message::{Event, EventBody};
-use fabmeter_collector::protocol::{encode_to_vec, Id};
+use fabmeter_collector::protocol::message::{EndReason, Event, EventBody};
+use fabmeter_collector::protocol::{encode_to_vec, BadgeHash, Id};
 
 /// The ledger at `c.ledger.path`, badges from the members, the configured machines registered.
 pub fn open(c: &Config) -> SqliteLedger {
@@ -49,4 +50,36 @@ pub fn event(machine: &str, boot: u32, seq: u32, ts: u64, body: EventBody) -> Re
         event,
         received_ms: ts + 10,
     }
+}
+
+/// The start and end events of a closed session of `badge` (hex) from `t0`: `seq` and `seq + 1`
+/// of `boot`, ended by the badge after `busy_s` busy and `idle_s` idle seconds.
+pub fn closed_session(
+    machine: &str,
+    boot: u32,
+    seq: u32,
+    badge: &str,
+    t0: u64,
+    busy_s: u32,
+    idle_s: u32,
+) -> (Record, Record) {
+    let badge = BadgeHash::from_hex(badge).expect("badge");
+    let t1 = t0 + u64::from(busy_s + idle_s) * 1000;
+    (
+        event(machine, boot, seq, t0, EventBody::SessionStarted { badge }),
+        event(
+            machine,
+            boot,
+            seq + 1,
+            t1,
+            EventBody::SessionEnded {
+                session: seq,
+                badge,
+                busy_s,
+                idle_s,
+                energy_wh: 1,
+                reason: EndReason::BadgeOut,
+            },
+        ),
+    )
 }
