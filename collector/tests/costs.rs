@@ -23,7 +23,7 @@ use sites::{ms, seller, SiteFile, Tariff, ALICE, BOB};
 #[path = "support/browser.rs"]
 #[allow(dead_code)]
 mod browser;
-use browser::{get, serve, Phone};
+use browser::{board, to_fixed, Board};
 
 const STRANGER: &str = "0123456789abcdef";
 
@@ -507,38 +507,6 @@ fn recent_workload(l: &mut dyn Ledger, c: &Config, now: u64) {
     assert_eq!(r.invoices.len(), 2, "alice's and bob's");
 }
 
-/// What JavaScript's `x.toFixed(digits)` gives: the exact binary value rounded to `digits`
-/// decimals, a tie to the larger magnitude.
-fn to_fixed(x: f64, digits: usize) -> String {
-    let exact = format!("{:.1100}", x.abs());
-    let (int, frac) = exact.split_once('.').expect("a decimal point");
-    let mut d: Vec<u8> = format!("{int}{}", &frac[..digits]).into_bytes();
-    if frac.as_bytes()[digits] >= b'5' {
-        let mut i = d.len();
-        loop {
-            if i == 0 {
-                d.insert(0, b'1');
-                break;
-            }
-            i -= 1;
-            if d[i] == b'9' {
-                d[i] = b'0';
-            } else {
-                d[i] += 1;
-                break;
-            }
-        }
-    }
-    let d = String::from_utf8(d).expect("digits");
-    let (a, b) = d.split_at(d.len() - digits);
-    let sign = if x < 0.0 { "-" } else { "" };
-    if digits == 0 {
-        format!("{sign}{a}")
-    } else {
-        format!("{sign}{a}.{b}")
-    }
-}
-
 #[test]
 fn to_fixed_rounds_as_javascript_does() {
     assert_eq!(to_fixed(0.25, 1), "0.3", "an exact tie goes up");
@@ -590,74 +558,31 @@ fn expected_rows(report: &serde_json::Value) -> Vec<serde_json::Value> {
     out
 }
 
-/// Reads the cost recovery table once it shows rows: each row (machine, cells' text, loss), and
-/// the measures of horizontal overflow at the viewport's width.
-const COSTS_PROBE: &str = r##"const section = document.getElementById("costs");
-    const trs = [...document.querySelectorAll("#costs-rows tr")];
-    if (section.hidden || trs.length === 0) return null;
-    section.scrollIntoView({block: "start"});
-    const w = window.innerWidth;
-    const cells = [...section.querySelectorAll("th, td")].filter(c => getComputedStyle(c).display !== "none");
-    const out = cells.filter(c => { const r = c.getBoundingClientRect(); return r.left < -0.5 || r.right > w + 0.5; });
-    const s = section.getBoundingClientRect();
-    return {
-      rows: trs.map(tr => ({machine: tr.dataset.machine || null,
-                            cells: [...tr.children].map(td => td.textContent),
-                            loss: [...tr.children].some(td => td.classList.contains("loss"))})),
-      inner: w, scroll: document.scrollingElement.scrollWidth,
-      section: {left: s.left, right: s.right, scroll: section.scrollWidth, client: section.clientWidth},
-      cells: cells.length, outside: out.map(c => c.textContent)
-    };"##;
-
 /// The board in headless Chromium at a phone's 390 px width, served with the real routes on
 /// port 0 from a real SQLite ledger: the cost recovery table shows every machine of
 /// `GET /api/costs` with the figures the API gives, and neither the page nor the table
 /// overflows sideways (every cell within the viewport, no scrolling inside the table).
 #[test]
 fn the_board_shows_the_cost_recovery_table_at_390_px() {
-    use fabmeter_collector::api::{ApiState, SharedLedger};
-    use fabmeter_collector::metrics::Metrics;
-    use fabmeter_collector::timeseries::TimeSeriesHandle;
-    use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().expect("tempdir");
     let (c, mut l) = open_sqlite(dir.path());
     recent_workload(&mut l, &c, fabmeter_collector::ingest::now_ms());
-    let billing = Billing::from_config(&c).expect("rules").expect("billing");
-    let ledger: SharedLedger = Arc::new(Mutex::new(Box::new(l) as Box<dyn Ledger>));
-    let state = ApiState {
-        ledger: ledger.clone(),
-        metrics: Arc::new(Metrics::default()),
-        series: TimeSeriesHandle::disabled(),
-        site: ("atelier-lyon".into(), String::new()),
-        billing: Some(Arc::new(billing)),
-        base: "/".into(),
-    };
-    let app = api::router(state).merge(api::costs_router(ledger, Arc::new(c)));
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let addr = serve(&rt, app);
-    let report = || -> serde_json::Value {
-        let (status, _, body) = get(addr, "/api/costs", None);
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        serde_json::from_slice(&body).expect("json")
-    };
-
-    // The API's answer just before and just after the page's own request (the range ends at
-    // "now", so opening hours, and so utilisation, may move between two requests).
-    let before = report();
-    let phone = Phone::start(390);
-    phone.goto(&format!("http://{addr}/"));
-    let found = phone.wait_for("the cost recovery table", COSTS_PROBE);
-    let after = report();
-    eprintln!("at 390 px: {found}");
-    let rows = found["rows"].clone();
-    let expected = [expected_rows(&before), expected_rows(&after)];
-    assert!(
-        expected
-            .iter()
-            .any(|e| serde_json::Value::from(e.clone()) == rows),
-        "the table shows the API's figures:\n table {rows}\n API   {}",
-        serde_json::Value::from(expected[1].clone())
-    );
+    let b = Board::load(board(c, Box::new(l)), 390, "/api/costs", "costs");
+    let found = &b.found;
+    let rows: serde_json::Value = found["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let loss = r["classes"]
+                .as_array()
+                .expect("classes")
+                .iter()
+                .any(|c| c == "loss");
+            serde_json::json!({"machine": r["machine"], "cells": r["cells"], "loss": loss})
+        })
+        .collect();
+    b.assert_shows(&rows, |a| expected_rows(a).into());
     // The workload shows: three machines (the saw with its note), hours and money on the laser.
     let machines: Vec<&str> = rows
         .as_array()
@@ -677,37 +602,7 @@ fn the_board_shows_the_cost_recovery_table_at_390_px() {
     );
 
     // Nothing overflows at 390 px: not the page, not the section, not one cell.
-    let num = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("a number: {found}"));
-    assert_eq!(num(&found["inner"]), 390.0, "{found}");
-    assert!(
-        num(&found["scroll"]) <= 390.0,
-        "the page scrolls sideways: {found}"
-    );
-    let section = &found["section"];
-    assert!(
-        num(&section["left"]) >= 0.0 && num(&section["right"]) <= 390.0,
-        "{found}"
-    );
-    assert!(
-        num(&section["scroll"]) <= num(&section["client"]),
-        "the table scrolls sideways inside its box: {found}"
-    );
-    assert!(num(&found["cells"]) > 9.0, "{found}");
-    assert_eq!(
-        found["outside"],
-        serde_json::json!([]),
-        "cells outside the viewport: {found}"
-    );
-
-    // The measure can fail: a cell 600 px wide is seen outside.
-    let wide = phone.run(&format!(
-        r##"document.querySelector("#costs-rows td").style.minWidth = "600px";
-           {COSTS_PROBE}"##
-    ));
-    assert!(
-        !wide["outside"].as_array().expect("outside").is_empty(),
-        "the overflow check sees a wide cell: {wide}"
-    );
+    b.assert_fits(9.0);
 }
 
 /// `1234,56` → cents.

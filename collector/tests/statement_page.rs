@@ -31,6 +31,7 @@ use sites::{config, ms, ALICE, BOB};
 mod site;
 use site::{session, site_text};
 #[path = "support/browser.rs"]
+#[allow(dead_code)]
 mod browser;
 use browser::{get, Phone};
 
