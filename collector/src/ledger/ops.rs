@@ -422,8 +422,7 @@ fn insert_rows<const N: usize>(
                 .collect();
             format!("{head}{}{tail}", tuples.join(", "))
         });
-        let args: Vec<Val> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
-        let written = tx.exec(sql, &args)?;
+        let written = tx.exec(sql, chunk.as_flattened())?;
         if written != u64::try_from(n).unwrap_or(u64::MAX) {
             return Err(LedgerError::Column(format!(
                 "{written} of {n} rows written"

@@ -288,20 +288,12 @@ impl<C: postgres::GenericClient> Pg<'_, C> {
         Ok(stmt)
     }
 
-    /// The arguments as the types the statement's parameters were inferred to be.
-    fn bind(
-        stmt: &postgres::Statement,
-        args: &[Val],
-    ) -> Result<Vec<Box<dyn postgres::types::ToSql + Sync>>, LedgerError> {
-        Self::bind_as(stmt.params(), args)
-    }
-
-    /// The arguments as `types`, one each.
-    fn bind_as(
+    /// The arguments, checked against the statement's parameter count; each binds itself as
+    /// the type its parameter was inferred to be (`impl ToSql for Val`), without a copy.
+    fn bind<'v>(
         types: &[postgres::types::Type],
-        args: &[Val],
-    ) -> Result<Vec<Box<dyn postgres::types::ToSql + Sync>>, LedgerError> {
-        use postgres::types::Type;
+        args: &'v [Val],
+    ) -> Result<Vec<&'v (dyn postgres::types::ToSql + Sync)>, LedgerError> {
         if types.len() != args.len() {
             return Err(LedgerError::Column(format!(
                 "{} arguments for {} parameters",
@@ -309,50 +301,57 @@ impl<C: postgres::GenericClient> Pg<'_, C> {
                 types.len()
             )));
         }
-        types
+        Ok(args
             .iter()
-            .zip(args)
-            .enumerate()
-            .map(
-                |(i, (ty, v))| -> Result<Box<dyn postgres::types::ToSql + Sync>, LedgerError> {
-                    let int = match v {
-                        Val::Null => None,
-                        Val::Int(x) => Some(*x),
-                        _ => None,
-                    };
-                    Ok(match (ty, v) {
-                        (&Type::INT8, Val::Int(_) | Val::Null) => Box::new(int),
-                        (&Type::INT4, Val::Int(_) | Val::Null) => Box::new(
-                            int.map(i32::try_from)
-                                .transpose()
-                                .map_err(|e| LedgerError::Column(format!("parameter {i}: {e}")))?,
-                        ),
-                        (&Type::INT2, Val::Int(_) | Val::Null) => Box::new(
-                            int.map(i16::try_from)
-                                .transpose()
-                                .map_err(|e| LedgerError::Column(format!("parameter {i}: {e}")))?,
-                        ),
-                        (&Type::BOOL, Val::Int(_) | Val::Null) => Box::new(int.map(|x| x != 0)),
-                        (&Type::BYTEA, Val::Blob(b)) => Box::new(b.clone()),
-                        (&Type::BYTEA, Val::Text(s)) => Box::new(s.clone().into_bytes()),
-                        (&Type::BYTEA, Val::Null) => Box::new(None::<Vec<u8>>),
-                        (_, Val::Text(s)) => Box::new(s.clone()),
-                        (_, Val::Int(x)) => Box::new(x.to_string()),
-                        (_, Val::Blob(b)) => Box::new(String::from_utf8_lossy(b).into_owned()),
-                        (_, Val::Null) => Box::new(None::<String>),
-                    })
-                },
-            )
-            .collect()
+            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+            .collect())
     }
+}
+
+/// A value bound as the PostgreSQL type of its parameter: integers as `INT8`, `INT4` (checked),
+/// `INT2` (checked) or `BOOL`; bytes and text as `BYTEA`; text as any type text binds to; NULL
+/// as any type. Borrowed: binding copies nothing but into the message.
+impl postgres::types::ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::{IsNull, ToSql, Type};
+        match (ty, self) {
+            (_, Val::Null) => Ok(IsNull::Yes),
+            (&Type::INT8, Val::Int(x)) => x.to_sql(ty, out),
+            (&Type::INT4, Val::Int(x)) => i32::try_from(*x)?.to_sql(ty, out),
+            (&Type::INT2, Val::Int(x)) => i16::try_from(*x)?.to_sql(ty, out),
+            (&Type::BOOL, Val::Int(x)) => (*x != 0).to_sql(ty, out),
+            (&Type::BYTEA, Val::Blob(b)) => b.as_slice().to_sql(ty, out),
+            (&Type::BYTEA, Val::Text(s)) => s.as_bytes().to_sql(ty, out),
+            (_, v) if !<&str as ToSql>::accepts(ty) => Err(format!(
+                "a {} value cannot be bound as PostgreSQL type {ty}",
+                match v {
+                    Val::Int(_) => "integer",
+                    Val::Blob(_) => "bytes",
+                    _ => "text",
+                }
+            )
+            .into()),
+            (_, Val::Text(s)) => s.as_str().to_sql(ty, out),
+            (_, Val::Int(x)) => x.to_string().as_str().to_sql(ty, out),
+            (_, Val::Blob(b)) => String::from_utf8_lossy(b).as_ref().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
 }
 
 impl<C: postgres::GenericClient> Db for Pg<'_, C> {
     fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64, LedgerError> {
         let stmt = self.prepared(sql)?;
-        let bound = Self::bind(&stmt, args)?;
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-            bound.iter().map(|b| b.as_ref()).collect();
+        let refs = Self::bind(stmt.params(), args)?;
         Ok(self.client.execute(&stmt, &refs)?)
     }
 
@@ -385,10 +384,7 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
         ))?;
         let mut writer = postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
         for row in rows {
-            let bound = Self::bind_as(&types, row)?;
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                bound.iter().map(|b| b.as_ref()).collect();
-            writer.write(&refs)?;
+            writer.write(&Self::bind(&types, row)?)?;
         }
         Ok(Some(writer.finish()?))
     }
@@ -396,9 +392,7 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Row>, LedgerError> {
         use postgres::types::Type;
         let stmt = self.prepared(sql)?;
-        let bound = Self::bind(&stmt, args)?;
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-            bound.iter().map(|b| b.as_ref()).collect();
+        let refs = Self::bind(stmt.params(), args)?;
         let rows = self.client.query(&stmt, &refs)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
