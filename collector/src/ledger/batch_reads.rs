@@ -119,18 +119,22 @@ pub(super) fn machines(
     Ok(out)
 }
 
-/// A boot's stored anchor and purge tombstone.
+/// A boot's stored anchor, highest seq and purge tombstone.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Boot {
     pub(super) anchor: Option<i64>,
+    /// The highest seq ever stored under the boot (`boots.max_seq`, written in the transaction
+    /// that stores the event and never lowered, not even by a purge): no stored event of the
+    /// boot has a higher seq. Absent: the boot has no row, so no event was ever stored under it.
+    pub(super) max_seq: Option<u32>,
     pub(super) tombstone: Option<u32>,
 }
 
 /// A (site, machine, ledger boot) key, owned.
 pub(super) type SiteBoot = (String, String, u32);
 
-/// Reads the anchor and tombstone of each (site, machine, ledger boot) of `keys` (absent:
-/// neither).
+/// Reads the anchor, highest seq and tombstone of each (site, machine, ledger boot) of `keys`
+/// (absent: none of them).
 pub(super) fn boots(
     db: &mut dyn Db,
     keys: &[(&str, &str, u32)],
@@ -142,7 +146,7 @@ pub(super) fn boots(
     let mut out: HashMap<SiteBoot, Boot> = HashMap::new();
     for r in chunked(
         db,
-        "WITH {keys} SELECT k.site, k.machine, k.boot, b.anchor_ms, p.max_seq
+        "WITH {keys} SELECT k.site, k.machine, k.boot, b.anchor_ms, p.max_seq, b.max_seq
          FROM k LEFT JOIN boots b
             ON b.site=k.site AND b.machine=k.machine AND b.boot=k.boot
          LEFT JOIN purged_keys p
@@ -156,6 +160,7 @@ pub(super) fn boots(
             (r.text(0)?, r.text(1)?, r.u32(2)?),
             Boot {
                 anchor: r.opt_i64(3)?,
+                max_seq: r.opt_u32(5)?,
                 tombstone: r.opt_u32(4)?,
             },
         );

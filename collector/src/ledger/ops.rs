@@ -373,11 +373,18 @@ fn prefetch<'b>(tx: &mut dyn Db, work: &mut [SiteCommit<'b, '_>]) -> Result<(), 
         .keys()
         .map(|(i, m, b)| (site_of(*i), *m, *b))
         .collect();
+    let boots = batch_reads::boots(tx, &keys)?;
+    // Stored keys can only lie at or below the boot's highest stored seq: events arriving in
+    // order (the usual batch) need no read, a resend or a late replay reads only up to it.
     let spans_read: Vec<(&str, &str, u32, u32, u32)> = spans
         .iter()
-        .map(|((i, m, b), (lo, hi))| (site_of(*i), *m, *b, *lo, *hi))
+        .filter_map(|((i, m, b), (lo, hi))| {
+            let site = site_of(*i);
+            let key = (site.to_owned(), (*m).to_owned(), *b);
+            let max = boots.get(&key).and_then(|s| s.max_seq)?;
+            (*lo <= max).then_some((site, *m, *b, *lo, (*hi).min(max)))
+        })
         .collect();
-    let boots = batch_reads::boots(tx, &keys)?;
     let mut seqs = batch_reads::stored_seqs(tx, &spans_read)?;
     for ((i, m, b), (lo, hi)) in spans {
         let Some(w) = work.get_mut(i) else { continue };
