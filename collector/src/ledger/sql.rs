@@ -357,8 +357,10 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
 
     fn keyed_lookups(&mut self) -> Result<(), LedgerError> {
         // Transaction-scoped: the write transaction of a batch ends with it.
-        self.client
-            .batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")?;
+        self.client.batch_execute(
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
+                 SET LOCAL plan_cache_mode = force_custom_plan",
+        )?;
         Ok(())
     }
 
