@@ -290,16 +290,7 @@ pub(super) fn records(
             })
         })
         .collect::<Result<Vec<_>, LedgerError>>()?;
-    // The stored payload is the device's JSON; the reason is a fixed wire name in it.
-    let refused_locked = db
-        .one(
-            "SELECT COUNT(*) + COALESCE((SELECT refused_locked FROM purged_totals p
-                    WHERE p.site=?1 AND p.machine=?2), 0)
-             FROM events WHERE site=?1 AND machine=?2
-             AND kind='access_denied' AND payload LIKE '%\"maintenance_lock\"%'",
-            args![site, machine],
-        )?
-        .u64(0)?;
+    let refused_locked = db.one(REFUSED_LOCKED_SQL, args![site, machine])?.u64(0)?;
     let registered_ms = db
         .one(
             "SELECT registered_ms FROM machines WHERE site=?1 AND machine=?2",
@@ -314,6 +305,16 @@ pub(super) fn records(
         refused_locked,
     }))
 }
+
+/// How many times a machine refused a badge for its maintenance lock (`?1` the site, `?2` the
+/// machine), purged ones included: read through the partial index `events_denied`, so that each
+/// maintenance evaluation reads the machine's refusals, not every event it ever sent. The stored
+/// payload is the device's JSON; the reason is a fixed wire name in it.
+pub const REFUSED_LOCKED_SQL: &str =
+    "SELECT COUNT(*) + COALESCE((SELECT refused_locked FROM purged_totals p
+            WHERE p.site=?1 AND p.machine=?2), 0)
+     FROM events INDEXED BY events_denied WHERE site=?1 AND machine=?2
+     AND kind='access_denied' AND payload LIKE '%\"maintenance_lock\"%'";
 
 pub(super) fn alert_states(
     db: &mut dyn Db,
@@ -609,7 +610,7 @@ mod tests {
             .expect("old rows");
         }
         let mut l = open(&dir);
-        assert_eq!(l.schema_version().expect("version"), 8);
+        assert_eq!(l.schema_version().expect("version"), 9);
         assert_eq!(epochs(&l), [(2, None)], "the old epoch keeps its offset");
         // An old device (no box id): the latest epoch, as before.
         l.commit(&busy_for("laser-1", 2, 60)).expect("commit");

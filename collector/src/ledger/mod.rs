@@ -21,6 +21,7 @@ mod sql;
 mod sqlite;
 
 pub use ops::invoices::{AuditDifference, BillingError, IssueReport, MEMBER_DOCUMENTS_SQL};
+pub use ops::maintenance::REFUSED_LOCKED_SQL;
 pub use ops::privacy::{ByMachineMonth, ErasureReport, PurgeReport, PurgedCounts, StoredEvent};
 pub use pg::{parse_url as parse_postgres_url, BadUrl, PgConnection, PgLedger, SiteBatch};
 pub use sqlite::SqliteLedger;

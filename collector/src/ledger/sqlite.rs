@@ -203,6 +203,11 @@ pub(in crate::ledger) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE services ADD COLUMN cost_cents INTEGER;
     "#,
+    // 9: a machine's refused badges (`access_denied`, a few among its events), found without
+    // reading every event of the machine at each maintenance evaluation.
+    r#"
+    CREATE INDEX events_denied ON events (site, machine) WHERE kind = 'access_denied';
+    "#,
 ];
 
 /// The SQLite implementation of [`Ledger`](super::Ledger). Open one for the writer and one per

@@ -107,7 +107,7 @@ fn each_event_key_is_stored_once() {
     drop(l);
     let l = open(&dir);
     assert_eq!(l.totals().expect("totals").events, 1);
-    assert_eq!(l.schema_version().expect("version"), 8);
+    assert_eq!(l.schema_version().expect("version"), 9);
 }
 
 #[test]
@@ -304,7 +304,7 @@ fn a_newer_schema_is_refused() {
             e,
             LedgerError::SchemaTooNew {
                 found: 99,
-                supported: 8
+                supported: 9
             }
         ),
         "{e}"
