@@ -59,8 +59,8 @@ every_busy_h = 10.0
 
 /// The workshop's last 25 days up to `now`: the laser ran 42 busy hours (its 40-hour plan is
 /// overdue, so it is locked) and its filter was changed 25 days ago (due soon, in 5 days); the
-/// printer ran 3.5 busy hours; the saw has been out of order for 3 days.
-fn workload(c: &Config, now: u64) -> Box<dyn Ledger> {
+/// printer ran 3.5 busy hours; the saw has been out of order for 3 days, for `out_of_order`.
+fn workload(c: &Config, now: u64, out_of_order: &str) -> Box<dyn Ledger> {
     let mut l = support::open(c);
     let mut batch = Vec::new();
     for (machine, seq, badge, days_ago, busy_s) in [
@@ -83,13 +83,7 @@ fn workload(c: &Config, now: u64) -> Box<dyn Ledger> {
     .expect("service")
     .expect("known machine");
     assert!(l
-        .open_outage(
-            "saw-1",
-            OUT_OF_ORDER,
-            "blade chipped, waiting for the spare part",
-            "sam",
-            now - 3 * DAY_MS,
-        )
+        .open_outage("saw-1", OUT_OF_ORDER, out_of_order, "sam", now - 3 * DAY_MS,)
         .expect("out of order"));
     Box::new(l)
 }
@@ -194,7 +188,10 @@ fn the_board_shows_the_maintenance_table_at_390_px() {
     // The API's answers may differ: availability runs on with the clock while the saw is out
     // of order.
     let b = Board::load(
-        board(c.clone(), workload(&c, now)),
+        board(
+            c.clone(),
+            workload(&c, now, "blade chipped, waiting for the spare part"),
+        ),
         390,
         "/api/maintenance",
         "maintenance",
@@ -239,4 +236,31 @@ fn the_board_shows_the_maintenance_table_at_390_px() {
 
     // Nothing overflows at 390 px: not the page, not the section, not one cell.
     b.assert_fits(8.0);
+}
+
+/// The same table on a laptop's 1280 px, with a lock reason of several sentences (an
+/// out-of-order mark explained at length): the reason wraps inside its column instead of
+/// widening the table past the screen, and every row still shows the API's figures.
+#[test]
+fn a_long_lock_reason_wraps_within_a_wide_screen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = site(dir.path());
+    let now = fabmeter_collector::ingest::now_ms();
+    let reason = "blade chipped on a nail hidden in a reclaimed oak board; the spare blade is \
+                  ordered from the supplier in Lyon and expected within the week, do not use \
+                  the saw until Sam has fitted and tested it, ask at the desk for the hand saws";
+    let b = Board::load(
+        board(c.clone(), workload(&c, now, reason)),
+        1280,
+        "/api/maintenance",
+        "maintenance",
+    );
+    let rows = &b.found["rows"];
+    b.assert_shows(rows, expected_rows);
+    assert_eq!(
+        rows[3]["cells"][7],
+        format!("out of order: {reason}").as_str(),
+        "{rows}"
+    );
+    b.assert_fits(30.0);
 }
