@@ -196,7 +196,9 @@ pub(crate) trait Db {
     /// Asks the engine to join the keys of the rest of this transaction's reads to their tables by
     /// index lookups, one per key (`batch_reads`). PostgreSQL's planner, on a new ledger without
     /// statistics, would otherwise hash-join the keys to a scan of every partition of `events`:
-    /// each batch would then read the whole table. SQLite follows `CROSS JOIN`'s order already.
+    /// each batch would then read the whole table; and a plan it cached while the ledger was
+    /// nearly empty would keep looking keys up through a site-wide index (`sessions_start`), so
+    /// each statement is planned with its values. SQLite follows `CROSS JOIN`'s order already.
     fn keyed_lookups(&mut self) -> Result<(), LedgerError> {
         Ok(())
     }
@@ -359,7 +361,7 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
         // Transaction-scoped: the write transaction of a batch ends with it.
         self.client.batch_execute(
             "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
-                 SET LOCAL plan_cache_mode = force_custom_plan",
+             SET LOCAL plan_cache_mode = force_custom_plan",
         )?;
         Ok(())
     }
