@@ -1,8 +1,8 @@
 //! Factur-X against a real SQLite ledger: a month of sessions invoiced (two VAT rates, a daily-cap
 //! line, prepaid credit), a credit note, a seller under the VAT franchise; each document's EN 16931
 //! CII XML is validated by open tools (`scripts/facturx-check.py`: the Factur-X XSD and the
-//! EN 16931 Schematron with Saxon-HE, installed by `.ci/run`); a deliberately broken document is
-//! refused by the same validator. Bad identities are config errors naming the key; written
+//! EN 16931 Schematron with Saxon-HE; each PDF with Apache PDFBox Preflight; installed by
+//! `.ci/run`); a deliberately broken document is refused by the same validator. Bad identities are config errors naming the key; written
 //! documents are never changed nor left half-written.
 
 use std::path::{Path, PathBuf};
@@ -60,6 +60,32 @@ fn referenced_document(xml: &str) -> String {
         .lines()
         .map(str::trim)
         .collect()
+}
+
+/// The PDF with the width of "e" in its font dictionary's `/Widths` made 999 (the same number of
+/// digits, so that no offset moves).
+fn with_e_width_999(pdf: &[u8]) -> Vec<u8> {
+    let find = |needle: &[u8]| {
+        pdf.windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the font dictionary")
+            + needle.len()
+    };
+    let first_at = find(b"/FirstChar ");
+    let first: usize = String::from_utf8_lossy(&pdf[first_at..first_at + 3])
+        .trim()
+        .parse()
+        .expect("FirstChar");
+    let mut at = find(b"/Widths [");
+    for _ in first..usize::from(b'e') {
+        at += pdf[at..].iter().position(|&b| b == b' ').expect("a width") + 1;
+    }
+    let len = pdf[at..].iter().position(|&b| b == b' ').expect("a width");
+    assert_eq!(len, 3, "a three-digit width");
+    assert_ne!(&pdf[at..at + 3], b"999");
+    let mut out = pdf.to_vec();
+    out[at..at + 3].copy_from_slice(b"999");
+    out
 }
 
 /// Writes each document's XML and PDF: the paths, XML files first.
@@ -248,6 +274,32 @@ fn invoices_and_credit_notes_of_a_real_ledger_are_valid_en16931_and_a_broken_one
     let (code, text) = validate(&[broken_pdf]);
     assert_eq!(code, 1, "a PDF that is not PDF/A-3 is refused: {text}");
     assert!(text.contains("pdfaid:part"), "{text}");
+    // A PDF/A rule only the PDF/A validator (Preflight) checks: the width the font dictionary
+    // gives a glyph the text uses must be the font program's.
+    let wrong_width = out.join("wrong-width.pdf");
+    std::fs::write(&wrong_width, with_e_width_999(&pdf)).expect("write");
+    let (code, text) = validate(&[wrong_width]);
+    assert_eq!(code, 1, "a PDF whose font widths lie is refused: {text}");
+    assert!(
+        text.contains("PDF/A [3.1.6]") && text.contains("\"101\""),
+        "Preflight names the width of 'e': {text}"
+    );
+    // And the XMP: a Factur-X property its extension schema does not declare.
+    let needle = b"<pdfaProperty:name>DocumentType<";
+    let at = pdf
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the extension schema declares fx:DocumentType");
+    let mut undeclared = pdf.clone();
+    undeclared[at + needle.len() - 2] = b'x';
+    let undeclared_pdf = out.join("undeclared.pdf");
+    std::fs::write(&undeclared_pdf, &undeclared).expect("write");
+    let (code, text) = validate(&[undeclared_pdf]);
+    assert_eq!(code, 1, "an undeclared XMP property is refused: {text}");
+    assert!(
+        text.contains("PDF/A [7.1.1]") && text.contains("DocumentType"),
+        "{text}"
+    );
 
     // Issued documents never change: writing the same bytes again is a no-op, other bytes are
     // refused and the file is left as it was; no temporary file is left behind.
