@@ -483,12 +483,42 @@ fn a_database_that_dies_mid_run_fails_commits_until_it_is_back_and_loses_nothing
     assert_eq!(snapshot(&l), snapshot(&lite));
 }
 
+/// Schema 4 keeps each boot's time per state in `boots`; a ledger of schema 3 gets it from the
+/// state events it holds when it is opened, and reads what it read before.
+#[test]
+fn a_ledger_of_schema_3_gets_its_boots_time_per_state_from_its_events() {
+    let pg = Postgres::start().expect("start PostgreSQL");
+    pg.create_database("older").expect("createdb");
+    let mut l = pg_ledger(&pg, "older", "site");
+    register(&mut l);
+    for b in &workload(11) {
+        l.commit(b).expect("commit");
+    }
+    let before = snapshot(&l);
+    let busy: u64 = MACHINES
+        .iter()
+        .map(|m| l.counters(m).expect("read").map_or(0, |c| c.busy_s))
+        .sum();
+    assert!(busy > 0, "the workload has busy time: {before}");
+    drop(l);
+    pg.psql(
+        "older",
+        "ALTER TABLE boots DROP COLUMN busy_ms, DROP COLUMN idle_ms, DROP COLUMN last_state,
+            DROP COLUMN last_state_seq, DROP COLUMN last_state_up;
+         UPDATE fabmeter_schema SET version = 3",
+    )
+    .expect("back to schema 3");
+    let l = pg_ledger(&pg, "older", "site");
+    assert_eq!(l.schema_version().expect("version"), 4);
+    assert_eq!(snapshot(&l), before);
+}
+
 #[test]
 fn a_newer_schema_and_a_bad_url_are_refused_with_the_fix() {
     let pg = Postgres::start().expect("start PostgreSQL");
     pg.create_database("newer").expect("createdb");
     let l = pg_ledger(&pg, "newer", "site");
-    assert_eq!(l.schema_version().expect("version"), 3);
+    assert_eq!(l.schema_version().expect("version"), 4);
     drop(l);
     pg.psql("newer", "UPDATE fabmeter_schema SET version = 99")
         .expect("bump");
@@ -498,7 +528,7 @@ fn a_newer_schema_and_a_bad_url_are_refused_with_the_fix() {
             e,
             LedgerError::SchemaTooNew {
                 found: 99,
-                supported: 3
+                supported: 4
             }
         ),
         "{e:?}"

@@ -119,7 +119,7 @@ pub(super) fn machines(
     Ok(out)
 }
 
-/// A boot's stored anchor, highest seq and purge tombstone.
+/// A boot's stored anchor, highest seq, purge tombstone and time per state.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Boot {
     pub(super) anchor: Option<i64>,
@@ -128,12 +128,23 @@ pub(super) struct Boot {
     /// boot has a higher seq. Absent: the boot has no row, so no event was ever stored under it.
     pub(super) max_seq: Option<u32>,
     pub(super) tombstone: Option<u32>,
+    /// What its state events add up to so far (`boots.busy_ms`, ...).
+    pub(super) states: StoredStates,
+}
+
+/// A boot's time per state as its `boots` row holds it (see `backfill_boot_states!`): the closed
+/// intervals' sums and the seq of its last state event (absent: none yet).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct StoredStates {
+    pub(super) busy_ms: i64,
+    pub(super) idle_ms: i64,
+    pub(super) last_seq: Option<u32>,
 }
 
 /// A (site, machine, ledger boot) key, owned.
 pub(super) type SiteBoot = (String, String, u32);
 
-/// Reads the anchor, highest seq and tombstone of each (site, machine, ledger boot) of `keys`
+/// Reads the anchor, highest seq, tombstone and time per state of each (site, machine, ledger boot) of `keys`
 /// (absent: none of them).
 pub(super) fn boots(
     db: &mut dyn Db,
@@ -146,7 +157,8 @@ pub(super) fn boots(
     let mut out: HashMap<SiteBoot, Boot> = HashMap::new();
     for r in chunked(
         db,
-        "WITH {keys} SELECT k.site, k.machine, k.boot, b.anchor_ms, p.max_seq, b.max_seq
+        "WITH {keys} SELECT k.site, k.machine, k.boot, b.anchor_ms, p.max_seq, b.max_seq,
+            b.busy_ms, b.idle_ms, b.last_state_seq
          FROM k LEFT JOIN boots b
             ON b.site=k.site AND b.machine=k.machine AND b.boot=k.boot
          LEFT JOIN purged_keys p
@@ -162,6 +174,11 @@ pub(super) fn boots(
                 anchor: r.opt_i64(3)?,
                 max_seq: r.opt_u32(5)?,
                 tombstone: r.opt_u32(4)?,
+                states: StoredStates {
+                    busy_ms: r.opt_i64(6)?.unwrap_or(0),
+                    idle_ms: r.opt_i64(7)?.unwrap_or(0),
+                    last_seq: r.opt_u32(8)?,
+                },
             },
         );
     }

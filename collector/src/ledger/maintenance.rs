@@ -590,6 +590,29 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_of_schema_9_gets_its_boots_time_per_state_from_its_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = open(&dir);
+        l.commit(&busy_for("laser-1", 1, 600)).expect("commit");
+        l.commit(&busy_for("laser-1", 2, 300)).expect("commit");
+        let before = l.counters("laser-1").expect("read").expect("known");
+        assert_eq!(before.busy_s, 900);
+        // Back to schema 9: the columns gone, their values to be found again.
+        l.conn
+            .execute_batch(
+                "ALTER TABLE boots DROP COLUMN busy_ms; ALTER TABLE boots DROP COLUMN idle_ms;
+                 ALTER TABLE boots DROP COLUMN last_state;
+                 ALTER TABLE boots DROP COLUMN last_state_seq;
+                 ALTER TABLE boots DROP COLUMN last_state_up; PRAGMA user_version = 9;",
+            )
+            .expect("back to schema 9");
+        drop(l);
+        let l = open(&dir);
+        assert_eq!(l.schema_version().expect("version"), 10);
+        assert_eq!(l.counters("laser-1").expect("read").expect("known"), before);
+    }
+
+    #[test]
     fn a_ledger_of_schema_5_keeps_its_epochs_and_its_first_box_id_adopts_the_latest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("l.sqlite");
@@ -610,7 +633,7 @@ mod tests {
             .expect("old rows");
         }
         let mut l = open(&dir);
-        assert_eq!(l.schema_version().expect("version"), 9);
+        assert_eq!(l.schema_version().expect("version"), 10);
         assert_eq!(epochs(&l), [(2, None)], "the old epoch keeps its offset");
         // An old device (no box id): the latest epoch, as before.
         l.commit(&busy_for("laser-1", 2, 60)).expect("commit");

@@ -5,7 +5,8 @@
 //! shared PostgreSQL database ([`PgLedger`]) for several sites and collectors; [`AnyLedger`] is
 //! whichever the configuration names.
 //! Nothing outside this module assumes SQLite, and nothing assumes this process is the only writer:
-//! per-machine state is derived from stored events on every read.
+//! per-machine state is derived from stored events on every read, or kept beside them in the
+//! transaction that stores them (a boot's time per state, in `boots`).
 //!
 //! Invariants:
 //! - each event key (site, machine, boot, seq) is stored once; a replay is a no-op reported as
@@ -14,6 +15,32 @@
 //! - a batch is one transaction: when [`Ledger::commit`] returns, every record of the batch is
 //!   durable (WAL, `synchronous=FULL`), so the caller may acknowledge the MQTT messages;
 //! - bad input is kept as a dead letter with its reason, in the same transaction.
+
+/// The SQL that folds each boot's state events into its `boots` row (`busy_ms`, `idle_ms`: the
+/// time between a state event and the boot's next one, summed per state; `last_state*`: the
+/// boot's last state event, whose time runs to the boot's highest uptime), for every boot at
+/// once: the schema migration that added the columns (SQLite 10, PostgreSQL 4) runs it on what
+/// was stored before; commits then keep the columns up to date (`ops::fold_boot_states`).
+macro_rules! backfill_boot_states {
+    () => {
+        "UPDATE boots SET busy_ms = s.busy_ms, idle_ms = s.idle_ms, last_state = s.last_state,
+            last_state_seq = s.last_seq, last_state_up = s.last_up
+         FROM (SELECT site, machine, boot,
+                 CAST(SUM(CASE WHEN state = 'busy' THEN COALESCE(next_up - uptime_ms, 0)
+                     ELSE 0 END) AS BIGINT) AS busy_ms,
+                 CAST(SUM(CASE WHEN state = 'idle' THEN COALESCE(next_up - uptime_ms, 0)
+                     ELSE 0 END) AS BIGINT) AS idle_ms,
+                 MAX(CASE WHEN next_up IS NULL THEN state END) AS last_state,
+                 MAX(seq) AS last_seq,
+                 MAX(CASE WHEN next_up IS NULL THEN uptime_ms END) AS last_up
+               FROM (SELECT site, machine, boot, seq, state, uptime_ms,
+                       LEAD(uptime_ms) OVER (PARTITION BY site, machine, boot ORDER BY seq)
+                         AS next_up
+                     FROM events WHERE state IS NOT NULL) e
+               GROUP BY site, machine, boot) s
+         WHERE boots.site = s.site AND boots.machine = s.machine AND boots.boot = s.boot;"
+    };
+}
 
 mod ops;
 mod pg;

@@ -7,6 +7,7 @@ use fabmeter_protocol::clock::ClockAnchor;
 use fabmeter_protocol::decode;
 use fabmeter_protocol::message::{EventBody, Presence};
 
+use self::batch_reads::StoredStates;
 use super::sql::{args, Db, Val};
 use super::{
     AuditDifference, BillingError, Committed, DeadLetter, ErasureReport, IssueReport, Ledger,
@@ -187,6 +188,22 @@ struct BootState {
     max_uptime_ms: i64,
     max_seq: u32,
     events: i64,
+    /// The boot's time per state as stored before the batch.
+    stored_states: StoredStates,
+    /// The lowest seq of the batch's new state events (absent: none).
+    first_new_state: Option<u32>,
+    /// The boot's time per state with the batch's state events ([`fold_boot_states`]).
+    states: Option<FoldedStates>,
+}
+
+/// A boot's time per state after a batch: what `boots` then holds (`backfill_boot_states!`).
+#[derive(Debug)]
+struct FoldedStates {
+    busy_ms: i64,
+    idle_ms: i64,
+    last_state: String,
+    last_seq: u32,
+    last_up: i64,
 }
 
 impl BootState {
@@ -253,13 +270,20 @@ fn boot_state<'a>(
 ) -> Result<&'a mut BootState, LedgerError> {
     if let std::collections::hash_map::Entry::Vacant(v) = known.boots.entry(boot) {
         let r = tx.one(
-            "SELECT (SELECT anchor_ms FROM boots WHERE site=?1 AND machine=?2 AND boot=?3),
-                (SELECT max_seq FROM purged_keys WHERE site=?1 AND machine=?2 AND boot=?3)",
+            "SELECT b.anchor_ms, b.busy_ms, b.idle_ms, b.last_state_seq,
+                (SELECT max_seq FROM purged_keys WHERE site=?1 AND machine=?2 AND boot=?3)
+             FROM (SELECT 1 AS one) o LEFT JOIN boots b
+                ON b.site=?1 AND b.machine=?2 AND b.boot=?3",
             args![site, machine, boot],
         )?;
         v.insert(BootState {
             anchor: r.opt_i64(0)?,
-            tombstone: r.opt_u32(1)?,
+            tombstone: r.opt_u32(4)?,
+            stored_states: StoredStates {
+                busy_ms: r.opt_i64(1)?.unwrap_or(0),
+                idle_ms: r.opt_i64(2)?.unwrap_or(0),
+                last_seq: r.opt_u32(3)?,
+            },
             ..BootState::default()
         });
     }
@@ -270,12 +294,103 @@ fn boot_state<'a>(
         .ok_or_else(|| LedgerError::Column("boot state vanished".into()))
 }
 
-/// Writes the `boots` rows the batches touched: one multi-row upsert.
+/// Folds the batch's new state events (already inserted) into their boots' time per state, one
+/// statement for every boot of the batch: from the boot's last stored state event on when the
+/// new ones all come after it (the usual case: its interval closes at the first new one), else
+/// the whole boot again (a late replay of older events).
+fn fold_boot_states(tx: &mut dyn Db, work: &mut [SiteCommit<'_, '_>]) -> Result<(), LedgerError> {
+    let mut keys: Vec<[Val; 4]> = Vec::new();
+    for w in work.iter() {
+        for (machine, known) in &w.machines {
+            for (boot, b) in &known.boots {
+                let Some(first) = b.first_new_state else {
+                    continue;
+                };
+                let from = match b.stored_states.last_seq {
+                    Some(last) if last < first => last,
+                    _ => 0,
+                };
+                keys.push([
+                    Val::from(w.ctx.site),
+                    Val::from(machine.as_str()),
+                    Val::from(*boot),
+                    Val::from(from),
+                ]);
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows = batch_reads::chunked(
+        tx,
+        "WITH {keys} SELECT site, machine, boot, from_seq,
+            CAST(SUM(CASE WHEN state = 'busy' THEN COALESCE(next_up - uptime_ms, 0)
+                ELSE 0 END) AS BIGINT),
+            CAST(SUM(CASE WHEN state = 'idle' THEN COALESCE(next_up - uptime_ms, 0)
+                ELSE 0 END) AS BIGINT),
+            MAX(CASE WHEN next_up IS NULL THEN state END),
+            MAX(seq),
+            MAX(CASE WHEN next_up IS NULL THEN uptime_ms END)
+         FROM (SELECT t.site, t.machine, t.boot, k.from_seq, t.seq, t.state, t.uptime_ms,
+                 LEAD(t.uptime_ms) OVER (PARTITION BY t.site, t.machine, t.boot ORDER BY t.seq)
+                   AS next_up
+               FROM k CROSS JOIN events t
+               WHERE t.site=k.site AND t.machine=k.machine AND t.boot=k.boot
+                 AND t.seq >= k.from_seq AND t.state IS NOT NULL) e
+         GROUP BY site, machine, boot, from_seq",
+        "site, machine, boot, from_seq",
+        ["TEXT", "TEXT", "BIGINT", "BIGINT"],
+        &keys,
+    )?;
+    let at: HashMap<&str, usize> = work
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.ctx.site, i))
+        .collect();
+    let mut folded = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (site, machine, boot, from) = (r.text(0)?, r.text(1)?, r.u32(2)?, r.u32(3)?);
+        let Some(&i) = at.get(site.as_str()) else {
+            continue;
+        };
+        folded.push((i, machine, boot, from, r));
+    }
+    for (i, machine, boot, from, r) in folded {
+        let Some(b) = work
+            .get_mut(i)
+            .and_then(|w| w.machines.get_mut(&machine))
+            .and_then(|k| k.boots.get_mut(&boot))
+        else {
+            continue;
+        };
+        // From the last stored state event: its closed interval and the new ones add to what
+        // the row holds; from the start: they are the whole boot.
+        let base = match b.stored_states.last_seq {
+            Some(last) if last == from && b.first_new_state.is_some_and(|f| f > last) => {
+                b.stored_states
+            }
+            _ => StoredStates::default(),
+        };
+        b.states = Some(FoldedStates {
+            busy_ms: base.busy_ms + r.i64(4)?,
+            idle_ms: base.idle_ms + r.i64(5)?,
+            last_state: r.text(6)?,
+            last_seq: r.u32(7)?,
+            last_up: r.i64(8)?,
+        });
+    }
+    Ok(())
+}
+
+/// Writes the `boots` rows the batches touched: one multi-row upsert. A boot without new state
+/// events keeps its time per state (its `last_state_seq` is written NULL, which keeps them all).
 fn flush_boots(tx: &mut dyn Db, work: &[SiteCommit<'_, '_>]) -> Result<(), LedgerError> {
-    let mut rows: Vec<[Val; 8]> = Vec::new();
+    let mut rows: Vec<[Val; 13]> = Vec::new();
     for w in work {
         for (machine, known) in &w.machines {
             for (boot, b) in known.boots.iter().filter(|(_, b)| b.dirty) {
+                let s = b.states.as_ref();
                 rows.push([
                     Val::from(w.ctx.site),
                     Val::from(machine.as_str()),
@@ -285,6 +400,11 @@ fn flush_boots(tx: &mut dyn Db, work: &[SiteCommit<'_, '_>]) -> Result<(), Ledge
                     Val::from(b.max_uptime_ms),
                     Val::from(b.max_seq),
                     Val::from(b.events),
+                    Val::from(s.map_or(0, |s| s.busy_ms)),
+                    Val::from(s.map_or(0, |s| s.idle_ms)),
+                    Val::from(s.map(|s| s.last_state.as_str())),
+                    Val::from(s.map(|s| s.last_seq)),
+                    Val::from(s.map(|s| s.last_up)),
                 ]);
             }
         }
@@ -292,12 +412,21 @@ fn flush_boots(tx: &mut dyn Db, work: &[SiteCommit<'_, '_>]) -> Result<(), Ledge
     insert_rows(
         tx,
         "INSERT INTO boots (site, machine, boot, anchor_ms, first_received_ms, max_uptime_ms,
-            max_seq, events) VALUES ",
+            max_seq, events, busy_ms, idle_ms, last_state, last_state_seq, last_state_up) VALUES ",
         " ON CONFLICT (site, machine, boot) DO UPDATE SET
             anchor_ms = MIN(boots.anchor_ms, excluded.anchor_ms),
             max_uptime_ms = MAX(boots.max_uptime_ms, excluded.max_uptime_ms),
             max_seq = MAX(boots.max_seq, excluded.max_seq),
-            events = boots.events + excluded.events",
+            events = boots.events + excluded.events,
+            busy_ms = CASE WHEN excluded.last_state_seq IS NULL THEN boots.busy_ms
+                ELSE excluded.busy_ms END,
+            idle_ms = CASE WHEN excluded.last_state_seq IS NULL THEN boots.idle_ms
+                ELSE excluded.idle_ms END,
+            last_state = CASE WHEN excluded.last_state_seq IS NULL THEN boots.last_state
+                ELSE excluded.last_state END,
+            last_state_up = CASE WHEN excluded.last_state_seq IS NULL THEN boots.last_state_up
+                ELSE excluded.last_state_up END,
+            last_state_seq = COALESCE(excluded.last_state_seq, boots.last_state_seq)",
         &rows,
     )
 }
@@ -396,6 +525,7 @@ fn prefetch<'b>(tx: &mut dyn Db, work: &mut [SiteCommit<'b, '_>]) -> Result<(), 
                 BootState {
                     anchor: stored.anchor,
                     tombstone: stored.tombstone,
+                    stored_states: stored.states,
                     ..BootState::default()
                 },
             );
@@ -726,6 +856,7 @@ pub(super) fn commit_sites<'b, 'c>(
         .flat_map(|w| std::mem::take(&mut w.new_events.rows))
         .collect();
     insert_events(tx, rows)?;
+    fold_boot_states(tx, &mut work)?;
     flush_boots(tx, &work)?;
     for w in &mut work {
         w.close_rebooted(tx)?;
@@ -825,6 +956,10 @@ impl<'b> SiteCommit<'b, '_> {
                             );
                             let b = boot_state(known, tx, site, machine, boot)?;
                             b.observe(anchor, *received_ms, Some((event.uptime_ms, event.seq)));
+                            if state.is_some() {
+                                b.first_new_state =
+                                    Some(b.first_new_state.map_or(event.seq, |s| s.min(event.seq)));
+                            }
                             break true;
                         }
                         let stored =
@@ -1146,24 +1281,17 @@ pub(super) fn counters(
     if !has_machine(db, site, machine)? {
         return Ok(None);
     }
-    let mut busy_ms = 0u64;
-    let mut idle_ms = 0u64;
-    let rows = db.rows(
-        "SELECT e.state, CAST(SUM(COALESCE(e.next_up, b.max_uptime_ms) - e.uptime_ms) AS BIGINT)
-         FROM (SELECT boot, state, uptime_ms,
-                 LEAD(uptime_ms) OVER (PARTITION BY boot ORDER BY seq) AS next_up
-               FROM events WHERE site=?1 AND machine=?2 AND state IS NOT NULL) e
-         JOIN boots b ON b.site=?1 AND b.machine=?2 AND b.boot=e.boot
-         GROUP BY e.state",
+    // Each boot's closed time per state, kept at commit ([`fold_boot_states`]), plus its last
+    // state's time up to the boot's highest uptime: one row per boot, not per state event.
+    let r = db.one(
+        "SELECT CAST(COALESCE(SUM(busy_ms + CASE WHEN last_state = 'busy'
+                THEN max_uptime_ms - last_state_up ELSE 0 END), 0) AS BIGINT),
+            CAST(COALESCE(SUM(idle_ms + CASE WHEN last_state = 'idle'
+                THEN max_uptime_ms - last_state_up ELSE 0 END), 0) AS BIGINT)
+         FROM boots WHERE site=?1 AND machine=?2",
         args![site, machine],
     )?;
-    for r in rows {
-        match r.text(0)?.as_str() {
-            "busy" => busy_ms += r.u64(1)?,
-            "idle" => idle_ms += r.u64(1)?,
-            _ => {}
-        }
-    }
+    let (busy_ms, idle_ms) = (r.u64(0)?, r.u64(1)?);
     // Purged sessions count through their machine's baseline (docs/SECURITY.md).
     let r = db.one(
         "SELECT COUNT(*) + COALESCE((SELECT sessions FROM purged_totals p

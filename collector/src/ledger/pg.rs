@@ -190,6 +190,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX events_denied ON events (site, machine) WHERE kind = 'access_denied';
 "#,
+    // 4: each boot's time per state, kept at commit (as the SQLite ledger's schema 10).
+    concat!(
+        "ALTER TABLE boots ADD COLUMN busy_ms BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN idle_ms BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN last_state TEXT,
+            ADD COLUMN last_state_seq BIGINT,
+            ADD COLUMN last_state_up BIGINT;
+         ",
+        backfill_boot_states!()
+    ),
 ];
 
 /// The advisory lock key of the schema migrations (any constant; "fabmeter" in ASCII).

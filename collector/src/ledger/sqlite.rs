@@ -208,6 +208,17 @@ pub(in crate::ledger) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX events_denied ON events (site, machine) WHERE kind = 'access_denied';
     "#,
+    // 10: each boot's time per state, kept at commit (ops::fold_boot_states), so that a
+    // machine's busy and idle hours are read from its boots, not from all its state events.
+    concat!(
+        "ALTER TABLE boots ADD COLUMN busy_ms INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE boots ADD COLUMN idle_ms INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE boots ADD COLUMN last_state TEXT;
+         ALTER TABLE boots ADD COLUMN last_state_seq INTEGER;
+         ALTER TABLE boots ADD COLUMN last_state_up INTEGER;
+         ",
+        backfill_boot_states!()
+    ),
 ];
 
 /// The SQLite implementation of [`Ledger`](super::Ledger). Open one for the writer and one per

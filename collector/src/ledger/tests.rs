@@ -107,7 +107,7 @@ fn each_event_key_is_stored_once() {
     drop(l);
     let l = open(&dir);
     assert_eq!(l.totals().expect("totals").events, 1);
-    assert_eq!(l.schema_version().expect("version"), 9);
+    assert_eq!(l.schema_version().expect("version"), 10);
 }
 
 #[test]
@@ -304,7 +304,7 @@ fn a_newer_schema_is_refused() {
             e,
             LedgerError::SchemaTooNew {
                 found: 99,
-                supported: 9
+                supported: 10
             }
         ),
         "{e}"
@@ -463,6 +463,44 @@ mod incremental_sessions {
             prop_assert_eq!(mismatched, 0);
             let counters = |l: &SqliteLedger| l.counters("laser-1").expect("counters");
             prop_assert_eq!(counters(&inc), counters(&full));
+            // Each boot's time per state, folded batch by batch (in order, late, resent), is
+            // what folding all its stored state events at once gives (the migration's backfill);
+            // and the counters read from it are the per-event sums over the state events.
+            let states = |c: &rusqlite::Connection| -> Vec<BootStates> {
+                c.prepare(
+                    "SELECT boot, busy_ms, idle_ms, last_state, last_state_seq, last_state_up
+                     FROM boots ORDER BY boot",
+                )
+                .expect("prepare")
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+            };
+            let folded = states(&conn);
+            let per_event: Vec<(String, i64)> = conn
+                .prepare(
+                    "SELECT e.state, SUM(COALESCE(e.next_up, b.max_uptime_ms) - e.uptime_ms)
+                     FROM (SELECT boot, state, uptime_ms,
+                             LEAD(uptime_ms) OVER (PARTITION BY boot ORDER BY seq) AS next_up
+                           FROM events WHERE machine='laser-1' AND state IS NOT NULL) e
+                     JOIN boots b ON b.machine='laser-1' AND b.boot=e.boot
+                     GROUP BY e.state ORDER BY e.state",
+                )
+                .expect("prepare")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            let of = |state: &str| {
+                per_event.iter().find(|(s, _)| s == state).map_or(0, |(_, ms)| *ms) / 1000
+            };
+            let c = counters(&inc).expect("known");
+            prop_assert_eq!((c.busy_s, c.idle_s), (of("busy") as u64, of("idle") as u64));
+            conn.execute_batch(backfill_boot_states!()).expect("backfill");
+            prop_assert_eq!(folded, states(&conn));
         }
     }
 
@@ -492,6 +530,10 @@ mod incremental_sessions {
             other => other,
         }
     }
+
+    /// A boot's time per state as `boots` holds it: boot, busy and idle ms, last state, its seq
+    /// and uptime.
+    type BootStates = (i64, i64, i64, Option<String>, Option<i64>, Option<i64>);
 
     fn boots_rows(dir: &std::path::Path) -> Vec<(String, i64, i64, i64, i64, i64, i64)> {
         let conn = rusqlite::Connection::open(dir.join("ledger.sqlite")).expect("open");
