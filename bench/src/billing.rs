@@ -128,27 +128,39 @@ pub fn machine_records(
             if !matches!(body, EventBody::SessionStarted { .. }) {
                 seq += 1;
             }
-            let ev = Event {
-                v: 1,
-                box_id: None,
-                boot,
-                seq,
-                uptime_ms: up(wall),
-                sent_uptime_ms: up(wall),
-                ts: Some(wall),
-                event: body,
-            };
-            let payload = fabmeter_protocol::encode_to_vec(&ev)
-                .context("the generator makes valid events")?;
-            out.push(Record::Event {
-                machine: machine.clone(),
-                event: ev,
-                payload,
-                received_ms: wall,
-            });
+            out.push(record(&machine, boot, seq, up(wall), wall, body)?);
         }
     }
     Ok(out)
+}
+
+/// An event of a device with a clock, sent and received at its wall time `wall`.
+pub fn record(
+    machine: &Id,
+    boot: u32,
+    seq: u32,
+    uptime_ms: u64,
+    wall: u64,
+    body: EventBody,
+) -> anyhow::Result<Record> {
+    let ev = Event {
+        v: 1,
+        box_id: None,
+        boot,
+        seq,
+        uptime_ms,
+        sent_uptime_ms: uptime_ms,
+        ts: Some(wall),
+        event: body,
+    };
+    let payload =
+        fabmeter_protocol::encode_to_vec(&ev).context("the generator makes valid events")?;
+    Ok(Record::Event {
+        machine: machine.clone(),
+        event: ev,
+        payload,
+        received_ms: wall,
+    })
 }
 
 /// The machine infos of `machines` (kinds alternating laser and 3D printer).

@@ -7,8 +7,11 @@
 //! - `billing-ledger`: a year of a workshop's sessions written straight into a ledger file.
 //! - `network`: hundreds of sites through several network collectors on one PostgreSQL ledger.
 //! - `network-month`: a busy month of hundreds of sites on one PostgreSQL ledger, then invoiced.
+//! - `counters`: a year of state changes in a ledger; a machine's counters read from its boots
+//!   against the per-event sum they replaced.
 
 mod billing;
+mod counters;
 mod ingest;
 mod month;
 mod network;
@@ -33,6 +36,8 @@ enum Cmd {
     Network(network::Args),
     /// A busy month of many sites written into one PostgreSQL ledger, then invoiced.
     NetworkMonth(month::Args),
+    /// A year of state changes; a machine's counters as a maintenance evaluation reads them.
+    Counters(counters::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BillingLedger(a) => billing::run(&a),
         Cmd::Network(a) => network::run(&a),
         Cmd::NetworkMonth(a) => month::run(&a),
+        Cmd::Counters(a) => counters::run(&a),
     }
 }
 
