@@ -144,8 +144,8 @@ pub(super) struct StoredStates {
 /// A (site, machine, ledger boot) key, owned.
 pub(super) type SiteBoot = (String, String, u32);
 
-/// Reads the anchor, highest seq, tombstone and time per state of each (site, machine, ledger boot) of `keys`
-/// (absent: none of them).
+/// Reads the anchor, highest seq, tombstone and time per state of each (site, machine, ledger
+/// boot) of `keys` (absent: none of them).
 pub(super) fn boots(
     db: &mut dyn Db,
     keys: &[(&str, &str, u32)],
